@@ -1,0 +1,36 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Both create (or refresh) the virtual environment in .venv when the dependency files
+# change, so a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Arguments passed to the main job, e.g. `make run ARGS="--data usps.npz --k 10"`.
+ARGS ?=
+
+.PHONY: run test lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) jobs/train_dec.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check deimos_ray jobs bench tests
+
+bench: $(STAMP)
+	$(PY) bench/quality.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

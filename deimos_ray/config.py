@@ -1,0 +1,182 @@
+"""Typed, frozen configuration shared by every job, with YAML load/save and validation.
+
+A job's configuration is a tree of frozen dataclasses. It is loaded from a commented YAML
+file (``configs/<job>.yaml``), overridden from the command line with dotted paths
+(``model.n_clusters=10``), validated eagerly, and written next to every output
+(``DIR/config.yaml``, the checkpoints and the Parquet file metadata), so any result says
+how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ON_ERROR_CHOICES = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are turned into model inputs.
+
+    Attributes:
+        spec: Source specification: ``digits`` (built in), a ``.npz`` file, or a folder of
+            images. A ``format:`` prefix (``npz:``, ``folder:``) overrides detection.
+        image_size: Resize images to ``image_size`` x ``image_size``. ``None`` keeps the
+            native size of array sources and uses 28 for image files.
+        channels: 1 (grayscale) or 3 (RGB).
+        on_error: ``skip`` records unreadable images in ``rejected.parquet`` and carries
+            on; ``fail`` stops at the first one, naming the file and the reason.
+        limit: Use only the first ``limit`` images (``None``: all). For quick trials.
+    """
+
+    spec: str = "digits"
+    image_size: int | None = None
+    channels: int = 1
+    on_error: str = "skip"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.on_error not in ON_ERROR_CHOICES:
+            raise ValueError(
+                f"data.on_error must be one of {ON_ERROR_CHOICES}, got {self.on_error!r}"
+            )
+        if self.image_size is not None and self.image_size < 4:
+            raise ValueError(f"data.image_size must be at least 4 pixels, got {self.image_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be a positive number of images, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How many Ray Train workers run, and on what.
+
+    Attributes:
+        num_workers: Data-parallel training workers. 0 runs the training loop inside the
+            driver process (Ray Train's local mode: fastest to start, one process).
+        use_gpu: Give each worker one GPU (NCCL); otherwise CPU workers (Gloo).
+        cpus_per_worker: Logical CPUs reserved per worker. Keep it below the node's CPU
+            count so Ray Data's tasks can still be scheduled beside the workers.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(f"scaling.num_workers must be >= 0, got {self.num_workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+
+
+def _resolve_type(tp: Any) -> Any:
+    """Return the dataclass inside ``X``, ``X | None`` or ``Optional[X]``, else ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
+    """Build the frozen dataclass ``cls`` from a nested dict, rejecting unknown keys.
+
+    Args:
+        cls: A dataclass type whose fields may themselves be dataclasses.
+        data: Plain values as read from YAML; missing keys take the defaults.
+
+    Raises:
+        ValueError: A key is not a field of ``cls`` (typos must not pass silently).
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = _resolve_type(hints[name])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value)
+        elif isinstance(value, list):
+            value = tuple(value)  # YAML lists become tuples so configs stay hashable
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict of a config dataclass (tuples become lists, for YAML and JSON)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def override(cfg: Any, path: str, value: Any) -> Any:
+    """Return a copy of ``cfg`` with the dotted field ``path`` set to ``value``.
+
+    Example: ``override(cfg, "model.n_clusters", 10)``. Validation runs again on the new
+    objects, so a bad value fails here, before any work starts.
+    """
+    head, _, rest = path.partition(".")
+    if head not in {f.name for f in dataclasses.fields(cfg)}:
+        raise ValueError(f"{type(cfg).__name__} has no field {head!r} (from {path!r})")
+    if rest:
+        return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, value)})
+    if isinstance(value, list):
+        value = tuple(value)
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value`` into the path and a YAML-typed value."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with a clear error when it is missing."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    loaded = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {p} must hold a mapping at the top level")
+    return loaded
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML (the file a run can be reproduced from)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+__all__ = [
+    "DataConfig",
+    "ScalingConfig",
+    "from_dict",
+    "to_dict",
+    "override",
+    "parse_override",
+    "load_yaml",
+    "save_yaml",
+]

@@ -1,0 +1,1 @@
+"""Image sources (one schema for every format) and preprocessing on Ray Data."""

@@ -1,0 +1,1 @@
+"""Plain PyTorch models and losses. Nothing in this package imports Ray."""

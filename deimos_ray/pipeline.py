@@ -1,0 +1,222 @@
+"""The job contract shared by every training job: data in, model trained on Ray Train,
+one Parquet row per image out, scores beside the k-means baseline.
+
+Steps of :func:`run_dec_job` (DAC and DESOM jobs follow the same ones):
+
+1. write ``DIR/config.yaml``;
+2. load the source as a Ray Dataset and preprocess it in Ray Data; unreadable images go
+   to ``DIR/rejected.parquet`` with the reason (or stop the job with ``on_error: fail``);
+3. train with a TorchTrainer (``DIR/ray/`` holds Ray's run; rerunning with the same
+   ``DIR`` resumes from its latest checkpoint) and copy the final checkpoint to
+   ``DIR/checkpoint/``;
+4. assign every readable image with Ray Data model actors and write ``DIR/assignments/``;
+5. score the model and k-means on the same input, check inputs = assigned + rejected,
+   and write ``DIR/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from deimos_ray.assign import write_assignments
+from deimos_ray.baselines import kmeans_baseline
+from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
+from deimos_ray.data.preprocess import ImageSpec, preprocess, resolve_image_spec, split_rejected
+from deimos_ray.data.sources import load_source
+from deimos_ray.metrics import all_scores, format_table, internal_scores
+from deimos_ray.models.dec import DECConfig
+from deimos_ray.runtime import init_ray, local_cpus_needed
+from deimos_ray.train import dec_loop
+from deimos_ray.train.driver import export_checkpoint, fit
+
+REJECTED_SCHEMA = pa.schema(
+    [("id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("stage", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class DECJobConfig:
+    """Everything ``jobs/train_dec.py`` needs; saved with every output of the run.
+
+    Attributes:
+        data: Source and preprocessing.
+        model: DEC / IDEC hyperparameters.
+        scaling: Ray Train workers.
+        seed: Seeds weights, batching, k-means and the metric samples.
+        checkpoint_interval_s: Every epoch is reported; its report carries a checkpoint
+            when this many seconds have passed since the last one, and always at the end
+            of each pretraining stage and of clustering. 0 checkpoints every epoch. On
+            small data an epoch takes milliseconds and writing the model each time
+            would cost more than training; on large data every epoch is checkpointed.
+        max_failures: Worker failures to retry from the latest checkpoint.
+        metrics_sample: Points in the seeded sample for silhouette and Dunn.
+        baseline_n_init: Restarts of the k-means baseline.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DECConfig = field(default_factory=DECConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    seed: int = 0
+    checkpoint_interval_s: float = 30.0
+    max_failures: int = 0
+    metrics_sample: int = 2000
+    baseline_n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval_s < 0:
+            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+
+
+@dataclass
+class PreparedData:
+    """Preprocessed rows, the rejected ones, and the counts behind the accounting."""
+
+    good: ray.data.Dataset
+    rejected: pd.DataFrame
+    spec: ImageSpec
+    num_inputs: int
+    has_labels: bool
+
+
+def prepare_data(cfg: DataConfig) -> PreparedData:
+    """Load, decode and normalise the source; split off the unreadable inputs.
+
+    Raises:
+        ValueError: ``on_error: fail`` and an input could not be read (names the file),
+            or no input could be read at all.
+    """
+    source = load_source(cfg.spec, cfg.limit)
+    shape = source.image_shape[:2] if source.image_shape else None
+    spec = resolve_image_spec(shape, cfg.image_size, cfg.channels)
+    processed = preprocess(source.dataset, spec).materialize()
+    good, bad = split_rejected(processed)
+    rejected = bad.to_pandas() if bad.count() else pd.DataFrame(columns=REJECTED_SCHEMA.names)
+    if cfg.on_error == "fail" and len(rejected):
+        first = rejected.iloc[0]
+        raise ValueError(
+            f"cannot read {first['path'] or first['id']}: {first['reason']} "
+            f"({len(rejected)} unreadable input(s); use on_error=skip to record and go on)"
+        )
+    good = good.materialize()
+    if good.count() == 0:
+        raise ValueError(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read")
+    return PreparedData(good, rejected, spec, source.num_inputs, source.has_labels)
+
+
+def write_rejected(rejected: pd.DataFrame, path: Path) -> None:
+    """``rejected.parquet`` with columns id, path, reason, stage (empty when none)."""
+    table = pa.Table.from_pandas(rejected[REJECTED_SCHEMA.names], schema=REJECTED_SCHEMA, preserve_index=False)
+    pq.write_table(table, path)
+
+
+def collect_features(good: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, flattened x) of every readable row, for the baseline and the pixel scores."""
+    ids, xs = [], []
+    for batch in good.select_columns(["id", "x"]).iter_batches(batch_size=4096, batch_format="numpy"):
+        ids.append(batch["id"])
+        xs.append(np.asarray(batch["x"], dtype=np.float32).reshape(len(batch["id"]), -1))
+    return np.concatenate(ids), np.concatenate(xs)
+
+
+def score_run(
+    assignments: pd.DataFrame, ids: np.ndarray, features: np.ndarray, k: int, seed: int,
+    sample_size: int, n_init: int, has_labels: bool, model_name: str,
+) -> dict[str, dict[str, float]]:
+    """Scores of the model and of k-means on the same input features.
+
+    Internal scores of both are computed in the same space, the preprocessed pixels, so
+    the columns are comparable; ``silhouette_embedding`` is the model's silhouette in its
+    own embedding.
+    """
+    rows = assignments.set_index("id").loc[ids]  # align the Parquet rows with the features
+    labels = rows["label"].to_numpy() if has_labels else None
+    model_scores = all_scores(features, rows["cluster"].to_numpy(), labels, sample_size, seed)
+    embedding = np.stack(rows["embedding"].to_numpy())
+    model_scores["silhouette_embedding"] = internal_scores(embedding, rows["cluster"].to_numpy(), sample_size, seed)["silhouette"]
+    km = kmeans_baseline(features, k, seed=seed, n_init=n_init)
+    return {model_name: model_scores, "kmeans": all_scores(features, km, labels, sample_size, seed)}
+
+
+def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") -> dict[str, Any]:
+    """Run DEC / IDEC end to end into ``out_dir`` and return the metrics dict."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker))
+
+    data = prepare_data(cfg.data)
+    write_rejected(data.rejected, out / "rejected.parquet")
+    n_good = data.good.count()
+    print(f"[{job}] {data.num_inputs} inputs: {n_good} readable, {len(data.rejected)} rejected; input shape {data.spec.shape}")
+    timings["data_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    loop_config = {
+        "model": to_dict(cfg.model),
+        "seed": cfg.seed,
+        "input_shape": list(data.spec.shape),
+        "checkpoint_interval_s": cfg.checkpoint_interval_s,
+    }
+    result = fit(
+        dec_loop.train_loop_per_worker, loop_config, data.good.select_columns(["x"]),
+        cfg.scaling, out / "ray", name="train", max_failures=cfg.max_failures,
+    )
+    checkpoint = export_checkpoint(result, out / "checkpoint")
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    metadata = {"job": job, "config": to_dict(cfg)}
+    write_assignments(
+        data.good.select_columns(["id", "path", "group", "label", "x"]), checkpoint,
+        out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu,
+    )
+    assignments = pq.read_table(out / "assignments").to_pandas()
+    timings["assign_s"] = time.perf_counter() - t
+
+    accounting = {"inputs": data.num_inputs, "assigned": len(assignments), "rejected": len(data.rejected)}
+    if accounting["assigned"] + accounting["rejected"] != accounting["inputs"]:
+        raise RuntimeError(f"inputs != assigned + rejected: {accounting}")
+
+    t = time.perf_counter()
+    ids, features = collect_features(data.good)
+    scores = score_run(
+        assignments, ids, features, cfg.model.n_clusters, cfg.seed, cfg.metrics_sample,
+        cfg.baseline_n_init, data.has_labels, cfg.model.variant,
+    )
+    timings["score_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    found = assignments["cluster"].nunique()
+    if found < cfg.model.n_clusters:
+        warnings.warn(
+            f"{cfg.model.variant.upper()} returned {found} distinct clusters, fewer than "
+            f"n_clusters={cfg.model.n_clusters}", stacklevel=2,
+        )
+    metrics = {
+        "job": job,
+        "accounting": accounting,
+        "scores": scores,
+        "scores_space": "internal scores on preprocessed pixels for every method; "
+                        "silhouette_embedding in the model's embedding",
+        "training": result.return_value if hasattr(result, "return_value") else None,
+        "timings_s": timings,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+
+    print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned + {accounting['rejected']} rejected")
+    print(f"[{job}] scores (k={cfg.model.n_clusters}):\n{format_table(scores)}")
+    print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
+    return metrics

@@ -1,0 +1,52 @@
+"""Starting or joining Ray the same way everywhere (laptop, one GPU, a cluster, a job)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import ray
+
+
+def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
+    """Connect to the cluster a job was submitted to, or start a private local instance.
+
+    Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) this joins that cluster and
+    asks for no resources; otherwise it always starts a fresh local Ray, so a stray
+    ``ray start`` on the machine is never joined by accident. Token authentication stays
+    at Ray's default (on for local clusters).
+
+    Args:
+        num_cpus: Logical CPUs of a local instance (``None``: the machine's count).
+        quiet: Hide Ray Data progress output (tests, benchmarks).
+    """
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Train V2 patches print() on workers and each line reaches the driver twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        # The dashboard (bound to 127.0.0.1) serves the state API that Train's cleanup
+        # actor polls; without it that actor logs a warning every second.
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+                 log_to_driver=not quiet, logging_level=logging.WARNING)
+    configure_data_context(quiet)
+
+
+def configure_data_context(quiet: bool = False) -> None:
+    """Ray Data settings for batch jobs: progress bars only on a terminal."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = (not quiet) and sys.stderr.isatty()
+    ctx.print_on_execution_start = False
+    ctx.verbose_progress = False
+
+
+def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:
+    """Logical CPUs for a local instance: the machine's, and at least one beyond the
+    training workers so Ray Data tasks can run beside them (otherwise they wait forever).
+    """
+    need = num_workers * cpus_per_worker + 1
+    return int(max(os.cpu_count() or 1, -(-need // 1)))

@@ -1,0 +1,381 @@
+"""DEC / IDEC training loop for one Ray Train worker, and the global-target helpers.
+
+Phases, all inside :func:`train_loop_per_worker`:
+
+1. Autoencoder pretraining (layer-wise denoising stages then fine-tuning, or end to end),
+   data-parallel with DDP.
+2. Centre initialisation: a capped, seeded sample of embeddings is gathered to rank 0,
+   k-means (n_init 20) runs there, and the centres are broadcast.
+3. Clustering: every ``update_interval`` steps the target distribution is recomputed over
+   the WHOLE dataset: each worker computes q on its shard without gradient, the column
+   sums f are all-reduced, each worker forms p for its own rows, and the number of
+   changed labels is all-reduced; training stops when the changed fraction < ``tol``.
+
+Each worker caches its shard of the preprocessed feature vectors in memory: DEC needs
+random access (p is indexed by row between updates) and the vectors are small
+(a 64x64 grayscale image is 16 KB). A checkpoint is reported after every epoch of every
+phase and the loop resumes from the latest one, including the model snapshot that defined
+the current target, so a resumed run trains on exactly the same p.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+
+from deimos_ray.config import from_dict, to_dict
+from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
+from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder, target_distribution
+from deimos_ray.train import collective as C
+from deimos_ray.train.checkpoint import latest_state, report_epoch
+
+FEATURE_COLUMN = "x"
+
+
+def load_shard(shard: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Read this worker's dataset shard into one float tensor (N_local, *input_shape)."""
+    parts = [
+        batch[FEATURE_COLUMN]
+        for batch in shard.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device="cpu")
+    ]
+    if not parts:
+        return torch.zeros((0, *input_shape))
+    return torch.cat(parts).reshape(-1, *input_shape)
+
+
+def batched(x: torch.Tensor, batch_size: int = 1024):
+    """Consecutive slices of ``x`` for no-gradient passes."""
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size]
+
+
+@torch.no_grad()
+def soft_assign_all(model: DEC, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """q for every row of ``x`` with ``model`` in eval mode, (N, K) on the CPU."""
+    model.eval()
+    out = [model(b.to(device))[1].cpu() for b in batched(x)]
+    model.train()
+    return torch.cat(out) if out else torch.zeros((0, model.cfg.n_clusters))
+
+
+def global_cluster_frequencies(q_local: torch.Tensor) -> torch.Tensor:
+    """f_j = sum over ALL samples of q_ij: the local column sums, all-reduced. (K,)."""
+    f = q_local.sum(dim=0).to(torch.float64)
+    return C.all_reduce_sum(f).to(torch.float32)
+
+
+def compute_target(
+    model: DEC, x_local: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Target distribution for this worker's rows from the dataset-wide frequencies.
+
+    Returns:
+        p_local: (N_local, K) targets for this shard.
+        labels_local: (N_local,) current hard assignments.
+        f: (K,) global cluster frequencies (identical on every worker).
+    """
+    q = soft_assign_all(model, x_local, device)
+    f = global_cluster_frequencies(q)
+    return target_distribution(q, f), q.argmax(dim=1), f
+
+
+def global_count(value: int | float) -> float:
+    """Sum of a per-worker count across workers."""
+    return float(C.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64)).item())
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr)
+
+
+class _CheckpointClock:
+    """Decides when an epoch's report carries a checkpoint: when ``interval_s`` seconds
+    have passed since the last one, and always at the end of a phase. With
+    ``interval_s=0`` every epoch is checkpointed. Only rank 0 writes, so only its clock
+    matters.
+    """
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.last = time.monotonic()
+
+    def due(self, final: bool = False) -> bool:
+        now = time.monotonic()
+        if final or now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False
+
+
+class _Batches:
+    """Per-epoch mini-batch indices with the same number of steps on every worker.
+
+    DDP needs every rank to take the same number of steps, so the steps per epoch come
+    from the global row count; a worker whose shard is a row short wraps around.
+    """
+
+    def __init__(self, n_local: int, n_global: int, batch_size: int, seed: int):
+        self.n_local = n_local
+        self.local_batch = max(1, batch_size // C.world_size())
+        self.steps = max(1, math.ceil(n_global / (self.local_batch * C.world_size())))
+        self.seed = seed
+
+    def epoch(self, epoch: int):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1_009 + C.rank())
+        need = self.steps * self.local_batch
+        perm = torch.cat(
+            [torch.randperm(self.n_local, generator=g) for _ in range(math.ceil(need / self.n_local))]
+        )
+        for s in range(self.steps):
+            yield perm[s * self.local_batch : (s + 1) * self.local_batch]
+
+
+def _log(message: str) -> None:
+    if C.rank() == 0:
+        print(f"[dec] {message}", flush=True)
+
+
+def _should_log(epoch: int, total: int) -> bool:
+    return epoch == 0 or epoch == total - 1 or (epoch + 1) % max(1, total // 5) == 0
+
+
+def pretrain_stages(cfg: DECConfig, autoencoder: nn.Module) -> list[tuple[str, int]]:
+    """(stage name, epochs) in order: one per layer pair then fine-tuning, or one stage."""
+    if cfg.pretrain == "layerwise":
+        assert isinstance(autoencoder, DenseAutoencoder)
+        per_layer = max(1, cfg.pretrain_epochs // 2)
+        stages = [(f"layer{i}", per_layer) for i in range(autoencoder.num_layers)]
+        return [*stages, ("finetune", cfg.pretrain_epochs)]
+    return [("end_to_end", cfg.pretrain_epochs)]
+
+
+def _pretrain_lr(cfg: DECConfig, epoch_in_stage: int) -> float:
+    name, base = cfg.pretrain_optimizer
+    if name == "sgd":
+        # DEC's solver divides the rate by 10 every 20,000 of a layer's 50,000 iterations.
+        step = max(1, round(0.2 * cfg.pretrain_epochs))
+        return base * 0.1 ** (epoch_in_stage // step)
+    return base
+
+
+def pretrain(
+    cfg: DECConfig,
+    autoencoder: nn.Module,
+    x_local: torch.Tensor,
+    batches: _Batches,
+    device: torch.device,
+    state: dict[str, Any] | None,
+    base_state: dict[str, Any],
+    clock: _CheckpointClock,
+) -> None:
+    """Train the autoencoder in place, reporting after every epoch; checkpoints follow
+    ``clock`` and always close a stage."""
+    stages = pretrain_stages(cfg, autoencoder) if cfg.pretrain_epochs > 0 else []
+    flat = isinstance(autoencoder, DenseAutoencoder)
+    done = state["pretrain_epochs_done"] if state else 0
+    opt_name = cfg.pretrain_optimizer[0]
+    global_epoch = 0
+    for stage_name, stage_epochs in stages:
+        if global_epoch + stage_epochs <= done:
+            global_epoch += stage_epochs
+            continue
+        if stage_name.startswith("layer"):
+            module: nn.Module = DenoisingLayerPair(autoencoder, int(stage_name[5:]), cfg.dropout)
+            depth = int(stage_name[5:])
+        else:
+            module, depth = autoencoder, None
+        net = C.wrap_ddp(module, device)
+        opt = make_optimizer(opt_name, net.parameters(), _pretrain_lr(cfg, 0))
+        if state and state.get("stage") == stage_name and "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
+        for e in range(stage_epochs):
+            if global_epoch < done:
+                global_epoch += 1
+                continue
+            for group in opt.param_groups:
+                group["lr"] = _pretrain_lr(cfg, e)
+            total, count = 0.0, 0
+            for idx in batches.epoch(global_epoch):
+                x = x_local[idx].to(device)
+                x = x.flatten(1) if flat else x
+                if depth is not None:
+                    with torch.no_grad():
+                        x = autoencoder.encode_upto(x, depth)
+                    loss = net(x)
+                else:
+                    loss = nn.functional.mse_loss(net(x)[1], x)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, count = total + loss.item(), count + 1
+            loss_avg = global_count(total / count) / C.world_size()
+            if _should_log(e, stage_epochs):
+                _log(f"pretrain {stage_name} epoch {e + 1}/{stage_epochs} loss {loss_avg:.5f}")
+            global_epoch += 1
+            save = clock.due(final=e == stage_epochs - 1)
+            report_epoch(
+                {"phase": "pretrain", "stage": stage_name, "epoch": global_epoch, "loss": loss_avg},
+                None if not save else {
+                    **base_state,
+                    "phase": "pretrain",
+                    "stage": stage_name,
+                    "pretrain_epochs_done": global_epoch,
+                    "autoencoder": C.unwrap(net).state_dict() if depth is None else autoencoder.state_dict(),
+                    "optimizer": opt.state_dict(),
+                },
+            )
+
+
+def init_centres(cfg: DECConfig, model: DEC, x_local: torch.Tensor, device: torch.device, seed: int) -> None:
+    """k-means (n_init=cfg.kmeans_n_init) on rank 0 over gathered embeddings; broadcast."""
+    per_worker = max(1, cfg.kmeans_max_samples // C.world_size())
+    g = torch.Generator().manual_seed(seed + C.rank())
+    take = torch.randperm(len(x_local), generator=g)[:per_worker]
+    with torch.no_grad():
+        model.eval()
+        z = torch.cat([model.embed(b.to(device)).cpu() for b in batched(x_local[take])])
+        model.train()
+    gathered = C.all_gather_object(z.numpy())
+    centres = torch.zeros(cfg.n_clusters, cfg.latent_dim)
+    if C.rank() == 0:
+        km = KMeans(cfg.n_clusters, n_init=cfg.kmeans_n_init, random_state=seed)
+        km.fit(np.concatenate(gathered))
+        centres = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
+    C.broadcast_(centres.to(device) if device.type == "cuda" else centres)
+    model.centres.data.copy_(centres.to(model.centres.device))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point for DEC / IDEC (see the module docstring for the phases).
+
+    Args:
+        config: ``{"model": DECConfig as dict, "seed": int, "input_shape": [C, H, W]}``.
+
+    Returns:
+        Summary of the clustering phase (rank 0's is ``Result.return_value``).
+    """
+    cfg = from_dict(DECConfig, config["model"])
+    seed = int(config["seed"])
+    input_shape = tuple(config["input_shape"])
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)  # identical initial weights on every rank
+
+    x_local = load_shard(ray.train.get_dataset_shard("train"), input_shape)
+    n_global = int(global_count(len(x_local)))
+    if len(x_local) == 0:
+        raise RuntimeError("a training worker received no rows: use fewer workers or more data")
+    batches = _Batches(len(x_local), n_global, cfg.batch_size, seed)
+    _log(f"{n_global} samples, {C.world_size()} worker(s), {batches.steps} steps per epoch")
+
+    clock = _CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+    state = latest_state()
+    if state is not None:
+        _log(f"resuming from checkpoint: phase {state['phase']}")
+    base_state = {"config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
+
+    autoencoder = build_autoencoder(cfg, input_shape).to(device)
+    if state is not None and state["phase"] == "pretrain":
+        autoencoder.load_state_dict(state["autoencoder"])
+    if state is None or state["phase"] == "pretrain":
+        pretrain(cfg, autoencoder, x_local, batches, device, state, base_state, clock)
+
+    model = DEC(cfg, autoencoder).to(device)
+    if state is not None and state["phase"] == "cluster":
+        model.load_state_dict(state["model"])
+    else:
+        init_centres(cfg, model, x_local, device, seed)
+        _log("centres initialised by k-means")
+        state = None  # clustering starts from scratch
+    return cluster(cfg, model, x_local, batches, device, state, base_state, clock)
+
+
+def cluster(
+    cfg: DECConfig,
+    model: DEC,
+    x_local: torch.Tensor,
+    batches: _Batches,
+    device: torch.device,
+    state: dict[str, Any] | None,
+    base_state: dict[str, Any],
+    clock: _CheckpointClock,
+) -> dict[str, Any]:
+    """DEC's self-training phase; reports after every epoch, checkpoints per ``clock``
+    and always at the end."""
+    net = C.wrap_ddp(model, device)
+    opt_name, lr = cfg.cluster_optimizer
+    opt = make_optimizer(opt_name, [p for p in net.parameters() if p.requires_grad], lr)
+    n_global = global_count(len(x_local))
+
+    start_epoch, step, converged, delta = 0, 0, False, float("nan")
+    resumed_at = None
+    labels_prev = None
+    target_model = copy.deepcopy(model)  # the model that defined the current target p
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, converged = state["epoch"], state["step"], state["converged"]
+        target_model.load_state_dict(state["target_model"])
+        p_local, labels_prev, _ = compute_target(target_model, x_local, device)
+        delta = state["delta_label"]
+        resumed_at = start_epoch
+
+    epoch = start_epoch
+    while epoch < cfg.epochs and not converged:
+        totals: dict[str, float] = {}
+        for idx in batches.epoch(10_000 + epoch):
+            if step % cfg.update_interval == 0:
+                target_model.load_state_dict(model.state_dict())
+                p_local, labels, f = compute_target(target_model, x_local, device)
+                if labels_prev is not None:
+                    delta = global_count((labels != labels_prev).sum().item()) / n_global
+                    if delta < cfg.tol:
+                        converged = True
+                        _log(f"step {step}: {delta:.4%} of labels changed < tol {cfg.tol:.4%}; stopping")
+                        break
+                labels_prev = labels
+            x, p = x_local[idx].to(device), p_local[idx].to(device)
+            _, q, x_hat = net(x)  # through DDP, so gradients are averaged across workers
+            loss, parts = model.loss_from_outputs(x, p, q, x_hat)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value
+        epoch += 1
+        metrics = {
+            "phase": "cluster",
+            "epoch": epoch,
+            "step": step,
+            "delta_label": delta,
+            **{k: v / max(1, batches.steps) for k, v in totals.items()},
+        }
+        if _should_log(epoch - 1, cfg.epochs) or converged:
+            _log(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        final = converged or epoch >= cfg.epochs
+        report_epoch(
+            metrics,
+            None if not clock.due(final) else {
+                **base_state,
+                "phase": "cluster",
+                "epoch": epoch,
+                "step": step,
+                "converged": converged,
+                "delta_label": delta,
+                "model": model.state_dict(),
+                "target_model": target_model.state_dict(),
+                "optimizer": opt.state_dict(),
+            },
+        )
+    return {"epochs": epoch, "steps": step, "converged": converged, "delta_label": delta,
+            "resumed_at_epoch": resumed_at}
+

@@ -1,0 +1,69 @@
+"""Build and run a TorchTrainer for any training loop; export its final checkpoint.
+
+Kept apart from the loops so Ray Tune can call :func:`fit` unchanged from a trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from deimos_ray.config import ScalingConfig
+
+
+def fit(
+    train_loop: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    dataset: ray.data.Dataset,
+    scaling: ScalingConfig,
+    storage_path: str | Path,
+    name: str = "train",
+    max_failures: int = 0,
+) -> ray.train.Result:
+    """Run ``train_loop`` on ``scaling.num_workers`` workers over ``dataset``.
+
+    A rerun with the same ``storage_path`` and ``name`` resumes from the latest
+    checkpoint (``ray.train.get_checkpoint()`` inside the loop); so does a retry after a
+    worker failure when ``max_failures`` > 0.
+
+    Raises:
+        ray.train.TrainingFailedError: the loop raised on some worker.
+    """
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources if scaling.num_workers > 0 else None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def export_checkpoint(result: ray.train.Result, destination: str | Path) -> Path:
+    """Copy the run's final checkpoint to ``destination`` (replacing what was there)."""
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without reporting a checkpoint")
+    destination = Path(destination)
+    if destination.exists():
+        shutil.rmtree(destination)
+    with result.checkpoint.as_directory() as directory:
+        shutil.copytree(directory, destination)
+    return destination

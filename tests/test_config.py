@@ -1,0 +1,60 @@
+"""Config loading, overriding and validation; the shipped YAML matches the dataclasses."""
+
+from pathlib import Path
+
+import pytest
+
+from deimos_ray.config import DataConfig, from_dict, load_yaml, override, parse_override, save_yaml, to_dict
+from deimos_ray.pipeline import DECJobConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_is_the_default_config():
+    cfg = from_dict(DECJobConfig, load_yaml(ROOT / "configs" / "train_dec.yaml"))
+    assert cfg == DECJobConfig()
+
+
+def test_unknown_keys_are_rejected_with_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown key.*n_cluster"):
+        from_dict(DECJobConfig, {"model": {"n_cluster": 3}})
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = override(DECJobConfig(), "model.hidden_dims", [32, 16])
+    save_yaml(cfg, tmp_path / "c.yaml")
+    assert from_dict(DECJobConfig, load_yaml(tmp_path / "c.yaml")) == cfg
+    assert to_dict(cfg)["model"]["hidden_dims"] == [32, 16]
+
+
+def test_override_validates_eagerly():
+    assert override(DECJobConfig(), "model.n_clusters", 4).model.n_clusters == 4
+    with pytest.raises(ValueError, match="on_error"):
+        override(DECJobConfig(), "data.on_error", "ignore")
+    with pytest.raises(ValueError, match="no field"):
+        override(DECJobConfig(), "model.nope", 1)
+    with pytest.raises(ValueError, match="channels"):
+        DataConfig(channels=2)
+
+
+def test_parse_override_types_values():
+    assert parse_override("model.tol=0.01") == ("model.tol", 0.01)
+    assert parse_override("data.spec=a/b.npz") == ("data.spec", "a/b.npz")
+    with pytest.raises(ValueError):
+        parse_override("model.tol")
+
+
+def test_job_flags_override_yaml(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_dec", ROOT / "jobs" / "train_dec.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.get_args_parser().parse_args(
+        ["--config", str(ROOT / "configs" / "train_dec.yaml"), "--k", "4", "--variant", "idec",
+         "--smoke-test", "--set", "model.tol=0.5"]
+    )
+    cfg = job.build_config(args)
+    assert (cfg.model.n_clusters, cfg.model.variant, cfg.model.tol) == (4, "idec", 0.5)
+    assert cfg.data.limit == 300  # from --smoke-test
+    assert job.main(job.get_args_parser().parse_args(["--k", "1"])) == 2  # clear error, no work

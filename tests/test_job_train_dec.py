@@ -1,0 +1,85 @@
+"""jobs/train_dec.py end to end on tiny data: the run directory and the accounting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from deimos_ray.assign import read_metadata
+from tests.test_sources import write_bad_files, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("train_dec", ROOT / "jobs" / "train_dec.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=24)
+    write_bad_files(images)
+    out = tmp_path / "run"
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "8"]
+    )
+    assert job.main(args) == 0
+
+    for name in ("config.yaml", "metrics.json", "rejected.parquet", "checkpoint/state.pt"):
+        assert (out / name).exists(), name
+    files = sorted((out / "assignments").glob("*.parquet"))
+    assert len(files) == 1  # few files, not one per block
+    table = pq.read_table(out / "assignments")
+    assert table.num_rows == len(good)
+    assert {"id", "cluster", "confidence", "label", "embedding", "path", "group"} <= set(table.column_names)
+    assert len(set(table.column("id").to_pylist())) == len(good)
+    assert set(table.column("label").to_pylist()) == {-1}
+    assert all(0 < c <= 1 for c in table.column("confidence").to_pylist())
+
+    rejected = pq.read_table(out / "rejected.parquet")
+    assert rejected.column_names == ["id", "path", "reason", "stage"] and rejected.num_rows == 3
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    acc = metrics["accounting"]
+    assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
+    assert set(metrics["scores"]) == {"dec", "kmeans"}
+    assert "silhouette" in metrics["scores"]["kmeans"] and "accuracy" not in metrics["scores"]["dec"]
+
+    meta = read_metadata(out / "assignments")
+    assert meta["config"]["model"]["n_clusters"] == 3 and meta["job"] == "train_dec"
+    assert not [p for p in out.iterdir() if p.name.startswith(".assignments")]  # no staging left
+
+
+def test_labelled_source_gets_external_scores(ray_session, tmp_path):
+    job = load_job()
+    out = tmp_path / "run"
+    args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--num-workers", "0"])
+    assert job.main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accounting"] == {"inputs": 300, "assigned": 300, "rejected": 0}
+    for method in ("dec", "kmeans"):
+        assert 0.0 <= metrics["scores"][method]["accuracy"] <= 1.0
+    table = pq.read_table(out / "assignments")
+    assert sorted(set(table.column("label").to_pylist())) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(["--data", "/no/such/folder"], "does not exist"), (["--k", "0"], "n_clusters"),
+     (["--set", "model.nope=1"], "no field")],
+)
+def test_bad_arguments_fail_before_any_work(bad, message, tmp_path, capsys):
+    job = load_job()
+    args = job.get_args_parser().parse_args([*bad, "--out", str(tmp_path / "x")])
+    assert job.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
