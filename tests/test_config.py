@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from deimos_ray.config import DataConfig, from_dict, load_yaml, override, parse_override, save_yaml, to_dict
+from deimos_ray.config import (
+    DataConfig,
+    from_dict,
+    load_yaml,
+    override,
+    parse_override,
+    save_yaml,
+    to_dict,
+)
 from deimos_ray.pipeline import DECJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -75,6 +75,28 @@ def test_local_mode_trains_and_writes_a_cluster_checkpoint(ray_session, tmp_path
     assert result.return_value["steps"] == TINY.epochs * 4  # 120 rows / 32 per step
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [{"autoencoder": "conv", "variant": "idec"}, {"pretrain": "layerwise"}],
+    ids=["conv-idec", "layerwise-dec"],
+)
+def test_other_autoencoders_and_pretraining_run_in_local_mode(ray_session, tmp_path, changes):
+    x, _ = blobs()
+    cfg = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), **changes})
+    result = fit(dec_loop.train_loop_per_worker, loop_config(cfg), dataset(x),
+                 ScalingConfig(num_workers=0), tmp_path, name="variants")
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    assert state["phase"] == "cluster" and state["config"]["autoencoder"] == cfg.autoencoder
+
+
+def test_pretrain_stages_follow_the_papers_ratio():
+    ae = build_autoencoder(DECConfig(hidden_dims=(8, 8, 8)), SHAPE)
+    layerwise = dec_loop.pretrain_stages(DECConfig(pretrain="layerwise", pretrain_epochs=10), ae)
+    assert layerwise == [("layer0", 5), ("layer1", 5), ("layer2", 5), ("layer3", 5), ("finetune", 10)]
+    assert dec_loop.pretrain_stages(DECConfig(pretrain_epochs=10), ae) == [("end_to_end", 10)]
+
+
 @pytest.mark.slow
 def test_two_workers_compute_the_same_global_frequencies_as_one(ray_session, tmp_path):
     x, _ = blobs(n=90)
@@ -102,3 +124,14 @@ def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path):
     assert second.return_value["resumed_at_epoch"] == 3
     assert second.return_value["epochs"] == 5
     assert second.return_value["steps"] == 5 * 4  # continued the step count, not restarted
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings():
+    state = {"config": to_dict(TINY), "input_shape": list(SHAPE)}
+    longer = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), "epochs": 9})
+    dec_loop.check_resumable(state, longer, SHAPE)  # more epochs: fine
+    other_k = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), "n_clusters": 4})
+    with pytest.raises(ValueError, match="n_clusters"):
+        dec_loop.check_resumable(state, other_k, SHAPE)
+    with pytest.raises(ValueError, match="input shape"):
+        dec_loop.check_resumable(state, longer, (1, 8, 8))

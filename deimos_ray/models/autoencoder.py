@@ -33,9 +33,9 @@ class DenseAutoencoder(nn.Module):
         super().__init__()
         dims = [input_dim, *hidden_dims, latent_dim]
         self.dims = dims
-        self.enc_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.enc_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         # Decoder layer i mirrors encoder layer i: it maps dims[i+1] back to dims[i].
-        self.dec_layers = nn.ModuleList(nn.Linear(b, a) for a, b in zip(dims[:-1], dims[1:]))
+        self.dec_layers = nn.ModuleList(nn.Linear(b, a) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     @property
     def num_layers(self) -> int:
@@ -174,7 +174,7 @@ class ConvAutoencoder(nn.Module):
         """(B, latent_dim) -> (B, C, H, W)."""
         h = torch.relu(self.from_latent(z)).view(-1, *self.code_shape)
         out_sizes = list(reversed(self.sizes[:-1]))
-        for i, (deconv, size) in enumerate(zip(self.deconvs, out_sizes)):
+        for i, (deconv, size) in enumerate(zip(self.deconvs, out_sizes, strict=True)):
             h = deconv(h, output_size=size)
             if i < len(self.deconvs) - 1:
                 h = torch.relu(h)

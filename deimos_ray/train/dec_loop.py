@@ -255,6 +255,22 @@ def init_centres(cfg: DECConfig, model: DEC, x_local: torch.Tensor, device: torc
     model.centres.data.copy_(centres.to(model.centres.device))
 
 
+# Fields that may change between a run and its resumption (to train longer).
+RESUMABLE_CHANGES = {"epochs", "tol"}
+
+
+def check_resumable(state: dict[str, Any], cfg: DECConfig, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made with a different model or input shape."""
+    old, new = dict(state["config"]), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed or tuple(state["input_shape"]) != tuple(input_shape):
+        raise ValueError(
+            f"the run directory holds a checkpoint made with different settings "
+            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
+            f"to resume (only {sorted(RESUMABLE_CHANGES)} may change)"
+        )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point for DEC / IDEC (see the module docstring for the phases).
 
@@ -280,6 +296,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     clock = _CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
     state = latest_state()
     if state is not None:
+        check_resumable(state, cfg, input_shape)
         _log(f"resuming from checkpoint: phase {state['phase']}")
     base_state = {"config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
 
