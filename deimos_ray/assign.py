@@ -53,18 +53,19 @@ class DECAssigner:
         z, q, _ = self.model(x)
         confidence, cluster = q.max(dim=1)
         z = z.cpu().numpy().astype(np.float32)
-        table = pa.table(
-            {
-                "id": pa.array(batch["id"], pa.string()),
-                "path": pa.array(batch["path"], pa.string()),
-                "group": pa.array(batch["group"], pa.string()),
-                "label": pa.array(batch["label"], pa.int64()),
-                "cluster": pa.array(cluster.cpu().numpy(), pa.int32()),
-                "confidence": pa.array(confidence.cpu().numpy(), pa.float32()),
-                "embedding": pa.FixedSizeListArray.from_arrays(z.reshape(-1), z.shape[1]),
-            }
-        )
-        return table.replace_schema_metadata(self.metadata)
+        columns = {
+            "id": pa.array(batch["id"], pa.string()),
+            "path": pa.array(batch["path"], pa.string()),
+            "group": pa.array(batch["group"], pa.string()),
+            "label": pa.array(batch["label"], pa.int64()),
+            "cluster": pa.array(cluster.cpu().numpy(), pa.int32()),
+            "confidence": pa.array(confidence.cpu().numpy(), pa.float32()),
+            "embedding": pa.FixedSizeListArray.from_arrays(z.reshape(-1), z.shape[1]),
+        }
+        for name, values in batch.items():  # metadata columns travel with their image
+            if name not in columns and name != "x":
+                columns[name] = pa.array(np.asarray(values).tolist())
+        return pa.table(columns).replace_schema_metadata(self.metadata)
 
 
 def write_assignments(

@@ -34,6 +34,22 @@ class DataConfig:
         on_error: ``skip`` records unreadable images in ``rejected.parquet`` and carries
             on; ``fail`` stops at the first one, naming the file and the reason.
         limit: Use only the first ``limit`` images (``None``: all). For quick trials.
+        labels_from_folders: Folder sources: the parent folder's name is the class.
+        originals_only: HiRISE: keep originals, drop the augmented copies.
+        gz_labels: Galaxy Zoo: derive labels (elliptical / spiral / unknown) from votes.
+        gz_elliptical: Galaxy Zoo: Class1.1 fraction above which a galaxy is elliptical.
+        gz_spiral: Galaxy Zoo: Class1.2 fraction above which a galaxy is a spiral.
+        tile: Cut every image into ``tile`` x ``tile`` tiles (survey exposures, HiRISE
+            browse products); each tile is a row whose ``group`` is its source image.
+        stride: Step between tiles (default ``tile``: no overlap). Tiles that would
+            run past the image's edge are not cut.
+        max_pixels: Images with more pixels are rejected (decompression bombs).
+        metadata: A CSV whose columns are joined onto the rows.
+        metadata_key: Its column holding the image id (matched against the row id, or
+            the id's file name or stem when that is what the CSV holds).
+        metadata_features: Numeric metadata columns to standardise and append to the
+            feature vectors of dense models and of the k-means baseline.
+        metadata_weight: Weight of those appended features against the pixels.
     """
 
     spec: str = "digits"
@@ -41,6 +57,18 @@ class DataConfig:
     channels: int = 1
     on_error: str = "skip"
     limit: int | None = None
+    labels_from_folders: bool = False
+    originals_only: bool = False
+    gz_labels: bool = True
+    gz_elliptical: float = 0.8
+    gz_spiral: float = 0.8
+    tile: int | None = None
+    stride: int | None = None
+    max_pixels: int = 50_000_000
+    metadata: str | None = None
+    metadata_key: str = "id"
+    metadata_features: tuple[str, ...] = ()
+    metadata_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -53,6 +81,14 @@ class DataConfig:
             raise ValueError(f"data.image_size must be at least 4 pixels, got {self.image_size}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be a positive number of images, got {self.limit}")
+        if self.tile is not None and self.tile < 4:
+            raise ValueError(f"data.tile must be at least 4 pixels, got {self.tile}")
+        if self.stride is not None and (self.tile is None or self.stride < 1):
+            raise ValueError("data.stride needs data.tile and must be >= 1")
+        if self.metadata_features and not self.metadata:
+            raise ValueError("data.metadata_features needs data.metadata (a CSV file)")
+        if self.max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be >= 1, got {self.max_pixels}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,14 @@ import ray
 from deimos_ray.assign import write_assignments
 from deimos_ray.baselines import kmeans_baseline
 from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
-from deimos_ray.data.preprocess import ImageSpec, preprocess, resolve_image_spec, split_rejected
+from deimos_ray.data.metadata import join_metadata
+from deimos_ray.data.preprocess import (
+    ImageSpec,
+    output_columns,
+    preprocess,
+    resolve_image_spec,
+    split_rejected,
+)
 from deimos_ray.data.sources import load_source
 from deimos_ray.metrics import all_scores, format_table, internal_scores
 from deimos_ray.models.dec import DECConfig
@@ -80,38 +87,77 @@ class DECJobConfig:
 
 @dataclass
 class PreparedData:
-    """Preprocessed rows, the rejected ones, and the counts behind the accounting."""
+    """Preprocessed rows, the rejected inputs, and the counts behind the accounting.
+
+    Attributes:
+        good: Readable rows (one per image, or per tile) with ``x``.
+        rejected: ``id, path, reason, stage`` of every input that could not be used.
+        spec: Geometry of ``x``.
+        input_shape: Shape of one model input (``spec.shape``, or a flat vector when
+            metadata features are appended).
+        num_inputs: Images the source holds.
+        good_inputs: Images that produced rows (``num_inputs - len(rejected)``).
+        has_labels: Whether any row has a known label.
+        missing: Images a labels list names but the source lacks (not inputs).
+        notes: What the source reported while loading.
+    """
 
     good: ray.data.Dataset
     rejected: pd.DataFrame
     spec: ImageSpec
+    input_shape: tuple[int, ...]
     num_inputs: int
+    good_inputs: int
     has_labels: bool
+    missing: int = 0
+    notes: tuple[str, ...] = ()
+
+
+def _append_meta_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    flat = np.asarray(batch["x"], dtype=np.float32).reshape(len(batch["x"]), -1)
+    batch["x"] = np.concatenate([flat, np.stack(batch["_meta_features"]).astype(np.float32)], axis=1)
+    return batch
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Load, decode and normalise the source; split off the unreadable inputs.
+    """Load, join metadata, decode, tile and normalise; split off unreadable inputs.
 
     Raises:
         ValueError: ``on_error: fail`` and an input could not be read (names the file),
             or no input could be read at all.
     """
-    source = load_source(cfg.spec, cfg.limit)
+    source = load_source(cfg)
+    rejected_parts = [pd.DataFrame(list(source.rejected), columns=REJECTED_SCHEMA.names)]
     shape = source.image_shape[:2] if source.image_shape else None
-    spec = resolve_image_spec(shape, cfg.image_size, cfg.channels)
-    processed = preprocess(source.dataset, spec).materialize()
-    good, bad = split_rejected(processed)
-    rejected = bad.to_pandas() if bad.count() else pd.DataFrame(columns=REJECTED_SCHEMA.names)
+    spec = resolve_image_spec(shape, cfg)
+    good, bad_count = None, 0
+    if source.dataset is not None:
+        ds = source.dataset
+        if cfg.metadata:
+            sample = ds.select_columns(["id"]).take_batch(1000)["id"].tolist()
+            ds, _ = join_metadata(ds, sample, cfg)
+        processed = preprocess(ds, spec).materialize()
+        good, bad = split_rejected(processed)
+        bad_count = bad.count()
+        if bad_count:
+            rejected_parts.append(bad.to_pandas())
+    rejected = pd.concat([p for p in rejected_parts if len(p)] or rejected_parts, ignore_index=True)
     if cfg.on_error == "fail" and len(rejected):
         first = rejected.iloc[0]
         raise ValueError(
             f"cannot read {first['path'] or first['id']}: {first['reason']} "
             f"({len(rejected)} unreadable input(s); use on_error=skip to record and go on)"
         )
-    good = good.materialize()
-    if good.count() == 0:
+    if good is None or good.count() == 0:
         raise ValueError(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read")
-    return PreparedData(good, rejected, spec, source.num_inputs, source.has_labels)
+    input_shape = spec.shape
+    if cfg.metadata_features:
+        good = good.map_batches(_append_meta_features, batch_format="numpy")
+        input_shape = (int(np.prod(spec.shape)) + len(cfg.metadata_features),)
+    good = good.materialize()
+    good_inputs = len(good.unique("_source_id")) if cfg.tile else good.count()
+    return PreparedData(good, rejected, spec, input_shape, source.num_inputs, good_inputs,
+                        source.has_labels, source.missing, source.notes)
 
 
 def write_rejected(rejected: pd.DataFrame, path: Path) -> None:
@@ -157,17 +203,23 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
     t0 = time.perf_counter()
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker))
 
+    if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
+        raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
     data = prepare_data(cfg.data)
     write_rejected(data.rejected, out / "rejected.parquet")
-    n_good = data.good.count()
-    print(f"[{job}] {data.num_inputs} inputs: {n_good} readable, {len(data.rejected)} rejected; input shape {data.spec.shape}")
+    n_rows = data.good.count()
+    for note in data.notes:
+        print(f"[{job}] {note}")
+    tiles = f" as {n_rows} tiles" if cfg.data.tile else ""
+    print(f"[{job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
+          f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
     timings["data_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     loop_config = {
         "model": to_dict(cfg.model),
         "seed": cfg.seed,
-        "input_shape": list(data.spec.shape),
+        "input_shape": list(data.input_shape),
         "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
     result = fit(
@@ -179,14 +231,21 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
 
     t = time.perf_counter()
     metadata = {"job": job, "config": to_dict(cfg)}
+    columns = output_columns(data.good.columns())
     write_assignments(
-        data.good.select_columns(["id", "path", "group", "label", "x"]), checkpoint,
+        data.good.select_columns([*columns, "x"]), checkpoint,
         out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu,
     )
     assignments = pq.read_table(out / "assignments").to_pandas()
     timings["assign_s"] = time.perf_counter() - t
 
-    accounting = {"inputs": data.num_inputs, "assigned": len(assignments), "rejected": len(data.rejected)}
+    if len(assignments) != n_rows:
+        raise RuntimeError(f"{n_rows} readable rows but {len(assignments)} assignment rows")
+    accounting = {"inputs": data.num_inputs, "assigned": data.good_inputs, "rejected": len(data.rejected)}
+    if cfg.data.tile:
+        accounting["tiles"] = n_rows
+    if data.missing:
+        accounting["listed_but_missing"] = data.missing
     if accounting["assigned"] + accounting["rejected"] != accounting["inputs"]:
         raise RuntimeError(f"inputs != assigned + rejected: {accounting}")
 
@@ -216,7 +275,8 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
 
-    print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned + {accounting['rejected']} rejected")
+    print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned "
+          f"+ {accounting['rejected']} rejected" + (f" ({n_rows} tiles)" if cfg.data.tile else ""))
     print(f"[{job}] scores (k={cfg.model.n_clusters}):\n{format_table(scores)}")
     print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
     return metrics

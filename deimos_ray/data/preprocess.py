@@ -1,66 +1,93 @@
-"""Decode, resize and normalise images in Ray Data, recording every failure with its reason.
+"""Decode, tile, resize and normalise images in Ray Data, recording every failure.
 
-:func:`preprocess` maps a source dataset to rows ``{id, label, group, path, x, ok, reason,
-stage}`` where ``x`` is float32 (C, H, W) in [0, 1]. Rows whose image could not be read
-keep ``ok=False`` and a ``reason``; :func:`split_rejected` separates them, so every input
-ends up either assigned or in ``rejected.parquet``.
+:func:`preprocess` maps source rows (``base.py``'s schema) to rows ``{id, label, group,
+path, <metadata>, x, ok, reason, stage, _source_id}`` where ``x`` is float32 (C, H, W) in
+[0, 1]. It streams: each Ray Data task decodes one block of a few hundred images, so
+memory stays bounded however many there are. A row whose image cannot be read keeps
+``ok=False`` and the reason, and never takes the other images of its block down;
+:func:`split_rejected` separates them, so every input ends up assigned or in
+``rejected.parquet``.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import ray
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from deimos_ray.data.sources.archive import open_zip
+
 DEFAULT_FILE_IMAGE_SIZE = 28
-MAX_PIXELS = 50_000_000  # larger images are rejected as probable decompression bombs
+PIXEL_COLUMNS = ("image", "bytes", "file", "member")
+OUTPUT_CORE = ("id", "label", "group", "path")
+FLAG_COLUMNS = ("ok", "reason", "stage")
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """Target geometry of the model inputs."""
+    """Target geometry of the model inputs, and how images are cut and checked."""
 
     size: tuple[int, int]
     channels: int
+    tile: int | None = None
+    stride: int | None = None
+    max_pixels: int = 50_000_000
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(C, H, W)."""
+        """(C, H, W) of ``x``."""
         return (self.channels, *self.size)
 
 
-def resolve_image_spec(source_shape: tuple[int, ...] | None, image_size: int | None, channels: int) -> ImageSpec:
-    """The input geometry: ``image_size`` if given, else the array source's own size."""
-    if image_size is not None:
-        return ImageSpec((image_size, image_size), channels)
-    if source_shape is not None:
-        return ImageSpec((int(source_shape[0]), int(source_shape[1])), channels)
-    return ImageSpec((DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE), channels)
+def resolve_image_spec(source_shape: tuple[int, ...] | None, cfg) -> ImageSpec:
+    """The input geometry from a :class:`DataConfig`: ``image_size`` if given, else the
+    tile size, else an array source's own size, else 28."""
+    if cfg.image_size is not None:
+        size = (cfg.image_size, cfg.image_size)
+    elif cfg.tile is not None:
+        size = (cfg.tile, cfg.tile)
+    elif source_shape is not None:
+        size = (int(source_shape[0]), int(source_shape[1]))
+    else:
+        size = (DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE)
+    stride = cfg.stride or cfg.tile
+    return ImageSpec(size, cfg.channels, cfg.tile, stride, cfg.max_pixels)
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
-    """Scale an image batch to float32 in [0, 1] by its dtype's range (uint8, uint16, float)."""
+    """Scale pixel values to float32 in [0, 1] by the dtype's range (uint8, uint16, float)."""
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     if images.dtype == np.uint16:
         return images.astype(np.float32) / 65535.0
     out = images.astype(np.float32)
-    lo, hi = float(out.min()), float(out.max())
-    if lo < 0.0 or hi > 1.0:
-        # Float images in an arbitrary range: min-max scale the batch to [0, 1].
+    lo, hi = float(np.nanmin(out)), float(np.nanmax(out))
+    if lo < 0.0 or hi > 1.0:  # floats in an arbitrary range: min-max to [0, 1]
         out = (out - lo) / max(hi - lo, 1e-12)
-    return out
+    return np.nan_to_num(out)
 
 
 def convert_arrays(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """(B, H, W, C) array batch -> (B, C', H', W') float32 in [0, 1] per ``spec``."""
-    x = torch.from_numpy(to_unit_float(images)).permute(0, 3, 1, 2)  # (B, C, H, W)
+    return _fit(np.ascontiguousarray(to_unit_float(images).transpose(0, 3, 1, 2)), spec)
+
+
+def _fit(x: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Channels and size of a (B, C, H, W) float batch made to match ``spec``.
+
+    torch is imported here, not at module level: decode tasks that only read files then
+    start without it (a second or more, and hundreds of MB, per Ray worker).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(x)
     if x.shape[1] != spec.channels:
-        if spec.channels == 1:  # RGB -> luminance, ITU-R 601 weights as Pillow's "L"
+        if spec.channels == 1:  # luminance with ITU-R 601 weights, as Pillow's "L"
             w = torch.tensor([0.299, 0.587, 0.114])[: x.shape[1]]
             x = (x * w.view(1, -1, 1, 1)).sum(1, keepdim=True) / w.sum()
         else:
@@ -70,59 +97,128 @@ def convert_arrays(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
     return x.clamp(0.0, 1.0).contiguous().numpy()
 
 
-def decode_file(path: str, spec: ImageSpec) -> np.ndarray:
-    """Read one image file into (C, H, W) float32 in [0, 1]. Raises on any bad input."""
-    with Image.open(path) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"too large: {img.width}x{img.height} pixels exceeds {MAX_PIXELS}")
-        mode = "L" if spec.channels == 1 else "RGB"
-        if img.format == "JPEG":
-            img.draft(mode, spec.size)  # decode at reduced scale: the cheap win for big JPEGs
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(img, dtype=np.float32)
-            hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-            img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
-        img = img.convert(mode).resize(spec.size[::-1], Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+def open_image(file: str = "", member: str = "", data: bytes | None = None) -> Image.Image:
+    """A Pillow image from encoded bytes, a zip member, or a file."""
+    if data is not None:
+        return Image.open(io.BytesIO(data))
+    if member:
+        return Image.open(io.BytesIO(open_zip(file).read(member)))
+    return Image.open(file)
+
+
+def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -> np.ndarray:
+    """Decode a Pillow image to (C, H, W) float32 in [0, 1].
+
+    8-bit images scale by 255, 16-bit by 65535, 32-bit integer and float images by their
+    range. Alpha is dropped, palettes expanded. Resized to ``spec.size`` unless
+    ``full_size`` (tiling cuts the full image first).
+
+    Raises:
+        ValueError: more pixels than ``spec.max_pixels`` (a probable decompression bomb).
+        OSError: a corrupt or truncated file.
+    """
+    if img.width * img.height > spec.max_pixels:
+        raise ValueError(f"too large: {img.width}x{img.height} pixels exceeds max_pixels={spec.max_pixels}")
+    mode = "L" if spec.channels == 1 else "RGB"
+    if img.format == "JPEG" and not full_size:
+        img.draft(mode, spec.size)  # decode at a reduced scale: the cheap win for big JPEGs
+    img.load()
+    if img.mode in HIGH_DEPTH_MODES:
+        raw = np.asarray(img)
+        arr = raw.astype(np.float32) / 65535.0 if raw.dtype == np.uint16 or img.mode.startswith("I;16") else to_unit_float(raw)
+        arr = np.repeat(arr[None], spec.channels, axis=0)
+        if not full_size and arr.shape[1:] != spec.size:
+            arr = _fit(arr[None], spec)[0]
+        return arr
+    img = img.convert(mode)
+    if not full_size and img.size != spec.size[::-1]:
+        img = img.resize(spec.size[::-1], Image.BILINEAR, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
-    """Ray Data batch function: arrays are converted, files decoded; failures recorded."""
-    n = len(batch["id"])
-    ok = np.ones(n, dtype=bool)
-    reason = np.array([""] * n, dtype=object)
+def decode_file(path: str, spec: ImageSpec) -> np.ndarray:
+    """Read one image file into (C, H, W) float32 in [0, 1]. Raises on any bad input."""
+    with open_image(path) as img:
+        return image_to_array(img, spec)
+
+
+def tile_positions(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left (y, x) of every full tile; tiles past the edge are not cut."""
+    return [(y, x) for y in range(0, height - tile + 1, stride) for x in range(0, width - tile + 1, stride)]
+
+
+def cut_tiles(full: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Tiles (N, C, H, W) of a full (C, H, W) image, resized to ``spec.size``."""
+    positions = tile_positions(full.shape[1], full.shape[2], spec.tile, spec.stride)
+    if not positions:
+        raise ValueError(f"smaller than one tile: {full.shape[2]}x{full.shape[1]} < {spec.tile}")
+    tiles = np.stack([full[:, y : y + spec.tile, x : x + spec.tile] for y, x in positions])
+    return _fit(tiles, spec), positions
+
+
+def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size: bool) -> np.ndarray:
     if "image" in batch:
-        x = convert_arrays(np.asarray(batch["image"]), spec)
-    else:
-        x = np.zeros((n, *spec.shape), dtype=np.float32)
-        for i, path in enumerate(batch["path"]):
-            try:
-                x[i] = decode_file(path, spec)
-            except Exception as exc:  # any unreadable file is recorded, never fatal here
-                ok[i], reason[i] = False, f"{type(exc).__name__}: {exc}"
-    return {
-        "id": batch["id"],
-        "label": batch["label"],
-        "group": batch["group"],
-        "path": batch["path"],
-        "x": x,
-        "ok": ok,
-        "reason": reason.astype(str),
-        "stage": np.array(["decode"] * n),
-    }
+        x = np.ascontiguousarray(to_unit_float(np.asarray(batch["image"][i]))[None].transpose(0, 3, 1, 2))
+        if full_size:
+            return _fit(x, ImageSpec(tuple(x.shape[-2:]), spec.channels))[0]
+        return _fit(x, spec)[0]
+    data = batch["bytes"][i] if "bytes" in batch else None
+    file = batch["file"][i] if "file" in batch else ""
+    member = batch["member"][i] if "member" in batch else ""
+    with open_image(file, member, data) as img:
+        return image_to_array(img, spec, full_size)
+
+
+def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
+    """Ray Data batch function: one output row per image (or per tile); failures kept."""
+    n = len(batch["id"])
+    passthrough = [k for k in batch if k not in PIXEL_COLUMNS]
+    rows: dict[str, list] = {k: [] for k in (*passthrough, "x", *FLAG_COLUMNS, "_source_id")}
+    if spec.tile is not None:
+        rows.update(tile_y=[], tile_x=[])
+    blank = np.zeros(spec.shape, dtype=np.float32)
+
+    for i in range(n):
+        try:
+            if spec.tile is None:
+                outputs = [(batch["id"][i], batch["group"][i], _decode_one(batch, i, spec, False), None)]
+            else:
+                tiles, positions = cut_tiles(_decode_one(batch, i, spec, True), spec)
+                outputs = [(f"{batch['id'][i]}@y{y}x{x}", batch["id"][i], t, (y, x)) for t, (y, x) in zip(tiles, positions, strict=True)]
+            ok, reason = True, ""
+        except Exception as exc:  # any unreadable input is recorded, never fatal here
+            outputs = [(batch["id"][i], batch["group"][i], blank, (-1, -1) if spec.tile else None)]
+            ok, reason = False, f"{type(exc).__name__}: {exc}"
+        for row_id, group, x, pos in outputs:
+            for k in passthrough:
+                rows[k].append(batch[k][i])
+            rows["id"][-1], rows["group"][-1] = row_id, group
+            rows["x"].append(x)
+            rows["ok"].append(ok)
+            rows["reason"].append(reason)
+            rows["stage"].append("decode")
+            rows["_source_id"].append(batch["id"][i])
+            if pos is not None:
+                rows["tile_y"].append(pos[0])
+                rows["tile_x"].append(pos[1])
+    out = {k: np.asarray(v) for k, v in rows.items() if k != "x"}
+    out["x"] = np.stack(rows["x"]).astype(np.float32) if rows["x"] else np.zeros((0, *spec.shape), np.float32)
+    return out
 
 
 def preprocess(ds: ray.data.Dataset, spec: ImageSpec) -> ray.data.Dataset:
     """Map a source dataset to model inputs ``x`` (C, H, W) with ``ok``/``reason`` flags."""
-    return ds.map_batches(
-        _preprocess_batch, fn_kwargs={"spec": spec}, batch_size=256, batch_format="numpy"
-    )
+    return ds.map_batches(_preprocess_batch, fn_kwargs={"spec": spec}, batch_size=256, batch_format="numpy")
 
 
 def split_rejected(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """(good rows, rejected rows with ``id, path, reason, stage``) of a preprocessed dataset."""
     good = ds.filter(lambda r: r["ok"])
     bad = ds.filter(lambda r: not r["ok"]).select_columns(["id", "path", "reason", "stage"])
-    return good.drop_columns(["ok", "reason", "stage"]), bad
+    return good.drop_columns(list(FLAG_COLUMNS)), bad
 
+
+def output_columns(ds_columns: list[str]) -> list[str]:
+    """Columns of preprocessed rows that belong in the outputs (no x, no internals)."""
+    return [c for c in ds_columns if c != "x" and not c.startswith("_")]

@@ -1,0 +1,81 @@
+"""Command-line flags shared by every job (the job contract), mapped to config paths."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from deimos_ray.config import from_dict, load_yaml, override, parse_override
+
+
+def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
+    """Flags every job takes: data, output, scale, seed, config, smoke test."""
+    p.add_argument("--data", help="source: 'digits' (default), a folder, a .zip, .npz, .csv "
+                   "(manifest) or .parquet file; HiRISE and Galaxy Zoo layouts are recognised; "
+                   "a 'format:' prefix overrides detection")
+    p.add_argument("--out", help=f"run directory (default runs/{job}-<timestamp>); reuse one to resume")
+    p.add_argument("--config", help=f"YAML config (see configs/{job}.yaml); flags override it")
+    p.add_argument("--k", type=int, help="number of clusters (default 10)")
+    p.add_argument("--epochs", type=int, help="training epochs (an upper bound where the "
+                   "algorithm has its own stopping rule)")
+    p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE (default: native "
+                   "size of arrays, the tile size when tiling, 28 for files); cost grows quadratically")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale, default) or 3 (RGB)")
+    p.add_argument("--on-error", choices=["skip", "fail"], help="skip: record unreadable images in "
+                   "rejected.parquet (default); fail: stop at the first, naming it")
+    p.add_argument("--limit", type=int, help="use only the first N images (quick trials)")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="folder sources: each image's parent folder name is its class")
+    p.add_argument("--originals-only", action="store_true",
+                   help="HiRISE: drop the augmented copies (-r90, -fh, -brt, ...)")
+    p.add_argument("--tile", type=int, help="cut images into TILE x TILE tiles (large exposures); "
+                   "each tile is a row grouped with its source image")
+    p.add_argument("--stride", type=int, help="step between tiles (default TILE: no overlap)")
+    p.add_argument("--metadata", help="CSV of per-image metadata joined onto the rows")
+    p.add_argument("--metadata-key", help="the CSV column holding the image id (default 'id')")
+    p.add_argument("--metadata-features", nargs="+", metavar="COL",
+                   help="numeric metadata columns appended, standardised, to dense feature vectors")
+    p.add_argument("--metadata-weight", type=float, help="weight of those features (default 1)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (default 1; 0 runs in the "
+                   "driver process, fastest to start, no resume)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field by dotted path, e.g. --set model.tol=0.0005 (repeatable)")
+    p.add_argument("--smoke-test", action="store_true", help="the real code path on a few hundred "
+                   "images with tiny epochs: checks an installation in about a minute")
+
+
+def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config paths set by the common flags (only those given)."""
+    flags = {
+        "data.spec": args.data, "data.image_size": args.image_size, "data.channels": args.channels,
+        "data.on_error": args.on_error, "data.limit": args.limit,
+        "data.labels_from_folders": True if args.labels_from_folders else None,
+        "data.originals_only": True if args.originals_only else None,
+        "data.tile": args.tile, "data.stride": args.stride, "data.metadata": args.metadata,
+        "data.metadata_key": args.metadata_key, "data.metadata_features": args.metadata_features,
+        "data.metadata_weight": args.metadata_weight,
+        "model.n_clusters": args.k, "model.epochs": args.epochs,
+        "scaling.num_workers": args.num_workers, "seed": args.seed,
+        "scaling.use_gpu": True if args.use_gpu else None,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """Config from defaults <- YAML file <- --smoke-test <- flags <- --set, validated."""
+    cfg = from_dict(cls, load_yaml(args.config)) if args.config else cls()
+    overrides: dict[str, Any] = dict(smoke) if args.smoke_test else {}
+    overrides.update(common_overrides(args))
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    overrides.update(parse_override(s) for s in args.set)
+    for key, value in overrides.items():
+        cfg = override(cfg, key, value)
+    return cfg
+
+
+def default_out(job: str, out: str | None) -> Path:
+    return Path(out or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}")
