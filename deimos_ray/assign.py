@@ -64,7 +64,7 @@ class DECAssigner:
         }
         for name, values in batch.items():  # metadata columns travel with their image
             if name not in columns and name != "x":
-                columns[name] = pa.array(np.asarray(values).tolist())
+                columns[name] = pa.array(np.asarray(values), from_pandas=True)  # NaN -> null
         return pa.table(columns).replace_schema_metadata(self.metadata)
 
 

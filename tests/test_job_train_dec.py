@@ -27,10 +27,14 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
     images.mkdir()
     good = write_image_folder(images, n_good=24)
     write_bad_files(images)
+    # A catalogue covering only some images: the others get nulls, not errors.
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("name,site\n" + "".join(f"{p.name},site{i % 2}\n" for i, p in enumerate(good[:10])))
     out = tmp_path / "run"
     job = load_job()
     args = job.get_args_parser().parse_args(
-        ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "8"]
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "8",
+         "--metadata", str(catalogue), "--metadata-key", "name"]
     )
     assert job.main(args) == 0
 
@@ -44,6 +48,8 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
     assert len(set(table.column("id").to_pylist())) == len(good)
     assert set(table.column("label").to_pylist()) == {-1}
     assert all(0 < c <= 1 for c in table.column("confidence").to_pylist())
+    sites = table.column("site").to_pylist()
+    assert sites.count(None) == len(good) - 10 and {"site0", "site1"} <= set(sites)
 
     rejected = pq.read_table(out / "rejected.parquet")
     assert rejected.column_names == ["id", "path", "reason", "stage"] and rejected.num_rows == 3
@@ -83,3 +89,19 @@ def test_bad_arguments_fail_before_any_work(bad, message, tmp_path, capsys):
     assert job.main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_hirise_fixture_end_to_end_keeps_metadata_and_reports_missing(ray_session, tmp_path):
+    job = load_job()
+    out = tmp_path / "run"
+    fixture = ROOT / "tests" / "fixtures" / "hirise"
+    args = job.get_args_parser().parse_args(
+        ["--data", str(fixture), "--out", str(out), "--smoke-test", "--num-workers", "0",
+         "--k", "2", "--image-size", "16"]
+    )
+    assert job.main(args) == 0
+    table = pq.read_table(out / "assignments").to_pandas()
+    assert len(table) == 5 and {"class_name", "augmentation", "set"} <= set(table.columns)
+    assert set(table.loc[table["augmentation"] != "", "group"]) == {"ESP_016631_2535_RED-0021.jpg"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accounting"] == {"inputs": 5, "assigned": 5, "rejected": 0, "listed_but_missing": 4}

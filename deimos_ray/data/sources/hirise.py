@@ -81,9 +81,18 @@ class _Listing:
 
 
 def is_hirise(location: Path) -> bool:
-    """True when a folder or zip holds a HiRISE landmark labels file."""
+    """True when a folder (top level or one below) or a zip holds a HiRISE labels file.
+
+    Folders are not walked in full: detection must stay cheap on folders of millions of
+    images.
+    """
     try:
-        return _Listing.of(location).find(LABELS_RE) is not None
+        if location.is_dir():
+            candidates = [*location.glob("*.txt"), *location.glob("*/*.txt")]
+            return any(LABELS_RE.search(p.name) for p in candidates)
+        with zipfile.ZipFile(location) as zf:
+            return any(LABELS_RE.search(PurePosixPath(n).name) and not hidden(PurePosixPath(n).parts)
+                       for n in zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
 
