@@ -172,25 +172,40 @@ def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size
 
 def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
     """Ray Data batch function: one output row per image (or per tile); failures kept."""
-    n = len(batch["id"])
-    passthrough = [k for k in batch if k not in PIXEL_COLUMNS]
-    rows: dict[str, list] = {k: [] for k in (*passthrough, "x", *FLAG_COLUMNS, "_source_id")}
     if spec.tile is not None:
-        rows.update(tile_y=[], tile_x=[])
-    blank = np.zeros(spec.shape, dtype=np.float32)
+        return _tile_batch(batch, spec)
+    n = len(batch["id"])
+    ok = np.ones(n, dtype=bool)
+    reason = [""] * n
+    if "image" in batch:  # decoded arrays of one shape: convert the whole batch at once
+        x = convert_arrays(np.asarray(batch["image"]), spec)
+    else:
+        x = np.zeros((n, *spec.shape), dtype=np.float32)
+        for i in range(n):
+            try:
+                x[i] = _decode_one(batch, i, spec, False)
+            except Exception as exc:  # any unreadable input is recorded, never fatal here
+                ok[i], reason[i] = False, f"{type(exc).__name__}: {exc}"
+    out = {k: v for k, v in batch.items() if k not in PIXEL_COLUMNS}
+    out.update(x=x, ok=ok, reason=np.array(reason), stage=np.full(n, "decode"), _source_id=batch["id"])
+    return out
 
-    for i in range(n):
+
+def _tile_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
+    """Like :func:`_preprocess_batch`, one row per tile; a failed image is one row."""
+    passthrough = [k for k in batch if k not in PIXEL_COLUMNS]
+    rows: dict[str, list] = {k: [] for k in (*passthrough, "x", *FLAG_COLUMNS, "_source_id", "tile_y", "tile_x")}
+    blank = np.zeros(spec.shape, dtype=np.float32)
+    for i in range(len(batch["id"])):
+        source_id = batch["id"][i]
         try:
-            if spec.tile is None:
-                outputs = [(batch["id"][i], batch["group"][i], _decode_one(batch, i, spec, False), None)]
-            else:
-                tiles, positions = cut_tiles(_decode_one(batch, i, spec, True), spec)
-                outputs = [(f"{batch['id'][i]}@y{y}x{x}", batch["id"][i], t, (y, x)) for t, (y, x) in zip(tiles, positions, strict=True)]
+            tiles, positions = cut_tiles(_decode_one(batch, i, spec, True), spec)
+            outputs = [(f"{source_id}@y{y}x{x}", source_id, t, y, x) for t, (y, x) in zip(tiles, positions, strict=True)]
             ok, reason = True, ""
         except Exception as exc:  # any unreadable input is recorded, never fatal here
-            outputs = [(batch["id"][i], batch["group"][i], blank, (-1, -1) if spec.tile else None)]
+            outputs = [(source_id, batch["group"][i], blank, -1, -1)]
             ok, reason = False, f"{type(exc).__name__}: {exc}"
-        for row_id, group, x, pos in outputs:
+        for row_id, group, x, y, x0 in outputs:
             for k in passthrough:
                 rows[k].append(batch[k][i])
             rows["id"][-1], rows["group"][-1] = row_id, group
@@ -198,10 +213,9 @@ def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str
             rows["ok"].append(ok)
             rows["reason"].append(reason)
             rows["stage"].append("decode")
-            rows["_source_id"].append(batch["id"][i])
-            if pos is not None:
-                rows["tile_y"].append(pos[0])
-                rows["tile_x"].append(pos[1])
+            rows["_source_id"].append(source_id)
+            rows["tile_y"].append(y)
+            rows["tile_x"].append(x0)
     out = {k: np.asarray(v) for k, v in rows.items() if k != "x"}
     out["x"] = np.stack(rows["x"]).astype(np.float32) if rows["x"] else np.zeros((0, *spec.shape), np.float32)
     return out
