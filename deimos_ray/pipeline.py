@@ -61,11 +61,12 @@ class DECJobConfig:
         model: DEC / IDEC hyperparameters.
         scaling: Ray Train workers.
         seed: Seeds weights, batching, k-means and the metric samples.
-        checkpoint_interval_s: Every epoch is reported; its report carries a checkpoint
-            when this many seconds have passed since the last one, and always at the end
-            of each pretraining stage and of clustering. 0 checkpoints every epoch. On
-            small data an epoch takes milliseconds and writing the model each time
-            would cost more than training; on large data every epoch is checkpointed.
+        checkpoint_interval_s: An epoch ends with a report and a checkpoint when this
+            many seconds have passed since the last one, and always at the end of each
+            pretraining stage and of clustering; 0 reports every epoch. Epochs on small
+            data take milliseconds, while each report waits up to 2 s for Train's
+            controller and each checkpoint writes the model; on large data, where an
+            epoch outlasts the interval, every epoch is checkpointed.
         max_failures: Worker failures to retry from the latest checkpoint.
         metrics_sample: Points in the seeded sample for silhouette and Dunn.
         baseline_n_init: Restarts of the k-means baseline.

@@ -27,17 +27,28 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def _comm_device() -> torch.device:
+    """NCCL (GPU workers) communicates CUDA tensors only; Gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` across workers in place and return it."""
+    """Sum ``t`` across workers in place (on any device) and return it."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        buf = t.to(_comm_device())
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        t.copy_(buf)
     return t
 
 
 def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Overwrite ``t`` on every worker with rank ``src``'s value."""
+    """Overwrite ``t`` (on any device) on every worker with rank ``src``'s value."""
     if is_distributed():
-        dist.broadcast(t, src=src)
+        buf = t.to(_comm_device())
+        dist.broadcast(buf, src=src)
+        t.copy_(buf)
     return t
 
 
