@@ -131,7 +131,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     rejected_parts = [pd.DataFrame(list(source.rejected), columns=REJECTED_SCHEMA.names)]
     shape = source.image_shape[:2] if source.image_shape else None
     spec = resolve_image_spec(shape, cfg)
-    good, bad_count = None, 0
+    good = None
     if source.dataset is not None:
         ds = source.dataset
         if cfg.metadata:
@@ -139,9 +139,8 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
             ds, _ = join_metadata(ds, sample, cfg)
         processed = preprocess(ds, spec).materialize()
         good, bad = split_rejected(processed)
-        bad_count = bad.count()
-        if bad_count:
-            rejected_parts.append(bad.to_pandas())
+        good = good.materialize()
+        rejected_parts.append(bad.to_pandas())
     rejected = pd.concat([p for p in rejected_parts if len(p)] or rejected_parts, ignore_index=True)
     if cfg.on_error == "fail" and len(rejected):
         first = rejected.iloc[0]
@@ -153,9 +152,8 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         raise ValueError(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read")
     input_shape = spec.shape
     if cfg.metadata_features:
-        good = good.map_batches(_append_meta_features, batch_format="numpy")
+        good = good.map_batches(_append_meta_features, batch_format="numpy").materialize()
         input_shape = (int(np.prod(spec.shape)) + len(cfg.metadata_features),)
-    good = good.materialize()
     good_inputs = len(good.unique("_source_id")) if cfg.tile else good.count()
     return PreparedData(good, rejected, spec, input_shape, source.num_inputs, good_inputs,
                         source.has_labels, source.missing, source.notes)

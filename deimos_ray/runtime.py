@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -59,5 +60,4 @@ def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:
     """Logical CPUs for a local instance: the machine's, and at least one beyond the
     training workers so Ray Data tasks can run beside them (otherwise they wait forever).
     """
-    need = num_workers * cpus_per_worker + 1
-    return int(max(os.cpu_count() or 1, -(-need // 1)))
+    return max(os.cpu_count() or 1, math.ceil(num_workers * cpus_per_worker + 1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deimos_ray import cli
 from deimos_ray.cli import add_common_args, default_out
 from deimos_ray.data.sources import detect_format
 from deimos_ray.pipeline import DECJobConfig, run_dec_job
@@ -48,8 +49,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> DECJobConfig:
-    from deimos_ray import cli
-
     return cli.build_config(DECJobConfig, args, SMOKE, {
         "model.variant": args.variant, "model.pretrain_epochs": args.pretrain_epochs,
         "model.update_interval": args.update_interval,

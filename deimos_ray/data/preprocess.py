@@ -19,10 +19,9 @@ import ray
 from PIL import Image
 
 from deimos_ray.data.sources.archive import open_zip
+from deimos_ray.data.sources.base import PIXEL_COLUMNS
 
 DEFAULT_FILE_IMAGE_SIZE = 28
-PIXEL_COLUMNS = ("image", "bytes", "file", "member")
-OUTPUT_CORE = ("id", "label", "group", "path")
 FLAG_COLUMNS = ("ok", "reason", "stage")
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 

@@ -23,7 +23,6 @@ import pyarrow as pa
 import ray
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-CORE_COLUMNS = ("id", "label", "group", "path")
 PIXEL_COLUMNS = ("image", "bytes", "file", "member")
 FILE_ROWS_PER_BLOCK = 256  # decoding is the expensive step: small blocks spread it
 
