@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) jobs/train_dec.py $(ARGS)
+	$(PY) jobs/train_dac.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +22,99 @@ import torch
 
 from deimos_ray import __version__
 from deimos_ray.config import from_dict
+from deimos_ray.models.dac import DACConfig, DACNet, label_features
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train.checkpoint import load_state
 
 METADATA_KEY = b"deimos_ray"
 ROWS_PER_FILE = 250_000
+TOPK = 3  # topk_clusters / topk_probs hold the 3 most probable clusters
 
 
 def load_dec(checkpoint_dir: str | Path, device: str = "cpu") -> DEC:
     """Rebuild a trained DEC/IDEC model from a checkpoint directory (weights only)."""
-    state = load_state(checkpoint_dir)
+    return _load_dec(load_state(checkpoint_dir), checkpoint_dir).to(device).eval()
+
+
+def _load_dec(state: dict[str, Any], where: str | Path) -> DEC:
     if state.get("phase") != "cluster":
-        raise ValueError(f"{checkpoint_dir} holds a {state.get('phase')!r} checkpoint, not a trained DEC model")
+        raise ValueError(f"{where} holds a {state.get('phase')!r} checkpoint, not a trained DEC model")
     cfg = from_dict(DECConfig, state["config"])
     model = DEC(cfg, build_autoencoder(cfg, tuple(state["input_shape"])))
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model
 
 
-class DECAssigner:
+def load_dac(checkpoint_dir: str | Path, device: str = "cpu") -> DACNet:
+    """Rebuild a trained DAC network from a checkpoint directory (weights only)."""
+    state = load_state(checkpoint_dir)
+    if state.get("algorithm") != "dac":
+        raise ValueError(f"{checkpoint_dir} does not hold a DAC checkpoint")
+    net = DACNet(from_dict(DACConfig, state["config"]), tuple(state["input_shape"]))
+    net.load_state_dict(state["model"])
+    return net.to(device).eval()
+
+
+def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    """(N, m) array -> a Parquet column of length-m lists."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), dtype), values.shape[1])
+
+
+def _dec_columns(model: DEC, x: torch.Tensor) -> dict[str, pa.Array]:
+    z, q, _ = model(x)
+    confidence, cluster = q.max(dim=1)
+    return {
+        "cluster": pa.array(cluster.cpu().numpy(), pa.int32()),
+        "confidence": pa.array(confidence.cpu().numpy(), pa.float32()),
+        "embedding": _fixed_list(z.cpu().numpy().astype(np.float32), pa.float32()),
+    }
+
+
+def _dac_columns(net: DACNet, x: torch.Tensor) -> dict[str, pa.Array]:
+    logits = net(x)
+    probs = torch.softmax(logits, dim=1)
+    top_p, top_c = probs.topk(min(TOPK, probs.shape[1]), dim=1)
+    return {
+        "cluster": pa.array(top_c[:, 0].cpu().numpy(), pa.int32()),
+        "confidence": pa.array(top_p[:, 0].cpu().numpy(), pa.float32()),
+        "topk_clusters": _fixed_list(top_c.cpu().numpy().astype(np.int32), pa.int32()),
+        "topk_probs": _fixed_list(top_p.cpu().numpy().astype(np.float32), pa.float32()),
+        "embedding": _fixed_list(label_features(logits).cpu().numpy().astype(np.float32), pa.float32()),
+    }
+
+
+def load_predictor(checkpoint_dir: str | Path, device: str = "cpu") -> Callable[[torch.Tensor], dict[str, pa.Array]]:
+    """A function from a batch of inputs to the algorithm's assignment columns.
+
+    DEC/IDEC: ``cluster``, ``confidence`` (max q), ``embedding`` (z). DAC: ``cluster``,
+    ``confidence`` (max probability), ``topk_clusters`` / ``topk_probs`` (up to 3),
+    ``embedding`` (the label features).
+    """
+    state = load_state(checkpoint_dir)
+    if state.get("algorithm") == "dac":
+        net = load_dac(checkpoint_dir, device)
+        return lambda x: _dac_columns(net, x)
+    model = _load_dec(state, checkpoint_dir).to(device).eval()
+    return lambda x: _dec_columns(model, x)
+
+
+class Assigner:
     """Ray Data actor: loads the model once, then maps batches of ``x`` to assignments."""
 
     def __init__(self, checkpoint_dir: str, metadata: dict[str, Any], use_gpu: bool = False):
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = load_dec(checkpoint_dir, self.device)
+        self.predict = load_predictor(checkpoint_dir, self.device)
         self.metadata = {METADATA_KEY: json.dumps(metadata, default=str).encode()}
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         x = torch.as_tensor(np.asarray(batch["x"]), dtype=torch.float32, device=self.device)
-        z, q, _ = self.model(x)
-        confidence, cluster = q.max(dim=1)
-        z = z.cpu().numpy().astype(np.float32)
         columns = {
             "id": pa.array(batch["id"], pa.string()),
             "path": pa.array(batch["path"], pa.string()),
             "group": pa.array(batch["group"], pa.string()),
             "label": pa.array(batch["label"], pa.int64()),
-            "cluster": pa.array(cluster.cpu().numpy(), pa.int32()),
-            "confidence": pa.array(confidence.cpu().numpy(), pa.float32()),
-            "embedding": pa.FixedSizeListArray.from_arrays(z.reshape(-1), z.shape[1]),
+            **self.predict(x),
         }
         for name, values in batch.items():  # metadata columns travel with their image
             if name not in columns and name != "x":
@@ -79,7 +133,7 @@ def write_assignments(
 
     Args:
         ds: Preprocessed, readable rows.
-        checkpoint_dir: A DEC checkpoint directory.
+        checkpoint_dir: A DEC/IDEC or DAC checkpoint directory.
         destination: The ``assignments/`` folder to create (replaced if it exists).
         metadata: JSON-able dict stored in every file's metadata under ``deimos_ray``.
         use_gpu: One GPU per model actor.
@@ -91,7 +145,7 @@ def write_assignments(
     staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     metadata = {**metadata, "package_version": __version__}
     assigned = ds.map_batches(
-        DECAssigner,
+        Assigner,
         fn_constructor_args=(str(Path(checkpoint_dir).resolve()), metadata, use_gpu),
         batch_size=1024,
         batch_format="numpy",
@@ -106,6 +160,27 @@ def write_assignments(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def remap_clusters(assignments_dir: str | Path, mapping: dict[int, int]) -> None:
+    """Rewrite the ``cluster`` column of every assignments file through ``mapping``
+    (old -> new; clusters not in it stay), file by file, each replaced by a rename."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not mapping:
+        return
+    old = pa.array(list(mapping), pa.int32())
+    new = pa.array(list(mapping.values()), pa.int32())
+    for path in sorted(Path(assignments_dir).glob("*.parquet")):
+        table = pq.read_table(path)
+        cluster = table.column("cluster")
+        position = pc.index_in(cluster, value_set=old)
+        remapped = pc.if_else(pc.is_null(position), cluster, pc.take(new, position))
+        table = table.set_column(table.schema.get_field_index("cluster"), "cluster", remapped)
+        staging = path.with_name(f".{path.name}.partial")
+        pq.write_table(table, staging)
+        staging.replace(path)
 
 
 def _replace_dir(source: Path, destination: Path) -> None:

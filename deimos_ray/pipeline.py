@@ -1,7 +1,7 @@
 """The job contract shared by every training job: data in, model trained on Ray Train,
 one Parquet row per image out, scores beside the k-means baseline.
 
-Steps of :func:`run_dec_job` (DAC and DESOM jobs follow the same ones):
+Steps of :func:`run_training_job`, which every job follows:
 
 1. write ``DIR/config.yaml``;
 2. load the source as a Ray Dataset and preprocess it in Ray Data; unreadable images go
@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import torch
 
-from deimos_ray.assign import write_assignments
+from deimos_ray.assign import remap_clusters, write_assignments
 from deimos_ray.baselines import kmeans_baseline
 from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
 from deimos_ray.data.metadata import join_metadata
@@ -42,9 +45,10 @@ from deimos_ray.data.preprocess import (
 )
 from deimos_ray.data.sources import load_source
 from deimos_ray.metrics import all_scores, format_table, internal_scores
+from deimos_ray.models.dac import DACConfig, reassign_small_clusters
 from deimos_ray.models.dec import DECConfig
 from deimos_ray.runtime import init_ray, local_cpus_needed
-from deimos_ray.train import dec_loop
+from deimos_ray.train import dac_loop, dec_loop
 from deimos_ray.train.driver import export_checkpoint, fit
 
 REJECTED_SCHEMA = pa.schema(
@@ -74,6 +78,27 @@ class DECJobConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: DECConfig = field(default_factory=DECConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    seed: int = 0
+    checkpoint_interval_s: float = 30.0
+    max_failures: int = 0
+    metrics_sample: int = 2000
+    baseline_n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval_s < 0:
+            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+
+
+@dataclass(frozen=True)
+class DACJobConfig:
+    """Everything ``jobs/train_dac.py`` needs; saved with every output of the run.
+
+    The fields other than ``model`` mean what they mean in :class:`DECJobConfig`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DACConfig = field(default_factory=DACConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     seed: int = 0
     checkpoint_interval_s: float = 30.0
@@ -195,6 +220,85 @@ def score_run(
 
 def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") -> dict[str, Any]:
     """Run DEC / IDEC end to end into ``out_dir`` and return the metrics dict."""
+    if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
+        raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
+    return run_training_job(cfg, out_dir, job, dec_loop.train_loop_per_worker, cfg.model.variant)
+
+
+def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") -> dict[str, Any]:
+    """Run DAC end to end into ``out_dir`` and return the metrics dict.
+
+    Beyond the common steps: the rows drawn by ``model.labeled_fraction`` carry their
+    label into training (column ``known``), and after assignment clusters smaller than
+    ``model.min_cluster_size`` are merged into their most similar cluster.
+    """
+    if cfg.data.metadata_features:
+        raise ValueError("DAC trains on images; metadata_features apply to dense models (train_dec)")
+    model = cfg.model
+
+    def training_rows(data: PreparedData) -> ray.data.Dataset:
+        if model.labeled_fraction > 0 and not data.has_labels:
+            raise ValueError("model.labeled_fraction needs a source with labels (none has a label)")
+        return data.good.select_columns(["id", "label", "x"]).map_batches(
+            _draw_known_labels, fn_kwargs={"fraction": model.labeled_fraction, "seed": cfg.seed},
+            batch_format="numpy",
+        )
+
+    def merge_small_clusters(out: Path, assignments: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        if model.min_cluster_size <= 0:
+            return assignments, {}
+        features = torch.as_tensor(np.stack(assignments["embedding"].to_numpy()))
+        merged, mapping = reassign_small_clusters(assignments["cluster"].to_numpy(), features,
+                                                  model.min_cluster_size)
+        moved = int((merged.numpy() != assignments["cluster"].to_numpy()).sum())
+        remap_clusters(out / "assignments", mapping)
+        assignments = assignments.assign(cluster=merged.numpy().astype(np.int32))
+        print(f"[{job}] min_cluster_size {model.min_cluster_size}: {len(mapping)} small cluster(s) "
+              f"merged, {moved} image(s) moved " + (str(mapping) if mapping else ""))
+        return assignments, {"small_clusters_merged": {str(k): v for k, v in mapping.items()},
+                             "images_moved": moved}
+
+    return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
+                            training_rows=training_rows, after_assign=merge_small_clusters)
+
+
+def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """``known`` = the label for a seeded ``fraction`` of the labelled rows, else -1.
+
+    The draw hashes each row's id with the seed, so it does not depend on how the rows
+    are split across blocks or workers.
+    """
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    if fraction <= 0:
+        known = np.full(len(labels), -1, dtype=np.int64)
+    else:
+        draws = np.array([zlib.crc32(f"{seed}:{i}".encode()) / 2**32 for i in batch["id"]])
+        known = np.where((labels >= 0) & (draws < fraction), labels, -1)
+    return {"x": batch["x"], "known": known}
+
+
+def run_training_job(
+    cfg: Any,
+    out_dir: str | Path,
+    job: str,
+    train_loop: Callable[[dict[str, Any]], Any],
+    model_name: str,
+    training_rows: Callable[[PreparedData], ray.data.Dataset] | None = None,
+    after_assign: Callable[[Path, pd.DataFrame], tuple[pd.DataFrame, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The job contract (module docstring) for any algorithm.
+
+    Args:
+        cfg: A job config with ``data``, ``model`` (with ``n_clusters``), ``scaling``,
+            ``seed``, ``checkpoint_interval_s``, ``max_failures``, ``metrics_sample`` and
+            ``baseline_n_init``.
+        train_loop: The Ray Train loop; its checkpoint must load with
+            :func:`deimos_ray.assign.load_predictor`.
+        model_name: The model's name in the score table.
+        training_rows: The dataset the loop trains on (default: the ``x`` column).
+        after_assign: Post-processing of the written assignments; returns the updated
+            rows and entries for ``metrics.json``.
+    """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
@@ -202,8 +306,6 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
     t0 = time.perf_counter()
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker))
 
-    if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
-        raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
     data = prepare_data(cfg.data)
     write_rejected(data.rejected, out / "rejected.parquet")
     n_rows = data.good.count()
@@ -221,10 +323,9 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
         "input_shape": list(data.input_shape),
         "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
-    result = fit(
-        dec_loop.train_loop_per_worker, loop_config, data.good.select_columns(["x"]),
-        cfg.scaling, out / "ray", name="train", max_failures=cfg.max_failures,
-    )
+    rows = training_rows(data) if training_rows else data.good.select_columns(["x"])
+    result = fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
+                 max_failures=cfg.max_failures)
     checkpoint = export_checkpoint(result, out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
 
@@ -236,6 +337,9 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
         out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu,
     )
     assignments = pq.read_table(out / "assignments").to_pandas()
+    extra: dict[str, Any] = {}
+    if after_assign is not None:
+        assignments, extra = after_assign(out, assignments)
     timings["assign_s"] = time.perf_counter() - t
 
     if len(assignments) != n_rows:
@@ -250,19 +354,16 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
 
     t = time.perf_counter()
     ids, features = collect_features(data.good)
-    scores = score_run(
-        assignments, ids, features, cfg.model.n_clusters, cfg.seed, cfg.metrics_sample,
-        cfg.baseline_n_init, data.has_labels, cfg.model.variant,
-    )
+    k = cfg.model.n_clusters
+    scores = score_run(assignments, ids, features, k, cfg.seed, cfg.metrics_sample,
+                       cfg.baseline_n_init, data.has_labels, model_name)
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     found = assignments["cluster"].nunique()
-    if found < cfg.model.n_clusters:
-        warnings.warn(
-            f"{cfg.model.variant.upper()} returned {found} distinct clusters, fewer than "
-            f"n_clusters={cfg.model.n_clusters}", stacklevel=2,
-        )
+    if found < k:
+        warnings.warn(f"{model_name.upper()} returned {found} distinct clusters, fewer than "
+                      f"n_clusters={k}", stacklevel=2)
     metrics = {
         "job": job,
         "accounting": accounting,
@@ -270,12 +371,13 @@ def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") 
         "scores_space": "internal scores on preprocessed pixels for every method; "
                         "silhouette_embedding in the model's embedding",
         "training": result.return_value if hasattr(result, "return_value") else None,
+        **extra,
         "timings_s": timings,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
 
     print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned "
           f"+ {accounting['rejected']} rejected" + (f" ({n_rows} tiles)" if cfg.data.tile else ""))
-    print(f"[{job}] scores (k={cfg.model.n_clusters}):\n{format_table(scores)}")
+    print(f"[{job}] scores (k={k}):\n{format_table(scores)}")
     print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
     return metrics

@@ -13,14 +13,15 @@ from deimos_ray.config import (
     save_yaml,
     to_dict,
 )
-from deimos_ray.pipeline import DECJobConfig
+from deimos_ray.pipeline import DACJobConfig, DECJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_yaml_is_the_default_config():
-    cfg = from_dict(DECJobConfig, load_yaml(ROOT / "configs" / "train_dec.yaml"))
-    assert cfg == DECJobConfig()
+@pytest.mark.parametrize("job,cls", [("train_dec", DECJobConfig), ("train_dac", DACJobConfig)])
+def test_shipped_yaml_is_the_default_config(job, cls):
+    cfg = from_dict(cls, load_yaml(ROOT / "configs" / f"{job}.yaml"))
+    assert cfg == cls()
 
 
 def test_unknown_keys_are_rejected_with_the_valid_ones():

@@ -39,7 +39,7 @@ def dry_run(repo: Path, target: str) -> str:
 
 
 def test_fresh_clone_creates_the_venv_then_runs(clone):
-    for target, command in (("test", "-m pytest"), ("run", "jobs/train_dec.py")):
+    for target, command in (("test", "-m pytest"), ("run", "jobs/train_dac.py")):
         out = dry_run(clone, target)
         assert "-m venv .venv" in out
         assert "pip install" in out and "-c constraints.txt" in out and '-e ".[dev]"' in out

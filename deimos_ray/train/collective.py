@@ -52,6 +52,17 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     return t
 
 
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Every worker's ``t`` (same shape on all) concatenated along dim 0 in rank order,
+    without gradient, on ``t``'s device."""
+    if not is_distributed():
+        return t.detach()
+    buf = t.detach().to(_comm_device()).contiguous()
+    parts = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, buf)
+    return torch.cat(parts).to(t.device)
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """List of every worker's ``obj``, in rank order."""
     if not is_distributed():

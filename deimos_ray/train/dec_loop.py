@@ -21,8 +21,6 @@ the current target, so a resumed run trains on exactly the same p.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from typing import Any
 
 import numpy as np
@@ -36,25 +34,13 @@ from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder, target_distribution
 from deimos_ray.train import collective as C
 from deimos_ray.train.checkpoint import latest_state, report_epoch
-
-FEATURE_COLUMN = "x"
-
-
-def load_shard(shard: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Read this worker's dataset shard into one float tensor (N_local, *input_shape)."""
-    parts = [
-        batch[FEATURE_COLUMN]
-        for batch in shard.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device="cpu")
-    ]
-    if not parts:
-        return torch.zeros((0, *input_shape))
-    return torch.cat(parts).reshape(-1, *input_shape)
-
-
-def batched(x: torch.Tensor, batch_size: int = 1024):
-    """Consecutive slices of ``x`` for no-gradient passes."""
-    for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size]
+from deimos_ray.train.common import (
+    Batches,
+    CheckpointClock,
+    batched,
+    global_count,
+    load_shard,
+)
 
 
 @torch.no_grad()
@@ -87,63 +73,10 @@ def compute_target(
     return target_distribution(q, f), q.argmax(dim=1), f
 
 
-def global_count(value: int | float) -> float:
-    """Sum of a per-worker count across workers."""
-    return float(C.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64)).item())
-
-
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     return torch.optim.Adam(params, lr=lr)
-
-
-class _CheckpointClock:
-    """Decides which epochs end with a report and checkpoint: when ``interval_s``
-    seconds have passed since the last one, and always at the end of a stage. With
-    ``interval_s=0`` every epoch reports.
-
-    Why not every epoch: Train V2 drains each worker's one-slot result queue only every
-    2 s (its health-check interval), so each ``ray.train.report`` blocks for up to 2 s.
-    On digits (8 steps an epoch) reporting every epoch made a 90 s run take 10 minutes.
-    Rank 0's clock decides and the decision is broadcast, because every rank must call
-    ``report`` the same number of times.
-    """
-
-    def __init__(self, interval_s: float):
-        self.interval_s = interval_s
-        self.last = time.monotonic()
-
-    def due(self, final: bool = False) -> bool:
-        now = time.monotonic()
-        decision = torch.tensor([1.0 if final or now - self.last >= self.interval_s else 0.0])
-        due = bool(C.broadcast_(decision).item())
-        if due:
-            self.last = now
-        return due
-
-
-class _Batches:
-    """Per-epoch mini-batch indices with the same number of steps on every worker.
-
-    DDP needs every rank to take the same number of steps, so the steps per epoch come
-    from the global row count; a worker whose shard is a row short wraps around.
-    """
-
-    def __init__(self, n_local: int, n_global: int, batch_size: int, seed: int):
-        self.n_local = n_local
-        self.local_batch = max(1, batch_size // C.world_size())
-        self.steps = max(1, math.ceil(n_global / (self.local_batch * C.world_size())))
-        self.seed = seed
-
-    def epoch(self, epoch: int):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1_009 + C.rank())
-        need = self.steps * self.local_batch
-        perm = torch.cat(
-            [torch.randperm(self.n_local, generator=g) for _ in range(math.ceil(need / self.n_local))]
-        )
-        for s in range(self.steps):
-            yield perm[s * self.local_batch : (s + 1) * self.local_batch]
 
 
 def _log(message: str) -> None:
@@ -178,11 +111,11 @@ def pretrain(
     cfg: DECConfig,
     autoencoder: nn.Module,
     x_local: torch.Tensor,
-    batches: _Batches,
+    batches: Batches,
     device: torch.device,
     state: dict[str, Any] | None,
     base_state: dict[str, Any],
-    clock: _CheckpointClock,
+    clock: CheckpointClock,
 ) -> None:
     """Train the autoencoder in place; reports with checkpoints follow ``clock`` and
     always close a stage."""
@@ -297,15 +230,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     n_global = int(global_count(len(x_local)))
     if len(x_local) == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
-    batches = _Batches(len(x_local), n_global, cfg.batch_size, seed)
+    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
     _log(f"{n_global} samples, {C.world_size()} worker(s), {batches.steps} steps per epoch")
 
-    clock = _CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+    clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
     state = latest_state()
     if state is not None:
         check_resumable(state, cfg, input_shape)
         _log(f"resuming from checkpoint: phase {state['phase']}")
-    base_state = {"config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
+    base_state = {"algorithm": "dec", "config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
 
     autoencoder = build_autoencoder(cfg, input_shape).to(device)
     if state is not None and state["phase"] == "pretrain":
@@ -327,11 +260,11 @@ def cluster(
     cfg: DECConfig,
     model: DEC,
     x_local: torch.Tensor,
-    batches: _Batches,
+    batches: Batches,
     device: torch.device,
     state: dict[str, Any] | None,
     base_state: dict[str, Any],
-    clock: _CheckpointClock,
+    clock: CheckpointClock,
 ) -> dict[str, Any]:
     """DEC's self-training phase; reports with checkpoints follow ``clock`` and always
     close the phase."""

@@ -1,0 +1,341 @@
+"""DAC: Deep Adaptive Clustering (Chang, Wang, Meng, Xiang and Pan, ICCV 2017).
+
+The network maps an image to k "label features": a softmax, L2-normalised, so the
+cosine similarity of two images is a dot product in [0, 1]. Training alternates, batch
+by batch, between *selection* with the current network and *learning* on what was
+selected:
+
+    sim_ij = l_i . l_j                                     (cosine similarity)
+    r_ij   = 1 if sim_ij >= u,  0 if sim_ij < l,  else the pair is ignored
+    L      = mean over selected pairs of  -r log sim - (1 - r) log(1 - sim)
+
+and the thresholds move each epoch so that more pairs are selected as the network
+improves (u falls, l rises) until u <= l. Three schedules (``schedule``):
+
+- ``paper`` (default): u = 0.95 - λ, l = 0.455 + 0.1 λ, λ += 1.1 x 0.009 after each
+  epoch; training stops when u <= l, after 46 epochs.
+- ``deimos``: u = u0 - u_coeff λ, l = l0 + l_coeff λ with every constant an option (the
+  DeIMOS Mars project's tuning knobs). Its defaults are the paper's values.
+- ``official``: the reference code (vector-1127/DAC), which differs from the paper: a
+  single threshold th starts at ``official_upper`` (0.99) and falls by
+  (official_upper - official_lower) / epochs each epoch; EVERY pair is used, "same"
+  when sim >= th and "different" otherwise (u = l = th), for all ``epochs``. Its
+  auxiliary self-labelling loss is not reproduced.
+
+The pair loss here leaves out the diagonal (sim_ii = 1 exactly, so its loss and gradient
+are zero; counting it would only dilute the average).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deimos_ray.data.augment import AugmentConfig
+
+BACKBONES = ("vgg", "resnet18")
+SCHEDULES = ("paper", "deimos", "official")
+PAPER_U0, PAPER_L0, PAPER_U_COEFF, PAPER_L_COEFF = 0.95, 0.455, 1.0, 0.1
+PAPER_LAMBDA_STEP = 0.0099  # 1.1 x 0.009
+EPS = 1e-7
+
+
+def digit_safe_augmentation() -> AugmentConfig:
+    """Crops and brightness/contrast only: rotations and flips would turn a 6 into a 9."""
+    return AugmentConfig(rotate90=False, hflip=False, vflip=False, crop_scale=(0.7, 1.0))
+
+
+@dataclass(frozen=True)
+class DACConfig:
+    """Hyperparameters of DAC. Defaults follow the paper unless noted.
+
+    Attributes:
+        n_clusters: Number of clusters k (the size of the label features).
+        backbone: ``vgg`` (default: stacks of 3x3 convolutions with batch norm and ReLU,
+            max pooling, then dense layers, the shape of the DAC paper's and the DeIMOS
+            networks) or ``resnet18`` (torchvision's, randomly initialised or loaded from
+            ``backbone_weights``).
+        backbone_weights: A local file holding a ResNet-18 state dict (nothing is ever
+            downloaded). The final ``fc`` layer's weights are ignored.
+        conv_widths: Channels of each VGG stage (two 3x3 convolutions, then 2x2 max
+            pooling while the feature map is larger than 1x1). The paper's MNIST net uses
+            64 and 128; the default is narrower so a CPU trains it in minutes.
+        hidden_dim: Width of the dense layer before the k-way output.
+        schedule: ``paper``, ``deimos`` or ``official`` (module docstring).
+        u0, l0, u_coeff, l_coeff, lambda_step: The ``deimos`` schedule's constants.
+        official_upper, official_lower: The ``official`` schedule's start and end
+            (reference code, CIFAR-10: 0.99 and 0.75).
+        epochs: Upper bound on epochs; ``paper`` and ``deimos`` stop earlier when
+            u <= l; ``official`` runs exactly this many.
+        batch_size: Images per step, global across workers; pairs are selected among
+            them (paper and reference: selection over batches of this order).
+        lr: RMSprop learning rate (paper and reference code: 0.001).
+        augment: Train on two random views of every image, an image and its view being a
+            "same" pair (the reference code also trains on augmented images).
+        augmentation: Which augmentations make the views. The default keeps orientation
+            (crops, brightness, contrast); for orbital or sky images add rotations and
+            flips (``augmentation.rotate90=true`` etc.).
+        labeled_fraction: DeIMOS extension. Fraction (0-1] of the rows with a known
+            label whose labels supervise training: pairs of them are must-link (same
+            label) or cannot-link; 0 uses none.
+        labeled_weight: Weight of the labelled-pair loss against the selected-pair loss.
+        min_cluster_size: DeIMOS extension. After training, clusters with fewer members
+            are merged into the most similar remaining cluster (cosine similarity of the
+            clusters' mean label features); 0 disables it.
+        gather_pairs: With several workers, all-gather the label features so pairs are
+            selected across the global batch, not within each worker's share.
+    """
+
+    n_clusters: int = 10
+    backbone: str = "vgg"
+    backbone_weights: str | None = None
+    conv_widths: tuple[int, ...] = (32, 64, 128)
+    hidden_dim: int = 128
+    schedule: str = "paper"
+    u0: float = PAPER_U0
+    l0: float = PAPER_L0
+    u_coeff: float = PAPER_U_COEFF
+    l_coeff: float = PAPER_L_COEFF
+    lambda_step: float = PAPER_LAMBDA_STEP
+    official_upper: float = 0.99
+    official_lower: float = 0.75
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=digit_safe_augmentation)
+    labeled_fraction: float = 0.0
+    labeled_weight: float = 1.0
+    min_cluster_size: int = 0
+    gather_pairs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_clusters < 2:
+            raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.backbone_weights is not None:
+            if self.backbone != "resnet18":
+                raise ValueError("model.backbone_weights needs model.backbone=resnet18")
+            if not Path(self.backbone_weights).is_file():
+                raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"model.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.labeled_fraction <= 1:
+            raise ValueError(f"model.labeled_fraction must be in [0, 1], got {self.labeled_fraction}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("model.epochs must be >= 1 and model.batch_size >= 2")
+        if not self.conv_widths:
+            raise ValueError("model.conv_widths needs at least one stage")
+        if self.schedule == "official" and not self.official_lower < self.official_upper:
+            raise ValueError("model.official_lower must be below model.official_upper")
+
+
+# --------------------------------------------------------------------------- schedules
+def thresholds(cfg: DACConfig, lam: float, epoch: int) -> tuple[float, float]:
+    """(u, l) for the epoch about to run, from λ (paper, deimos) or the epoch (official)."""
+    if cfg.schedule == "paper":
+        return PAPER_U0 - PAPER_U_COEFF * lam, PAPER_L0 + PAPER_L_COEFF * lam
+    if cfg.schedule == "deimos":
+        return cfg.u0 - cfg.u_coeff * lam, cfg.l0 + cfg.l_coeff * lam
+    eta = (cfg.official_upper - cfg.official_lower) / cfg.epochs
+    th = cfg.official_upper - eta * epoch
+    return th, th
+
+
+def next_lambda(cfg: DACConfig, lam: float) -> float:
+    """λ after one more epoch (the paper's step is 1.1 x 0.009)."""
+    if cfg.schedule == "paper":
+        return lam + PAPER_LAMBDA_STEP
+    if cfg.schedule == "deimos":
+        return lam + cfg.lambda_step
+    return lam  # official: thresholds follow the epoch count
+
+
+def schedule_done(cfg: DACConfig, lam: float, epoch: int) -> bool:
+    """True when training stops: u <= l (paper, deimos) or all epochs run."""
+    if epoch >= cfg.epochs:
+        return True
+    if cfg.schedule == "official":
+        return False
+    upper, lower = thresholds(cfg, lam, epoch)
+    return upper <= lower
+
+
+# --------------------------------------------------------------------------- the loss
+def label_features(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax, then L2 normalisation (paper, section 3.1)."""
+    return F.normalize(torch.softmax(logits, dim=1), p=2, dim=1)
+
+
+def select_pairs(
+    sim: torch.Tensor, upper: float, lower: float, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks of "same" (sim >= upper) and "different" (sim < lower) pairs.
+
+    Args:
+        sim: (R, C) similarities, computed without gradient for the selection.
+        valid: (R, C) pairs that may be selected (e.g. not an image with itself).
+    """
+    same, different = sim >= upper, sim < lower
+    if valid is not None:
+        same, different = same & valid, different & valid
+    return same, different
+
+
+def pair_bce_sum(sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of binary cross-entropies over the selected pairs, and their number.
+
+    A selection with no pair returns a zero that still carries the graph, so
+    ``backward`` runs on every worker (DDP needs every rank to reduce gradients).
+    """
+    s = sim.clamp(EPS, 1 - EPS)
+    loss = -(torch.log(s) * same).sum() - (torch.log1p(-s) * different).sum()
+    return loss, int(same.sum().item() + different.sum().item())
+
+
+def labeled_masks(
+    known_rows: torch.Tensor, known_cols: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Must-link (equal known labels) and cannot-link (different) masks; -1 is unknown."""
+    known = (known_rows[:, None] >= 0) & (known_cols[None, :] >= 0)
+    equal = known_rows[:, None] == known_cols[None, :]
+    must, cannot = known & equal, known & ~equal
+    if valid is not None:
+        must, cannot = must & valid, cannot & valid
+    return must, cannot
+
+
+# --------------------------------------------------------------------------- networks
+class VGGBackbone(nn.Module):
+    """Stages of two 3x3 conv-BN-ReLU and a 2x2 max pool, then global average pooling.
+
+    Pooling stops once the map is 1x1, so any input size (8x8 digits, 64x64 tiles)
+    works with any number of stages.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], image_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = in_channels, image_size
+        for w in widths:
+            for _ in range(2):
+                layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c = w
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.out_dim = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+class ResNet18Backbone(nn.Module):
+    """torchvision's ResNet-18 without its classifier, for 1 or 3 channels.
+
+    Inputs smaller than 64 pixels get a 3x3 stride-1 stem without max pooling (as ResNets
+    on CIFAR do), else the ImageNet stem, which loaded weights need. One-channel inputs
+    with loaded weights get the first convolution's RGB filters summed.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, weights: str | None = None):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        if weights is not None:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+                raise ValueError(f"{weights} is not a ResNet-18 state dict "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            if in_channels == 1:
+                w = net.conv1.weight.data.sum(dim=1, keepdim=True)
+                net.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+                net.conv1.weight.data.copy_(w)
+        elif image_size < 64:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DACNet(nn.Module):
+    """Backbone, then dense-BN-ReLU and a dense-BN k-way head (as the reference's head).
+
+    ``forward`` returns the logits; :func:`label_features` turns them into label features.
+    """
+
+    def __init__(self, cfg: DACConfig, input_shape: tuple[int, ...]):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"DAC needs image inputs (C, H, W), got shape {input_shape}")
+        channels, height, width = input_shape
+        size = min(height, width)
+        if cfg.backbone == "vgg":
+            self.backbone: nn.Module = VGGBackbone(channels, cfg.conv_widths, size)
+        else:
+            self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
+        self.head = nn.Sequential(
+            nn.Linear(self.backbone.out_dim, cfg.hidden_dim, bias=False),
+            nn.BatchNorm1d(cfg.hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.hidden_dim, cfg.n_clusters, bias=False),
+            nn.BatchNorm1d(cfg.n_clusters),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def reassign_small_clusters(
+    clusters: torch.Tensor | list[int], features: torch.Tensor, min_size: int
+) -> tuple[torch.Tensor, dict[int, int]]:
+    """Merge clusters with fewer than ``min_size`` members into their most similar
+    remaining cluster (DeIMOS extension).
+
+    Similarity is the cosine similarity of the clusters' mean label features. Clusters
+    at or above ``min_size`` stay; if none is that large, the largest one stays.
+
+    Args:
+        clusters: (N,) cluster of each image.
+        features: (N, k) label features of each image.
+        min_size: The smallest cluster kept.
+
+    Returns:
+        The new (N,) clusters, and {old cluster: cluster it was merged into}.
+    """
+    clusters = torch.as_tensor(clusters, dtype=torch.long)
+    ids, counts = torch.unique(clusters, return_counts=True)
+    keep = ids[counts >= min_size]
+    if len(keep) == 0:
+        keep = ids[counts.argmax()].view(1)
+    small = [int(c) for c in ids if c not in keep]
+    if not small:
+        return clusters.clone(), {}
+    means = torch.stack([features[clusters == c].mean(dim=0) for c in ids.tolist()])
+    means = F.normalize(means, dim=1)
+    index = {int(c): i for i, c in enumerate(ids)}
+    kept_means = means[[index[int(c)] for c in keep]]
+    mapping = {}
+    for c in small:
+        similarity = kept_means @ means[index[c]]
+        mapping[c] = int(keep[similarity.argmax()])
+    out = clusters.clone()
+    for old, new in mapping.items():
+        out[clusters == old] = new
+    return out, mapping

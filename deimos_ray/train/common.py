@@ -1,0 +1,95 @@
+"""Pieces every training loop shares: reading a worker's shard, batches with the same
+number of steps on every rank, global counts, and the clock that paces reports."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from deimos_ray.train import collective as C
+
+FEATURE_COLUMN = "x"
+
+
+def load_shard(shard: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Read this worker's dataset shard into one float tensor (N_local, *input_shape)."""
+    return load_columns(shard, input_shape)[FEATURE_COLUMN]
+
+
+def load_columns(shard: Any, input_shape: tuple[int, ...], extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Read this worker's shard into memory: ``x`` as (N_local, *input_shape) floats and
+    each ``extra`` column as a 1-D int64 tensor, row-aligned."""
+    columns = [FEATURE_COLUMN, *extra]
+    parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        parts[FEATURE_COLUMN].append(torch.as_tensor(np.asarray(batch[FEATURE_COLUMN], dtype=np.float32)))
+        for c in extra:
+            parts[c].append(torch.as_tensor(np.asarray(batch[c], dtype=np.int64)))
+    if not parts[FEATURE_COLUMN]:
+        return {FEATURE_COLUMN: torch.zeros((0, *input_shape)), **{c: torch.zeros(0, dtype=torch.int64) for c in extra}}
+    out = {c: torch.cat(parts[c]) for c in columns}
+    out[FEATURE_COLUMN] = out[FEATURE_COLUMN].reshape(-1, *input_shape)
+    return out
+
+
+def batched(x: torch.Tensor, batch_size: int = 1024):
+    """Consecutive slices of ``x`` for no-gradient passes."""
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size]
+
+
+def global_count(value: int | float) -> float:
+    """Sum of a per-worker count across workers."""
+    return float(C.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64)).item())
+
+
+class CheckpointClock:
+    """Decides which epochs end with a report and checkpoint: when ``interval_s``
+    seconds have passed since the last one, and always at the end of a stage. With
+    ``interval_s=0`` every epoch reports.
+
+    Why not every epoch: Train V2 drains each worker's one-slot result queue only every
+    2 s (its health-check interval), so each ``ray.train.report`` blocks for up to 2 s.
+    On digits (8 steps an epoch) reporting every epoch made a 90 s run take 10 minutes.
+    Rank 0's clock decides and the decision is broadcast, because every rank must call
+    ``report`` the same number of times.
+    """
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.last = time.monotonic()
+
+    def due(self, final: bool = False) -> bool:
+        now = time.monotonic()
+        decision = torch.tensor([1.0 if final or now - self.last >= self.interval_s else 0.0])
+        due = bool(C.broadcast_(decision).item())
+        if due:
+            self.last = now
+        return due
+
+
+class Batches:
+    """Per-epoch mini-batch indices with the same number of steps on every worker.
+
+    DDP needs every rank to take the same number of steps, so the steps per epoch come
+    from the global row count; a worker whose shard is a row short wraps around.
+    """
+
+    def __init__(self, n_local: int, n_global: int, batch_size: int, seed: int):
+        self.n_local = n_local
+        self.local_batch = max(1, batch_size // C.world_size())
+        self.steps = max(1, math.ceil(n_global / (self.local_batch * C.world_size())))
+        self.seed = seed
+
+    def epoch(self, epoch: int):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1_009 + C.rank())
+        need = self.steps * self.local_batch
+        perm = torch.cat(
+            [torch.randperm(self.n_local, generator=g) for _ in range(math.ceil(need / self.n_local))]
+        )
+        for s in range(self.steps):
+            yield perm[s * self.local_batch : (s + 1) * self.local_batch]

@@ -1,0 +1,214 @@
+"""DAC training loop for one Ray Train worker.
+
+Every step follows the paper's alternation: the current network selects the batch's
+pairs (similarities without gradient against the thresholds u and l), then learns from
+them. Selection therefore always uses the network as it is now, and the pairs change as
+it learns.
+
+Data parallelism (DDP; gradients averaged across workers):
+
+- default: each worker selects pairs within its own share of the global batch;
+- ``gather_pairs``: the label features of the whole global batch are all-gathered
+  (without gradient) and each worker's rows are paired with every column. The loss is
+  scaled so the averaged gradient equals the gradient of the global-batch loss: the
+  pair loss is symmetric, so rows-only gradients are half of it, and DDP divides by the
+  number of workers, hence the factor 2 x workers over the global pair count.
+
+The schedule state (epoch and λ) and the history of thresholds are in every checkpoint,
+so a resumed run continues the same schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+import torch
+
+from deimos_ray.config import from_dict, to_dict
+from deimos_ray.data.augment import two_views
+from deimos_ray.models.dac import (
+    DACConfig,
+    DACNet,
+    label_features,
+    labeled_masks,
+    next_lambda,
+    pair_bce_sum,
+    schedule_done,
+    select_pairs,
+    thresholds,
+)
+from deimos_ray.train import collective as C
+from deimos_ray.train.checkpoint import latest_state, report_epoch
+from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_columns
+
+KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
+
+# Fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "min_cluster_size"}
+
+
+def _log(message: str) -> None:
+    if C.rank() == 0:
+        print(f"[dac] {message}", flush=True)
+
+
+def check_resumable(state: dict[str, Any], cfg: DACConfig, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made with a different model or input shape."""
+    if state.get("algorithm") != "dac":
+        raise ValueError("the run directory holds a checkpoint of another algorithm; use a new --out")
+    old, new = dict(state["config"]), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed or tuple(state["input_shape"]) != tuple(input_shape):
+        raise ValueError(
+            f"the run directory holds a checkpoint made with different settings "
+            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
+            f"to resume (only {sorted(RESUMABLE_CHANGES)} may change)"
+        )
+
+
+def step_loss(
+    net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, cfg: DACConfig,
+    upper: float, lower: float, g: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one step on this worker's share ``x`` of the global batch.
+
+    Returns:
+        The loss to back-propagate, and sums for the epoch's log: selected pairs,
+        "same" pairs, candidate pairs, pair-loss sum, labelled pairs and their loss sum.
+    """
+    rows_known = known
+    if cfg.augment:
+        # Two views of every image; an image and its view are always a "same" pair.
+        view_a, view_b = two_views(x, cfg.augmentation, g)
+        x, rows_known = torch.cat([view_a, view_b]), torch.cat([known, known])
+    features = label_features(net(x))
+    n_rows = len(features)
+    gather = cfg.gather_pairs and C.is_distributed()
+    if gather:
+        columns, cols_known = C.all_gather(features), C.all_gather(rows_known)
+        offset = C.rank() * n_rows
+    else:
+        columns, cols_known, offset = features, rows_known, 0
+    device = features.device
+    row_pos = torch.arange(n_rows, device=device) + offset
+    col_pos = torch.arange(len(columns), device=device)
+    valid = row_pos[:, None] != col_pos[None, :]  # an image with itself says nothing
+
+    sim = features @ columns.T
+    with torch.no_grad():
+        same, different = select_pairs(sim.detach(), upper, lower, valid)
+        if cfg.augment:
+            half = n_rows // 2
+            partner = (torch.arange(n_rows, device=device) + half) % n_rows + offset
+            views = col_pos[None, :] == partner[:, None]
+            same, different = same | views, different & ~views
+    pair_sum, pair_count = pair_bce_sum(sim, same, different)
+    stats = {"selected": pair_count, "same": int(same.sum()), "candidates": int(valid.sum()),
+             "pair_loss_sum": float(pair_sum.detach())}
+
+    label_sum = label_count = None
+    if cfg.labeled_fraction > 0:
+        with torch.no_grad():
+            must, cannot = labeled_masks(rows_known.to(device), cols_known.to(device), valid)
+        label_sum, label_count = pair_bce_sum(sim, must, cannot)
+        stats.update(labeled=label_count, labeled_loss_sum=float(label_sum.detach()))
+
+    if gather:
+        scale = 2.0 * C.world_size()
+        loss = scale * pair_sum / max(global_count(pair_count), 1.0)
+        if label_sum is not None:
+            loss = loss + cfg.labeled_weight * scale * label_sum / max(global_count(label_count), 1.0)
+    else:
+        loss = pair_sum / max(pair_count, 1)
+        if label_sum is not None:
+            loss = loss + cfg.labeled_weight * label_sum / max(label_count, 1)
+    return loss, stats
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point for DAC.
+
+    Args:
+        config: ``{"model": DACConfig as dict, "seed": int, "input_shape": [C, H, W],
+            "checkpoint_interval_s": float}``; the dataset has columns ``x`` and ``known``.
+
+    Returns:
+        ``epochs``, the final ``lambda``/``upper``/``lower``, ``resumed_at_epoch`` and the
+        per-epoch ``history`` (rank 0's is ``Result.return_value``).
+    """
+    cfg = from_dict(DACConfig, config["model"])
+    seed = int(config["seed"])
+    input_shape = tuple(config["input_shape"])
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)  # identical initial weights on every rank
+
+    shard = load_columns(ray.train.get_dataset_shard("train"), input_shape, (KNOWN_COLUMN,))
+    x_local, known_local = shard["x"], shard[KNOWN_COLUMN]
+    if len(x_local) == 0:
+        raise RuntimeError("a training worker received no rows: use fewer workers or more data")
+    n_global = int(global_count(len(x_local)))
+    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
+    _log(f"{n_global} images, {C.world_size()} worker(s), {batches.steps} steps per epoch, "
+         f"schedule {cfg.schedule}" + (", pairs from the global batch" if cfg.gather_pairs else ""))
+
+    net = DACNet(cfg, input_shape).to(device)
+    ddp = C.wrap_ddp(net, device)
+    opt = torch.optim.RMSprop(ddp.parameters(), lr=cfg.lr)
+    clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+
+    epoch, lam, history, resumed_at = 0, 0.0, [], None
+    state = latest_state()
+    if state is not None:
+        check_resumable(state, cfg, input_shape)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, lam, history = int(state["epoch"]), float(state["lambda"]), list(state["history"])
+        resumed_at = epoch
+        _log(f"resuming at epoch {epoch}, lambda {lam:.4f}")
+
+    while not schedule_done(cfg, lam, epoch):
+        upper, lower = thresholds(cfg, lam, epoch)
+        g = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch * 1_009 + C.rank())
+        sums: dict[str, float] = {}
+        ddp.train()
+        for idx in batches.epoch(epoch):
+            loss, stats = step_loss(ddp, x_local[idx].to(device), known_local[idx], cfg, upper, lower, g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for name, value in stats.items():
+                sums[name] = sums.get(name, 0.0) + value
+        totals = {name: global_count(value) for name, value in sorted(sums.items())}
+        record = {
+            "epoch": epoch + 1, "lambda": lam, "upper": upper, "lower": lower,
+            "selected_fraction": totals["selected"] / max(totals["candidates"], 1.0),
+            "same_fraction": totals["same"] / max(totals["selected"], 1.0),
+            "pair_loss": totals["pair_loss_sum"] / max(totals["selected"], 1.0),
+        }
+        if "labeled" in totals:
+            record["labeled_loss"] = totals["labeled_loss_sum"] / max(totals["labeled"], 1.0)
+        history.append(record)
+        _log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        epoch, lam = epoch + 1, next_lambda(cfg, lam)
+        if not clock.due(final=schedule_done(cfg, lam, epoch)):
+            continue
+        report_epoch(
+            {"phase": "dac", **record},
+            {
+                "algorithm": "dac",
+                "config": to_dict(cfg),
+                "input_shape": list(input_shape),
+                "seed": seed,
+                "epoch": epoch,
+                "lambda": lam,
+                "history": history,
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+            },
+        )
+    upper, lower = thresholds(cfg, lam, epoch)
+    _log(f"stopped after {epoch} epochs: u {upper:.4f} <= l {lower:.4f}" if upper <= lower
+         else f"stopped after {epoch} epochs (model.epochs)")
+    return {"epochs": epoch, "lambda": lam, "upper": upper, "lower": lower,
+            "resumed_at_epoch": resumed_at, "history": history}

@@ -1,0 +1,152 @@
+"""DAC's pieces without Ray: the pair loss against NumPy, schedules, labelled pairs,
+the empty selection, small-cluster reassignment and the networks' shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deimos_ray.models import dac
+from deimos_ray.models.dac import DACConfig, DACNet
+from deimos_ray.train.dac_loop import step_loss
+
+
+def numpy_pair_loss(feats: np.ndarray, upper: float, lower: float) -> float:
+    """The paper's loss written pair by pair: mean BCE over the selected pairs i != j."""
+    total, count = 0.0, 0
+    for i in range(len(feats)):
+        for j in range(len(feats)):
+            if i == j:
+                continue
+            s = float(np.clip(feats[i] @ feats[j], 1e-7, 1 - 1e-7))
+            if s >= upper:
+                total, count = total - np.log(s), count + 1
+            elif s < lower:
+                total, count = total - np.log(1 - s), count + 1
+    return total / max(count, 1)
+
+
+def test_pair_loss_matches_a_numpy_reference():
+    logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 3
+    feats = dac.label_features(logits)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(12)) and (feats >= 0).all()
+    sim = feats @ feats.T
+    valid = ~torch.eye(12, dtype=torch.bool)
+    same, different = dac.select_pairs(sim, 0.8, 0.3, valid)
+    total, count = dac.pair_bce_sum(sim, same, different)
+    assert 0 < count < 12 * 11  # some pairs selected, some ignored
+    assert total.item() / count == pytest.approx(numpy_pair_loss(feats.numpy(), 0.8, 0.3), rel=1e-5)
+
+
+class FixedNet(torch.nn.Module):
+    """Logits = a fixed linear map of the flattened image (no batch norm)."""
+
+    def __init__(self, d: int, k: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(d, k)
+        torch.nn.init.normal_(self.linear.weight, std=2.0, generator=torch.Generator().manual_seed(1))
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def test_step_loss_is_the_papers_loss_and_adds_weighted_labelled_pairs():
+    x = torch.rand(10, 1, 3, 3, generator=torch.Generator().manual_seed(2))
+    net = FixedNet(9, 3)
+    cfg = DACConfig(n_clusters=3, augment=False)
+    unknown = torch.full((10,), -1)
+    loss, stats = step_loss(net, x, unknown, cfg, 0.9, 0.4, torch.Generator())
+    feats = dac.label_features(net(x)).detach().numpy()
+    assert loss.item() == pytest.approx(numpy_pair_loss(feats, 0.9, 0.4), rel=1e-5)
+    assert stats["candidates"] == 90
+
+    known = torch.tensor([0, 0, 1, 1, -1, -1, -1, -1, -1, -1])
+    labelled = DACConfig(n_clusters=3, augment=False, labeled_fraction=1.0, labeled_weight=0.5)
+    loss2, stats2 = step_loss(net, x, known, labelled, 0.9, 0.4, torch.Generator())
+    assert stats2["labeled"] == 12  # 4 known rows: 4 x 3 ordered pairs
+    s = np.clip(feats[:4] @ feats[:4].T, 1e-7, 1 - 1e-7)
+    must = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], bool)
+    cannot = ~must & ~np.eye(4, dtype=bool)
+    labelled_mean = (-np.log(s[must]).sum() - np.log(1 - s[cannot]).sum()) / 12
+    assert loss2.item() - loss.item() == pytest.approx(0.5 * labelled_mean, rel=1e-4)
+
+
+def test_labeled_masks_link_equal_labels_and_ignore_unknown():
+    must, cannot = dac.labeled_masks(torch.tensor([0, 0, 1, -1]), torch.tensor([0, 0, 1, -1]))
+    assert must.tolist()[0] == [True, True, False, False]
+    assert cannot.tolist()[0] == [False, False, True, False]
+    assert not must[3].any() and not cannot[3].any() and not cannot[:, 3].any()
+
+
+def test_a_batch_with_no_selected_pair_contributes_nothing_and_does_not_crash():
+    net = FixedNet(4, 3)
+    x = torch.rand(6, 1, 2, 2)
+    cfg = DACConfig(n_clusters=3, augment=False)
+    loss, stats = step_loss(net, x, torch.full((6,), -1), cfg, 1.1, -0.1, torch.Generator())
+    assert stats["selected"] == 0 and loss.item() == 0.0
+    loss.backward()
+    assert net.linear.weight.grad is not None and not net.linear.weight.grad.any()
+
+
+def run_schedule(cfg: DACConfig) -> list[tuple[float, float]]:
+    lam, epoch, seen = 0.0, 0, []
+    while not dac.schedule_done(cfg, lam, epoch):
+        seen.append(dac.thresholds(cfg, lam, epoch))
+        lam, epoch = dac.next_lambda(cfg, lam), epoch + 1
+    return seen
+
+
+def test_paper_schedule_values_and_stop_after_46_epochs():
+    seen = run_schedule(DACConfig())
+    assert seen[0] == pytest.approx((0.95, 0.455))
+    assert seen[1] == pytest.approx((0.95 - 0.0099, 0.455 + 0.00099))
+    assert len(seen) == 46  # 0.95 - λ <= 0.455 + 0.1 λ from λ = 0.45
+    assert all(u > low for u, low in seen)
+    assert not dac.schedule_done(DACConfig(), 45 * 0.0099, 45)
+    assert dac.schedule_done(DACConfig(), 46 * 0.0099, 46)
+
+
+def test_deimos_schedule_uses_its_coefficients_and_official_uses_one_threshold():
+    cfg = DACConfig(schedule="deimos", u0=0.9, l0=0.2, u_coeff=2.0, l_coeff=1.0, lambda_step=0.1)
+    assert run_schedule(cfg) == [pytest.approx(v) for v in [(0.9, 0.2), (0.7, 0.3), (0.5, 0.4)]]
+    official = run_schedule(DACConfig(schedule="official", epochs=4))
+    assert [u for u, _ in official] == pytest.approx([0.99, 0.93, 0.87, 0.81])
+    assert all(u == low for u, low in official)  # every pair is "same" or "different"
+    sim = torch.tensor([[0.95, 0.2], [0.2, 0.95]])
+    same, different = dac.select_pairs(sim, 0.93, 0.93)
+    assert (same | different).all()
+
+
+def test_small_clusters_move_to_the_most_similar_remaining_cluster():
+    # Clusters 0 and 1 are large; 2 (3 images) looks like 1, 3 (1 image) looks like 0.
+    features = torch.tensor([[1.0, 0, 0]] * 5 + [[0, 1.0, 0]] * 5 + [[0.1, 0.9, 0.1]] * 3 + [[0.8, 0.1, 0.2]])
+    clusters = torch.tensor([0] * 5 + [1] * 5 + [2] * 3 + [3])
+    merged, mapping = dac.reassign_small_clusters(clusters, features, min_size=4)
+    assert mapping == {2: 1, 3: 0}
+    assert merged.tolist() == [0] * 5 + [1] * 8 + [0]
+    unchanged, none = dac.reassign_small_clusters(clusters, features, min_size=1)
+    assert none == {} and torch.equal(unchanged, clusters)
+
+
+@pytest.mark.parametrize("backbone,shape", [("vgg", (1, 8, 8)), ("vgg", (3, 33, 20)), ("resnet18", (1, 16, 16))])
+def test_networks_take_any_size_and_channels(backbone, shape):
+    cfg = DACConfig(n_clusters=5, backbone=backbone, conv_widths=(4, 8), hidden_dim=8)
+    net = DACNet(cfg, shape).eval()
+    assert net(torch.rand(3, *shape)).shape == (3, 5)
+
+
+def test_resnet18_loads_weights_from_a_named_file(tmp_path):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    cfg = DACConfig(n_clusters=4, backbone="resnet18", backbone_weights=str(path))
+    net = DACNet(cfg, (1, 64, 64))
+    assert torch.allclose(net.backbone.net.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert torch.allclose(net.backbone.net.conv1.weight[:, 0], reference.conv1.weight.sum(dim=1))
+    with pytest.raises(FileNotFoundError):
+        DACConfig(backbone="resnet18", backbone_weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="resnet18"):
+        DACConfig(backbone_weights=str(path))

@@ -1,0 +1,129 @@
+"""DAC through Ray Train: the global-batch gradient with --gather-pairs, 1 vs 2 workers
+on the same data, and resuming the threshold schedule."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.metrics import cluster_accuracy
+from deimos_ray.models.dac import DACConfig, label_features
+from deimos_ray.train import collective as C
+from deimos_ray.train import dac_loop
+from deimos_ray.train.common import load_columns
+from deimos_ray.train.driver import fit
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SHAPE = (1, 8, 8)
+TINY = DACConfig(n_clusters=3, conv_widths=(8, 16), hidden_dim=16, batch_size=24, augment=False,
+                 schedule="deimos", lambda_step=0.05, epochs=20)
+
+
+def bars(n=144, seed=0):
+    """Three classes of 8x8 images: a bright bar in row band 0-1, 3-4 or 6-7, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    x = 0.1 * rng.random((n, *SHAPE))
+    for i, c in enumerate(labels):
+        x[i, 0, 3 * c : 3 * c + 2, :] += 0.8
+    return np.clip(x, 0, 1).astype(np.float32), labels
+
+
+def dataset(x, labels):
+    rows = [{"x": row, "known": -1, "label": int(c)} for row, c in zip(x, labels)]
+    return ray.data.from_items(rows).repartition(4)
+
+
+def loop_config(cfg=TINY):
+    return {"model": to_dict(cfg), "seed": 0, "input_shape": list(SHAPE), "checkpoint_interval_s": 0}
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.linear = torch.nn.Linear(64, 3)
+        torch.nn.init.normal_(self.linear.weight, std=1.0)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def gradient_probe(config):
+    """The parameter gradient of one gathered step on this worker's whole shard,
+    averaged across workers as DDP does; and the rows it saw."""
+    cfg = DACConfig(**{**config["model"], "conv_widths": tuple(config["model"]["conv_widths"])})
+    shard = load_columns(ray.train.get_dataset_shard("train"), SHAPE, ("known",))
+    net = Linear()
+    loss, _ = dac_loop.step_loss(net, shard["x"], shard["known"], cfg, 0.8, 0.3, torch.Generator())
+    loss.backward()
+    grad = C.all_reduce_sum(net.linear.weight.grad.clone()) / C.world_size()
+    return {"grad": grad.numpy(), "x": np.concatenate(C.all_gather_object(shard["x"].numpy()))}
+
+
+@pytest.mark.slow
+def test_gathered_pairs_give_the_global_batch_gradient(ray_session, tmp_path):
+    x, labels = bars(n=16)
+    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "gather_pairs": True})
+    result = fit(gradient_probe, loop_config(cfg), dataset(x, labels),
+                 ScalingConfig(num_workers=2, cpus_per_worker=1), tmp_path, name="grad")
+    seen = torch.tensor(result.return_value["x"])
+    assert len(seen) == 16
+    net = Linear()  # one process, one batch of all 16 rows, no gathering
+    loss, _ = dac_loop.step_loss(net, seen, torch.full((16,), -1), cfg, 0.8, 0.3, torch.Generator())
+    loss.backward()
+    np.testing.assert_allclose(result.return_value["grad"], net.linear.weight.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def assignments_of(result, x):
+    state = torch.load(f"{result.checkpoint.path}/state.pt", weights_only=True)
+    from deimos_ray.models.dac import DACNet
+
+    net = DACNet(DACConfig(**{**state["config"], "conv_widths": tuple(state["config"]["conv_widths"])}), SHAPE)
+    net.load_state_dict(state["model"])
+    with torch.no_grad():
+        return label_features(net.eval()(torch.as_tensor(x))).argmax(1).numpy()
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_follow_the_same_schedule_to_the_same_quality(ray_session, tmp_path):
+    x, labels = bars()
+    runs = {}
+    for workers in (1, 2):
+        cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "gather_pairs": workers > 1})
+        result = fit(dac_loop.train_loop_per_worker, loop_config(cfg), dataset(x, labels),
+                     ScalingConfig(num_workers=workers, cpus_per_worker=1), tmp_path, name=f"w{workers}")
+        runs[workers] = result
+    one, two = (runs[w].return_value["history"] for w in (1, 2))
+    assert [(h["lambda"], h["upper"], h["lower"]) for h in one] == [(h["lambda"], h["upper"], h["lower"]) for h in two]
+    assert len(one) == 9  # deimos: 0.95 - λ <= 0.455 + 0.1 λ once λ reaches 0.45
+    acc = {w: cluster_accuracy(labels, assignments_of(runs[w], x)) for w in runs}
+    assert acc[1] >= 0.9 and acc[2] >= 0.9, acc
+
+
+@pytest.mark.slow
+def test_rerun_resumes_the_threshold_schedule(ray_session, tmp_path):
+    x, labels = bars(n=48)
+    scaling = ScalingConfig(num_workers=1, cpus_per_worker=1)
+    short = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "epochs": 2})
+    first = fit(dac_loop.train_loop_per_worker, loop_config(short), dataset(x, labels), scaling, tmp_path, name="run")
+    assert first.return_value["epochs"] == 2 and first.return_value["resumed_at_epoch"] is None
+    second = fit(dac_loop.train_loop_per_worker, loop_config(TINY), dataset(x, labels), scaling, tmp_path, name="run")
+    assert second.return_value["resumed_at_epoch"] == 2
+    lambdas = [h["lambda"] for h in second.return_value["history"]]
+    assert lambdas == pytest.approx([0.05 * i for i in range(9)])  # continued, not restarted
+
+
+def test_resume_refuses_other_settings():
+    state = {"algorithm": "dac", "config": to_dict(TINY), "input_shape": list(SHAPE)}
+    dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "epochs": 50}), SHAPE)
+    with pytest.raises(ValueError, match="schedule"):
+        dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "schedule": "paper"}), SHAPE)
+    with pytest.raises(ValueError, match="another algorithm"):
+        dac_loop.check_resumable({**state, "algorithm": "dec"}, TINY, SHAPE)

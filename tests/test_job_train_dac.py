@@ -1,0 +1,84 @@
+"""jobs/train_dac.py end to end on tiny data: columns, accounting, labelled pairs and
+the small-cluster merge."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from deimos_ray.assign import read_metadata
+from tests.test_sources import write_bad_files, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("train_dac", ROOT / "jobs" / "train_dac.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session, tmp_path):
+    out = tmp_path / "run"
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--out", str(out), "--smoke-test", "--limit", "150", "--labeled-fraction", "0.2",
+         "--min-cluster-size", "20", "--schedule", "official"]
+    )
+    assert job.main(args) == 0
+
+    table = pq.read_table(out / "assignments")
+    assert table.num_rows == 150
+    rows = table.to_pandas()
+    assert {"cluster", "confidence", "topk_clusters", "topk_probs", "embedding"} <= set(rows.columns)
+    topk = np.stack(rows["topk_clusters"].to_numpy())
+    probs = np.stack(rows["topk_probs"].to_numpy())
+    assert topk.shape == probs.shape == (150, 3)
+    assert (np.diff(probs, axis=1) <= 0).all() and np.allclose(probs[:, 0], rows["confidence"])
+    sizes = rows["cluster"].value_counts()
+    assert (sizes >= 20).all()  # every cluster left is at least the minimum size
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    moved = metrics["images_moved"]
+    assert moved == int((rows["cluster"].to_numpy() != topk[:, 0]).sum())
+    assert set(metrics["scores"]) == {"dac", "kmeans"}
+    assert metrics["training"]["epochs"] == 2
+    history = metrics["training"]["history"]
+    assert history[0]["upper"] == history[0]["lower"] == 0.99 and "labeled_loss" in history[0]
+    assert read_metadata(out / "assignments")["config"]["model"]["min_cluster_size"] == 20
+
+
+def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=24)
+    write_bad_files(images)
+    out = tmp_path / "run"
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "12",
+         "--channels", "3", "--set", "model.augmentation.rotate90=true"]
+    )
+    assert job.main(args) == 0
+    assert pq.read_table(out / "assignments").num_rows == len(good)
+    assert pq.read_table(out / "rejected.parquet").num_rows == 3
+    acc = json.loads((out / "metrics.json").read_text())["accounting"]
+    assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
+
+
+def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image_folder(images, n_good=6)
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--data", str(images), "--out", str(tmp_path / "run"), "--smoke-test", "--labeled-fraction", "0.5"]
+    )
+    with pytest.raises(ValueError, match="needs a source with labels"):
+        job.main(args)
