@@ -1,13 +1,15 @@
-"""Clustering quality of DAC and DEC / IDEC beside k-means, median over seeds.
+"""Clustering quality of DAC, DEC / IDEC and DESOM beside k-means, median over seeds.
 
     python bench/quality.py                         # digits, and USPS when present
     python bench/quality.py --datasets digits --seeds 0 1 2 --methods dec idec
     python bench/quality.py --datasets digits usps hirise --methods dac
+    python bench/quality.py --datasets digits usps --methods desom-8x8 desom-line
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
 Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
 the same preprocessed pixels in the same run. Prints a Markdown table of median
-accuracy / NMI / ARI over the seeds, with the range, and the median run time (the
+accuracy / NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE
+and TE) over the seeds, with the range, and the median run time (the
 whole job: data, training, assignment, scores). With ``--workdir``, runs finished
 earlier with the same config are read back instead of rerun.
 
@@ -33,7 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.config import from_dict, load_yaml, override  # noqa: E402
-from deimos_ray.pipeline import DACJobConfig, DECJobConfig, run_dac_job, run_dec_job  # noqa: E402
+from deimos_ray.pipeline import (  # noqa: E402
+    DACJobConfig,
+    DECJobConfig,
+    DESOMJobConfig,
+    run_dac_job,
+    run_dec_job,
+    run_desom_job,
+)
 from deimos_ray.runtime import init_ray  # noqa: E402
 
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
@@ -43,24 +52,28 @@ HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
 DATASETS = {
     "digits": {"data.spec": "digits"},
     "usps": {"data.spec": str(USPS)},
-    "hirise": {"data.spec": str(HIRISE), "data.originals_only": True, "data.image_size": 32,
-               "model.n_clusters": 8},
+    "hirise": {"data.spec": str(HIRISE), "data.originals_only": True, "data.image_size": 32},
 }
+CLASSES = {"digits": 10, "usps": 10, "hirise": 8}
 PER_ALGORITHM = {
     ("dec", "usps"): {"model.update_interval": 30},
     ("dac", "hirise"): {"model.augmentation.rotate90": True, "model.augmentation.hflip": True,
                         "model.augmentation.vflip": True},
 }
-# method -> (algorithm, settings)
+# method -> (algorithm, settings); "{k}" is the dataset's number of classes.
 METHODS = {
+    "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
+    "desom-line": ("desom", {"model.map_size": ("{k}", 1)}),
     "dac": ("dac", {}),
     "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
 }
-JOBS = {"dac": (DACJobConfig, run_dac_job), "dec": (DECJobConfig, run_dec_job)}
-KEYS = ("accuracy", "nmi", "ari")
+JOBS = {"dac": (DACJobConfig, run_dac_job), "dec": (DECJobConfig, run_dec_job),
+        "desom": (DESOMJobConfig, run_desom_job)}
+KEYS = ("accuracy", "nmi", "ari", "purity")
+SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 
 def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
@@ -68,8 +81,13 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     algorithm, method_settings = METHODS[method]
     cls, run_job = JOBS[algorithm]
     cfg = cls()
-    settings = {**DATASETS[dataset], **PER_ALGORITHM.get((algorithm, dataset), {}), **method_settings,
+    k = CLASSES[dataset]
+    settings = {**DATASETS[dataset], "model.n_clusters": k, **PER_ALGORITHM.get((algorithm, dataset), {}),
                 "seed": seed, "scaling.num_workers": args.num_workers}
+    if algorithm == "desom":
+        settings.pop("model.n_clusters")
+    for key, value in method_settings.items():
+        settings[key] = _fill(value, k)
     if algorithm == "dec":
         settings["model.pretrain_epochs"] = args.pretrain_epochs
     for key, value in settings.items():
@@ -81,8 +99,16 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
         print(f"reusing the finished run in {out}")
     else:
         metrics = run_job(cfg, out, job="bench_quality")
-    model_name = next(k for k in metrics["scores"] if k != "kmeans")
-    return {"scores": metrics["scores"], "model": model_name, "seconds": metrics["timings_s"]["total_s"]}
+    model_name = next(name for name in metrics["scores"] if name != "kmeans")
+    return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
+            "seconds": metrics["timings_s"]["total_s"]}
+
+
+def _fill(value, k: int):
+    """Replace "{k}" (also inside tuples) with the number of classes."""
+    if isinstance(value, tuple):
+        return tuple(_fill(v, k) for v in value)
+    return k if value == "{k}" else value
 
 
 def median_cell(values: list[float]) -> str:
@@ -112,7 +138,10 @@ def main() -> int:
         kmeans: dict[str, list[float]] = {k: [] for k in KEYS}
         for method in args.methods:
             runs = [run_one(dataset, method, s, args, workdir) for s in args.seeds]
-            rows.append((dataset, method, {k: [r["scores"][r["model"]][k] for r in runs] for k in KEYS},
+            scores = {k: [r["scores"][r["model"]][k] for r in runs] for k in KEYS}
+            if runs[0]["som"]:
+                scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})
+            rows.append((dataset, method, scores,
                          statistics.median(r["seconds"] for r in runs)))
             for r in runs:
                 for k in KEYS:
@@ -121,10 +150,10 @@ def main() -> int:
         rows.append((dataset, "k-means (pixels)", kmeans, None))
 
     print(f"\nmedian over seeds {args.seeds} (range in brackets); DEC pretrain epochs {args.pretrain_epochs}\n")
-    print("| dataset | method | accuracy | NMI | ARI | median run time |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | method | accuracy | NMI | ARI | purity | QE | TE | median run time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for dataset, method, scores, seconds in rows:
-        cells = " | ".join(median_cell(scores[k]) for k in KEYS)
+        cells = " | ".join(median_cell(scores[k]) if k in scores else "-" for k in KEYS + SOM_KEYS)
         print(f"| {dataset} | {method} | {cells} | {'-' if seconds is None else f'{seconds:.0f} s'} |")
     return 0
 

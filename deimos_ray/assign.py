@@ -24,7 +24,9 @@ from deimos_ray import __version__
 from deimos_ray.config import from_dict
 from deimos_ray.models.dac import DACConfig, DACNet, label_features
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
+from deimos_ray.models.desom import DESOM, DESOMConfig
 from deimos_ray.train.checkpoint import load_state
+from deimos_ray.train.desom_loop import node_clusters
 
 METADATA_KEY = b"deimos_ray"
 ROWS_PER_FILE = 250_000
@@ -83,14 +85,46 @@ def _dac_columns(net: DACNet, x: torch.Tensor) -> dict[str, pa.Array]:
     }
 
 
+def load_desom(checkpoint_dir: str | Path, device: str = "cpu") -> tuple[DESOM, list[int]]:
+    """Rebuild a trained DESOM from a checkpoint directory, with its node -> cluster table."""
+    state = load_state(checkpoint_dir)
+    if state.get("algorithm") != "desom":
+        raise ValueError(f"{checkpoint_dir} does not hold a DESOM checkpoint")
+    cfg = from_dict(DESOMConfig, state["config"])
+    model = DESOM(cfg, tuple(state["input_shape"]))
+    model.load_state_dict(state["model"])
+    clusters = state.get("node_clusters") or node_clusters(
+        model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, int(state["seed"]))
+    return model.to(device).eval(), list(clusters)
+
+
+def _desom_columns(model: DESOM, node_cluster: torch.Tensor, x: torch.Tensor) -> dict[str, pa.Array]:
+    z, _, d = model(x)
+    d_bmu, bmu = d.min(dim=1)
+    cols = model.cfg.map_size[1]
+    return {
+        "cluster": pa.array(node_cluster.to(bmu.device)[bmu].cpu().numpy(), pa.int32()),
+        "som_row": pa.array((bmu // cols).cpu().numpy(), pa.int32()),
+        "som_col": pa.array((bmu % cols).cpu().numpy(), pa.int32()),
+        "bmu_distance": pa.array(d_bmu.clamp(min=0).sqrt().cpu().numpy(), pa.float32()),
+        "embedding": _fixed_list(z.cpu().numpy().astype(np.float32), pa.float32()),
+    }
+
+
 def load_predictor(checkpoint_dir: str | Path, device: str = "cpu") -> Callable[[torch.Tensor], dict[str, pa.Array]]:
     """A function from a batch of inputs to the algorithm's assignment columns.
 
     DEC/IDEC: ``cluster``, ``confidence`` (max q), ``embedding`` (z). DAC: ``cluster``,
     ``confidence`` (max probability), ``topk_clusters`` / ``topk_probs`` (up to 3),
-    ``embedding`` (the label features).
+    ``embedding`` (the label features). DESOM: ``cluster`` (the node, or its k-means
+    group), ``som_row``, ``som_col``, ``bmu_distance`` (Euclidean, in the embedding),
+    ``embedding`` (z).
     """
     state = load_state(checkpoint_dir)
+    if state.get("algorithm") == "desom":
+        desom, clusters = load_desom(checkpoint_dir, device)
+        table = torch.tensor(clusters)
+        return lambda x: _desom_columns(desom, table, x)
     if state.get("algorithm") == "dac":
         net = load_dac(checkpoint_dir, device)
         return lambda x: _dac_columns(net, x)
@@ -108,7 +142,7 @@ class Assigner:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        x = torch.as_tensor(np.asarray(batch["x"]), dtype=torch.float32, device=self.device)
+        x = torch.from_numpy(np.array(batch["x"], dtype=np.float32)).to(self.device)  # a writable copy
         columns = {
             "id": pa.array(batch["id"], pa.string()),
             "path": pa.array(batch["path"], pa.string()),

@@ -47,8 +47,10 @@ from deimos_ray.data.sources import load_source
 from deimos_ray.metrics import all_scores, format_table, internal_scores
 from deimos_ray.models.dac import DACConfig, reassign_small_clusters
 from deimos_ray.models.dec import DECConfig
+from deimos_ray.models.desom import DESOMConfig
+from deimos_ray.report import draw_desom_report
 from deimos_ray.runtime import init_ray, local_cpus_needed
-from deimos_ray.train import dac_loop, dec_loop
+from deimos_ray.train import dac_loop, dec_loop, desom_loop
 from deimos_ray.train.driver import export_checkpoint, fit
 
 REJECTED_SCHEMA = pa.schema(
@@ -109,6 +111,36 @@ class DACJobConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_interval_s < 0:
             raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+
+
+@dataclass(frozen=True)
+class DESOMJobConfig:
+    """Everything ``jobs/train_desom.py`` needs; saved with every output of the run.
+
+    Attributes:
+        level2: DESOM-2 of the two-level pipeline (run with ``--levels 2``): a dense
+            autoencoder and a larger map over the groups' histo-vectors.
+        histo_clip_quantile: Per-node quantile at which histo-vector shares are clipped.
+        Others: as in :class:`DECJobConfig`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DESOMConfig = field(default_factory=DESOMConfig)
+    level2: DESOMConfig = field(default_factory=lambda: DESOMConfig(
+        map_size=(20, 20), hidden_dims=(450, 300), latent_dim=100, iterations=2000, batch_size=64))
+    histo_clip_quantile: float = 0.99
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    seed: int = 0
+    checkpoint_interval_s: float = 30.0
+    max_failures: int = 0
+    metrics_sample: int = 2000
+    baseline_n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval_s < 0:
+            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+        if not 0 < self.histo_clip_quantile <= 1:
+            raise ValueError("histo_clip_quantile must be in (0, 1]")
 
 
 @dataclass
@@ -244,7 +276,7 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
             batch_format="numpy",
         )
 
-    def merge_small_clusters(out: Path, assignments: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def merge_small_clusters(out: Path, assignments: pd.DataFrame, _: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
         if model.min_cluster_size <= 0:
             return assignments, {}
         features = torch.as_tensor(np.stack(assignments["embedding"].to_numpy()))
@@ -260,6 +292,138 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
 
     return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
                             training_rows=training_rows, after_assign=merge_small_clusters)
+
+
+def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_desom",
+                  levels: int = 1) -> dict[str, Any]:
+    """Run DESOM end to end into ``out_dir``: the common steps, then quantisation and
+    topographic errors in the scores and the map pictures in ``DIR/report/``.
+
+    With ``levels=2`` the two-level pipeline follows (:func:`run_desom_level2`): every
+    group (exposure, source image) becomes a histo-vector over the DESOM-1 nodes and
+    DESOM-2 maps the groups; its results go to ``DIR/groups.parquet`` and ``DIR/level2/``.
+    """
+    if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
+        raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
+    if levels not in (1, 2):
+        raise ValueError(f"levels must be 1 or 2, got {levels}")
+    representatives: dict[str, np.ndarray] = {}
+
+    def map_errors_and_pictures(out: Path, assignments: pd.DataFrame,
+                                data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
+        errors = som_errors(out / "checkpoint", np.stack(assignments["embedding"].to_numpy()))
+        pictures = draw_desom_report(out)
+        print(f"[{job}] quantisation error {errors['quantization_error']:.4f}, topographic error "
+              f"{errors['topographic_error']:.4f}; pictures: {', '.join(p.name for p in pictures)}")
+        if levels == 2:
+            representatives.update(group_representatives(assignments, data.good))
+        return assignments, {"som": errors, "report": [str(p.relative_to(out)) for p in pictures]}
+
+    metrics = run_training_job(cfg, out_dir, job, desom_loop.train_loop_per_worker, "desom",
+                               after_assign=map_errors_and_pictures, k=cfg.model.clusters)
+    if levels == 2:
+        out = Path(out_dir).resolve()
+        metrics["level2"] = run_desom_level2(cfg, out, representatives, job)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def group_representatives(assignments: pd.DataFrame, good: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """One image per group: the member closest to its best-matching prototype."""
+    rows = assignments[assignments["group"].fillna("") != ""]
+    best = rows.sort_values("bmu_distance").drop_duplicates("group")
+    wanted = dict(zip(best["id"], best["group"], strict=True))
+    ids = np.array(list(wanted), dtype=object)
+    picked = good.select_columns(["id", "x"]).map_batches(
+        lambda b: {k: v[np.isin(b["id"], ids)] for k, v in b.items()}, batch_format="numpy")
+    out = {}
+    for batch in picked.iter_batches(batch_size=1024, batch_format="numpy"):
+        for i, x in zip(batch["id"], batch["x"], strict=True):
+            out[wanted[i]] = np.asarray(x, dtype=np.float32)
+    return out
+
+
+def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, np.ndarray],
+                     job: str) -> dict[str, Any]:
+    """DESOM-2 over the groups of a finished DESOM-1 run in ``out``.
+
+    Writes ``out/groups.parquet`` (group, som_row, som_col, cluster, members,
+    bmu_distance), ``out/level2/checkpoint`` and ``out/level2/report/`` (hits, U-matrix
+    and ``members.png``: for each occupied DESOM-2 cell, up to nine of its groups, each
+    shown by its most typical member image).
+    """
+    from deimos_ray.assign import load_desom
+    from deimos_ray.models.desom import histo_vectors
+    from deimos_ray.report import draw_members
+
+    rows, cols = cfg.model.map_size
+    table = pq.read_table(out / "assignments", columns=["group", "som_row", "som_col"]).to_pandas()
+    table = table[table["group"].fillna("") != ""]
+    sizes = table.groupby("group").size()
+    if len(sizes) < 2 or sizes.max() < 2:
+        raise ValueError("--levels 2 needs rows grouped by exposure or source image (at least 2 "
+                         "groups, some with several members): tile the images (--tile) or use a "
+                         "source with a group column")
+    nodes = (table["som_row"] * cols + table["som_col"]).to_numpy()
+    names, vectors, counts = histo_vectors(table["group"].tolist(), nodes, rows * cols, cfg.histo_clip_quantile)
+    print(f"[{job}] level 2: {len(names)} groups -> histo-vectors of {rows * cols} nodes")
+
+    level2 = out / "level2"
+    level2.mkdir(exist_ok=True)
+    loop_config = {"model": to_dict(cfg.level2), "seed": cfg.seed, "input_shape": [rows * cols],
+                   "checkpoint_interval_s": cfg.checkpoint_interval_s}
+    dataset = ray.data.from_items([{"x": v} for v in vectors.numpy()])
+    result = fit(desom_loop.train_loop_per_worker, loop_config, dataset, cfg.scaling, level2 / "ray",
+                 name="train", max_failures=cfg.max_failures)
+    export_checkpoint(result, level2 / "checkpoint")
+
+    model, node_cluster = load_desom(level2 / "checkpoint")
+    with torch.no_grad():
+        _, _, d = model(vectors)
+    d_bmu, bmu = d.min(dim=1)
+    cols2 = cfg.level2.map_size[1]
+    groups = pd.DataFrame({
+        "group": names,
+        "som_row": (bmu // cols2).numpy().astype(np.int32),
+        "som_col": (bmu % cols2).numpy().astype(np.int32),
+        "cluster": np.asarray(node_cluster, dtype=np.int32)[bmu.numpy()],
+        "members": counts.sum(dim=1).numpy().astype(np.int64),
+        "bmu_distance": d_bmu.clamp(min=0).sqrt().numpy().astype(np.float32),
+    })
+    pq.write_table(pa.Table.from_pandas(groups, preserve_index=False), out / "groups.parquet")
+
+    pictures = draw_desom_report(level2, assignments=out / "groups.parquet")
+    per_cell: dict[tuple[int, int], list[np.ndarray]] = {}
+    for g, r, c in zip(groups["group"], groups["som_row"], groups["som_col"], strict=True):
+        if g in representatives and len(per_cell.setdefault((int(r), int(c)), [])) < 9:
+            per_cell[(int(r), int(c))].append(representatives[g])
+    if per_cell:
+        images = {cell: np.stack(v) for cell, v in per_cell.items() if np.stack(v).ndim == 4}
+        if images:
+            pictures.append(draw_members(images, *cfg.level2.map_size, level2 / "report" / "members.png"))
+    errors = som_errors(level2 / "checkpoint", model.autoencoder.encoder(vectors).detach().numpy())
+    print(f"[{job}] level 2: {groups[['som_row', 'som_col']].drop_duplicates().shape[0]} cells used; "
+          f"quantisation error {errors['quantization_error']:.4f}, topographic error "
+          f"{errors['topographic_error']:.4f}; groups.parquet, level2/report/")
+    return {"groups": len(names), "som": errors, "training": result.return_value,
+            "report": [str(p.relative_to(out)) for p in pictures]}
+
+
+def som_errors(checkpoint_dir: Path, embeddings: np.ndarray, chunk: int = 8192) -> dict[str, float]:
+    """Quantisation error (mean distance to the BMU prototype) and topographic error
+    (share whose two best units are not grid neighbours) over all embeddings."""
+    from deimos_ray.assign import load_desom
+    from deimos_ray.models.desom import quantization_error, topographic_error
+
+    model, _ = load_desom(checkpoint_dir)
+    qe, te, n = 0.0, 0.0, len(embeddings)
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            d = model.distances(torch.as_tensor(embeddings[start : start + chunk]))
+            m = len(d)
+            qe += quantization_error(d.min(dim=1).values.clamp(min=0).sqrt()) * m
+            te += (topographic_error(d, model.grid) * m) if model.cfg.nodes > 1 else 0.0
+    return {"quantization_error": qe / n, "topographic_error": te / n}
 
 
 def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -284,7 +448,8 @@ def run_training_job(
     train_loop: Callable[[dict[str, Any]], Any],
     model_name: str,
     training_rows: Callable[[PreparedData], ray.data.Dataset] | None = None,
-    after_assign: Callable[[Path, pd.DataFrame], tuple[pd.DataFrame, dict[str, Any]]] | None = None,
+    after_assign: Callable[[Path, pd.DataFrame, PreparedData], tuple[pd.DataFrame, dict[str, Any]]] | None = None,
+    k: int | None = None,
 ) -> dict[str, Any]:
     """The job contract (module docstring) for any algorithm.
 
@@ -296,8 +461,11 @@ def run_training_job(
             :func:`deimos_ray.assign.load_predictor`.
         model_name: The model's name in the score table.
         training_rows: The dataset the loop trains on (default: the ``x`` column).
-        after_assign: Post-processing of the written assignments; returns the updated
-            rows and entries for ``metrics.json``.
+        after_assign: Post-processing of the written assignments (given the run
+            directory, the rows and the prepared data); returns the updated rows and
+            entries for ``metrics.json``.
+        k: Number of clusters the model outputs (default ``cfg.model.n_clusters``); the
+            k-means baseline uses the same.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +507,7 @@ def run_training_job(
     assignments = pq.read_table(out / "assignments").to_pandas()
     extra: dict[str, Any] = {}
     if after_assign is not None:
-        assignments, extra = after_assign(out, assignments)
+        assignments, extra = after_assign(out, assignments, data)
     timings["assign_s"] = time.perf_counter() - t
 
     if len(assignments) != n_rows:
@@ -354,7 +522,7 @@ def run_training_job(
 
     t = time.perf_counter()
     ids, features = collect_features(data.good)
-    k = cfg.model.n_clusters
+    k = k or cfg.model.n_clusters
     scores = score_run(assignments, ids, features, k, cfg.seed, cfg.metrics_sample,
                        cfg.baseline_n_init, data.has_labels, model_name)
     timings["score_s"] = time.perf_counter() - t

@@ -1,0 +1,236 @@
+"""DESOM: Deep Embedded Self-Organising Map (Forest, Lebbah, Azzag and Lacaille, ESANN 2019).
+
+An autoencoder and a self-organising map trained together:
+
+    z = encoder(x),   d_k = ||z - w_k||^2 for every map node k           (SOM layer)
+    bmu = argmin_k d_k,  h_k = K(delta(bmu, k), T)                       (no gradient)
+    L = ||x - decoder(z)||^2  +  gamma * sum_k h_k d_k                   (gamma 1e-3)
+
+delta is the distance between two cells on the map grid, K the neighbourhood kernel
+(Gaussian exp(-delta^2 / T^2), or a window 1[delta <= T]), and the temperature T decays
+from Tmax = 10 to Tmin = 0.1 over the training iterations (exponentially by default, as
+in the paper; linear and constant as options). The grid distance is the true
+Manhattan (or Euclidean) distance between (row, column) cells; the reference
+implementation computes the row difference with a formula that is wrong for some pairs
+of cells, which is not reproduced. Prototypes start as encodings of random samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from deimos_ray.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+
+KERNELS = ("gaussian", "window")
+DECAYS = ("exponential", "linear", "constant")
+GRID_METRICS = ("manhattan", "euclidean")
+
+
+@dataclass(frozen=True)
+class DESOMConfig:
+    """Hyperparameters of DESOM. Defaults follow the paper unless noted.
+
+    Attributes:
+        map_size: (rows, cols) of the map (the paper's benchmark: 8 x 8).
+        n_clusters: ``None``: each map node is a cluster. A number: k-means over the
+            trained prototypes groups the nodes into this many clusters (how the paper
+            turns an 8x8 map into 10 clusters for its benchmark).
+        autoencoder: ``dense`` (D-500-500-2000-d) or ``conv``.
+        hidden_dims: Hidden widths of the dense autoencoder.
+        latent_dim: Size of the embedding z (paper: 10).
+        gamma: Weight of the SOM loss against reconstruction (paper: 1e-3).
+        iterations: Training steps (the paper's reference trains 10,000).
+        batch_size: Mini-batch size per step, global across workers (256).
+        lr: Adam learning rate.
+        t_max, t_min: Temperature at the first and the last iteration (10 and 0.1).
+        decay: ``exponential`` (paper), ``linear`` or ``constant`` (stays at ``t_max``).
+        kernel: ``gaussian`` (paper) or ``window``.
+        grid_metric: ``manhattan`` (paper) or ``euclidean`` cell distance.
+        kmeans_n_init: Restarts of the k-means over prototypes (with ``n_clusters``).
+    """
+
+    map_size: tuple[int, int] = (8, 8)
+    n_clusters: int | None = None
+    autoencoder: str = "dense"
+    hidden_dims: tuple[int, ...] = (500, 500, 2000)
+    latent_dim: int = 10
+    gamma: float = 1e-3
+    iterations: int = 10_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    t_max: float = 10.0
+    t_min: float = 0.1
+    decay: str = "exponential"
+    kernel: str = "gaussian"
+    grid_metric: str = "manhattan"
+    kmeans_n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if len(self.map_size) != 2 or min(self.map_size) < 1:
+            raise ValueError(f"model.map_size must be two positive numbers, got {self.map_size}")
+        if self.n_clusters is not None and not 2 <= self.n_clusters <= self.nodes:
+            raise ValueError(f"model.n_clusters must be between 2 and the {self.nodes} map nodes")
+        if self.autoencoder not in ("dense", "conv"):
+            raise ValueError(f"model.autoencoder must be dense or conv, got {self.autoencoder!r}")
+        if self.kernel not in KERNELS or self.decay not in DECAYS or self.grid_metric not in GRID_METRICS:
+            raise ValueError(f"model.kernel in {KERNELS}, model.decay in {DECAYS}, "
+                             f"model.grid_metric in {GRID_METRICS}")
+        if not 0 < self.t_min <= self.t_max:
+            raise ValueError("model.t_min and model.t_max must satisfy 0 < t_min <= t_max")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ValueError("model.iterations and model.batch_size must be >= 1")
+
+    @property
+    def nodes(self) -> int:
+        return self.map_size[0] * self.map_size[1]
+
+    @property
+    def clusters(self) -> int:
+        """Number of clusters in the output: ``n_clusters``, or one per node."""
+        return self.n_clusters or self.nodes
+
+
+def grid_distances(rows: int, cols: int, metric: str = "manhattan") -> torch.Tensor:
+    """(M, M) distances between map cells, M = rows x cols, node k at (k // cols, k % cols)."""
+    k = torch.arange(rows * cols)
+    r, c = k // cols, k % cols
+    dr = (r[:, None] - r[None, :]).abs().float()
+    dc = (c[:, None] - c[None, :]).abs().float()
+    return dr + dc if metric == "manhattan" else torch.sqrt(dr**2 + dc**2)
+
+
+def neighbourhood(distance: torch.Tensor, temperature: float, kernel: str = "gaussian") -> torch.Tensor:
+    """Kernel weights from grid distances: exp(-d^2 / T^2), or 1[d <= T] for ``window``."""
+    if kernel == "window":
+        return (distance <= temperature).to(distance.dtype)
+    return torch.exp(-(distance**2) / temperature**2)
+
+
+def temperature(iteration: int, iterations: int, t_max: float, t_min: float, decay: str = "exponential") -> float:
+    """T at ``iteration`` (0-based) of ``iterations``: t_max at the first, t_min at the last."""
+    if decay == "constant" or iterations <= 1:
+        return t_max
+    frac = min(iteration, iterations - 1) / (iterations - 1)
+    if decay == "linear":
+        return t_max - (t_max - t_min) * frac
+    return t_max * (t_min / t_max) ** frac
+
+
+def som_loss(d: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of sum_k h_k d_k; ``weights`` (B, M) carry no gradient."""
+    return (weights * d).sum(dim=1).mean()
+
+
+def build_autoencoder(cfg: DESOMConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    """The autoencoder named by ``cfg`` for inputs of ``input_shape`` ((C, H, W) or (D,))."""
+    if cfg.autoencoder == "conv":
+        if len(input_shape) != 3:
+            raise ValueError(f"the conv autoencoder needs images (C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        return ConvAutoencoder(c, (h, w), cfg.latent_dim)
+    return DenseAutoencoder(math.prod(input_shape), cfg.hidden_dims, cfg.latent_dim)
+
+
+class DESOM(nn.Module):
+    """Autoencoder plus SOM prototypes (rows x cols x latent, stored as (M, latent)).
+
+    ``forward(x)`` returns ``(z, x_hat, d)``: embeddings, reconstructions in the
+    autoencoder's layout (flat for dense) and squared distances to every prototype.
+    """
+
+    def __init__(self, cfg: DESOMConfig, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.cfg = cfg
+        self.input_shape = tuple(input_shape)
+        self.autoencoder = build_autoencoder(cfg, self.input_shape)
+        self.flat = isinstance(self.autoencoder, DenseAutoencoder)
+        self.prototypes = nn.Parameter(torch.zeros(cfg.nodes, cfg.latent_dim))
+        self.register_buffer("grid", grid_distances(*cfg.map_size, cfg.grid_metric), persistent=False)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the autoencoder takes it (flattened for dense)."""
+        return x.flatten(1) if self.flat else x
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, M) squared Euclidean distances from each embedding to each prototype."""
+        return (z[:, None, :] - self.prototypes[None, :, :]).pow(2).sum(dim=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z, x_hat = self.autoencoder(self.prepare(x))
+        return z, x_hat, self.distances(z)
+
+    def loss(self, x: torch.Tensor, x_hat: torch.Tensor, d: torch.Tensor, t: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Reconstruction + gamma x SOM loss at temperature ``t``; BMUs and weights
+        without gradient."""
+        with torch.no_grad():
+            bmu = d.argmin(dim=1)
+            weights = neighbourhood(self.grid[bmu], t, self.cfg.kernel)
+        reconstruction = nn.functional.mse_loss(x_hat, self.prepare(x))
+        som = som_loss(d, weights)
+        total = reconstruction + self.cfg.gamma * som
+        return total, {"loss": float(total.detach()), "reconstruction": float(reconstruction.detach()),
+                       "som": float(som.detach())}
+
+    @torch.no_grad()
+    def decode_prototypes(self) -> torch.Tensor:
+        """The decoder's image of every prototype, shaped like the inputs: (M, *input_shape)."""
+        return self.autoencoder.decoder(self.prototypes).reshape(-1, *self.input_shape)
+
+
+def quantization_error(d_bmu: torch.Tensor) -> float:
+    """Mean Euclidean distance from each embedding to its best-matching prototype."""
+    return float(d_bmu.mean())
+
+
+def topographic_error(d: torch.Tensor, grid: torch.Tensor) -> float:
+    """Share of samples whose first and second BMUs are not neighbours on the map
+    (grid distance above 1)."""
+    two = d.topk(2, dim=1, largest=False).indices
+    return float((grid[two[:, 0], two[:, 1]] > 1).float().mean())
+
+
+def umatrix(prototypes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(rows, cols) mean distance from each prototype to those of its 4 grid neighbours."""
+    w = prototypes.reshape(rows, cols, -1)
+    total = torch.zeros(rows, cols)
+    count = torch.zeros(rows, cols)
+    for dr, dc in ((0, 1), (1, 0)):
+        a = w[: rows - dr, : cols - dc]
+        b = w[dr:, dc:]
+        dist = (a - b).norm(dim=-1)
+        total[: rows - dr, : cols - dc] += dist
+        count[: rows - dr, : cols - dc] += 1
+        total[dr:, dc:] += dist
+        count[dr:, dc:] += 1
+    return total / count.clamp(min=1)
+
+
+def histo_vectors(groups: list[str], nodes: list[int] | torch.Tensor, n_nodes: int,
+                  clip_quantile: float = 0.99) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """One vector per group: its members' counts over the map nodes, normalised.
+
+    Normalisation (the astro pipeline's "normalised" histo-vectors): counts become the
+    share of the group's members on each node, so groups of different sizes compare;
+    each node's shares are clipped at their ``clip_quantile`` across groups (outliers);
+    then each node is standardised to zero mean and unit variance (nodes that never
+    vary stay 0).
+
+    Returns:
+        The group names (sorted), the (G, n_nodes) normalised vectors and the raw counts.
+    """
+    names = sorted(set(groups))
+    index = {g: i for i, g in enumerate(names)}
+    counts = torch.zeros(len(names), n_nodes)
+    rows = torch.tensor([index[g] for g in groups])
+    counts.index_put_((rows, torch.as_tensor(nodes, dtype=torch.long)), torch.ones(len(rows)), accumulate=True)
+    shares = counts / counts.sum(dim=1, keepdim=True)
+    if len(names) > 1:
+        shares = torch.minimum(shares, torch.quantile(shares, clip_quantile, dim=0, keepdim=True))
+    std = shares.std(dim=0, unbiased=False, keepdim=True)
+    vectors = torch.where(std > 0, (shares - shares.mean(dim=0, keepdim=True)) / std.clamp(min=1e-12),
+                          torch.zeros_like(shares))
+    return names, vectors, counts

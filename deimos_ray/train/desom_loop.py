@@ -1,0 +1,153 @@
+"""DESOM training loop for one Ray Train worker.
+
+Prototypes start as the encodings of random samples drawn on rank 0 and broadcast.
+Every step: embeddings, distances to every prototype, best-matching units and
+neighbourhood weights at the current temperature (no gradient), then reconstruction +
+gamma x SOM loss; DDP averages the gradients, so prototypes stay identical on every
+worker. The temperature is a function of the global iteration, which the checkpoint
+carries, so a resumed run continues the same schedule. After the last iteration, with
+``n_clusters`` set, rank 0 groups the prototypes by k-means and the node -> cluster
+table goes into the final checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+import torch
+from sklearn.cluster import KMeans
+
+from deimos_ray.config import from_dict, to_dict
+from deimos_ray.models.desom import DESOM, DESOMConfig, temperature
+from deimos_ray.train import collective as C
+from deimos_ray.train.checkpoint import latest_state, report_epoch
+from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
+
+# Fields that may change between a run and its resumption (train longer, regroup).
+RESUMABLE_CHANGES = {"n_clusters", "kmeans_n_init"}
+
+
+def _log(message: str) -> None:
+    if C.rank() == 0:
+        print(f"[desom] {message}", flush=True)
+
+
+def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, seed: int) -> None:
+    """Prototypes = encodings of M random samples (rank 0's shard), broadcast to all."""
+    m = model.cfg.nodes
+    protos = torch.zeros(m, model.cfg.latent_dim, device=device)
+    if C.rank() == 0:
+        g = torch.Generator().manual_seed(seed)
+        take = torch.randint(len(x_local), (m,), generator=g) if len(x_local) < m else torch.randperm(len(x_local), generator=g)[:m]
+        with torch.no_grad():
+            protos = model.autoencoder.encoder(model.prepare(x_local[take].to(device)))
+    C.broadcast_(protos)
+    model.prototypes.data.copy_(protos)
+
+
+def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: int) -> list[int]:
+    """Cluster of every node: k-means over the prototypes, or the node itself."""
+    if k is None:
+        return list(range(len(prototypes)))
+    km = KMeans(k, n_init=n_init, random_state=seed).fit(prototypes.detach().cpu().numpy())
+    return [int(c) for c in km.labels_]
+
+
+def check_resumable(state: dict[str, Any], cfg: DESOMConfig, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made with a different model or input shape."""
+    if state.get("algorithm") != "desom":
+        raise ValueError("the run directory holds a checkpoint of another algorithm; use a new --out")
+    old, new = dict(state["config"]), to_dict(cfg)
+    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES | {"iterations"} and old.get(k) != new[k])
+    if changed or tuple(state["input_shape"]) != tuple(input_shape):
+        raise ValueError(
+            f"the run directory holds a checkpoint made with different settings "
+            f"({', '.join(changed) or 'input shape'}); use a new --out or the same settings"
+        )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point for DESOM.
+
+    Args:
+        config: ``{"model": DESOMConfig as dict, "seed": int, "input_shape": [...],
+            "checkpoint_interval_s": float}``; the dataset has an ``x`` column.
+
+    Returns:
+        ``iterations``, final ``temperature`` and losses, ``resumed_at_iteration``.
+    """
+    cfg = from_dict(DESOMConfig, config["model"])
+    seed = int(config["seed"])
+    input_shape = tuple(config["input_shape"])
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)
+
+    x_local = load_shard(ray.train.get_dataset_shard("train"), input_shape)
+    if len(x_local) == 0:
+        raise RuntimeError("a training worker received no rows: use fewer workers or more data")
+    n_global = int(global_count(len(x_local)))
+    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
+    rows, cols = cfg.map_size
+    _log(f"{n_global} samples, {C.world_size()} worker(s), {rows}x{cols} map, "
+         f"{cfg.iterations} iterations ({batches.steps} per epoch)")
+
+    model = DESOM(cfg, input_shape).to(device)
+    net = C.wrap_ddp(model, device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+
+    iteration, epoch, resumed_at = 0, 0, None
+    state = latest_state()
+    if state is not None:
+        check_resumable(state, cfg, input_shape)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        iteration, epoch = int(state["iteration"]), int(state["epoch"])
+        resumed_at = iteration
+        _log(f"resuming at iteration {iteration}")
+    else:
+        init_prototypes(model, x_local, device, seed)
+
+    record: dict[str, float] = {}
+    while iteration < cfg.iterations:
+        sums: dict[str, float] = {}
+        steps = 0
+        for idx in batches.epoch(epoch):
+            if iteration >= cfg.iterations:
+                break
+            t = temperature(iteration, cfg.iterations, cfg.t_max, cfg.t_min, cfg.decay)
+            x = x_local[idx].to(device)
+            _, x_hat, d = net(x)
+            loss, parts = model.loss(x, x_hat, d, t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            iteration, steps = iteration + 1, steps + 1
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value
+        epoch += 1
+        record = {"epoch": epoch, "iteration": iteration, "temperature": t,
+                  **{k: global_count(v / steps) / C.world_size() for k, v in sums.items()}}
+        if epoch == 1 or iteration >= cfg.iterations or epoch % max(1, (cfg.iterations // batches.steps) // 10) == 0:
+            _log(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        final = iteration >= cfg.iterations
+        if not clock.due(final=final):
+            continue
+        clusters = node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed) if final else None
+        report_epoch(
+            {"phase": "desom", **record},
+            {
+                "algorithm": "desom",
+                "config": to_dict(cfg),
+                "input_shape": list(input_shape),
+                "seed": seed,
+                "iteration": iteration,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "node_clusters": clusters,
+            },
+        )
+    return {"iterations": iteration, "resumed_at_iteration": resumed_at, **record}
+

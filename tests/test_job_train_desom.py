@@ -1,0 +1,118 @@
+"""jobs/train_desom.py end to end on tiny data: map columns, pictures, redrawing, the
+two-level pipeline, and resuming the schedule through Ray Train."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.models.desom import DESOMConfig
+from deimos_ray.train import desom_loop
+from deimos_ray.train.driver import fit
+from tests.test_sources import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("train_desom", ROOT / "jobs" / "train_desom.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 50
+
+
+def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_path):
+    out = tmp_path / "run"
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4", "--k", "3"])
+    assert job.main(args) == 0
+
+    rows = pq.read_table(out / "assignments").to_pandas()
+    assert len(rows) == 120
+    assert {"som_row", "som_col", "bmu_distance", "cluster", "embedding"} <= set(rows.columns)
+    assert rows["som_row"].between(0, 2).all() and rows["som_col"].between(0, 3).all()
+    assert rows["cluster"].between(0, 2).all() and (rows["bmu_distance"] >= 0).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["som"]) == {"quantization_error", "topographic_error"}
+    assert 0 <= metrics["som"]["topographic_error"] <= 1
+    assert metrics["training"]["iterations"] == 30
+    for name in ("prototypes.png", "hits.png", "umatrix.png"):
+        assert_png(out / "report" / name)
+
+    # The pictures come back from the run directory alone.
+    for png in (out / "report").glob("*.png"):
+        png.unlink()
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "desom_report.py"), str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("prototypes.png", "hits.png", "umatrix.png"):
+        assert_png(out / "report" / name)
+
+
+def test_two_level_pipeline_maps_the_source_images_of_tiles(ray_session, tmp_path):
+    images = tmp_path / "exposures"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(8):  # 8 "exposures" of 16x16, each cut into four 8x8 tiles
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(images / f"exp{i}.png")
+    out = tmp_path / "run"
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--tile", "8", "--map-size", "2", "3",
+         "--levels", "2", "--level2-map-size", "2", "2"])
+    assert job.main(args) == 0
+
+    tiles = pq.read_table(out / "assignments").to_pandas()
+    assert len(tiles) == 32 and tiles["group"].nunique() == 8
+    groups = pq.read_table(out / "groups.parquet").to_pandas()
+    assert list(groups.columns) == ["group", "som_row", "som_col", "cluster", "members", "bmu_distance"]
+    assert sorted(groups["group"]) == sorted(tiles["group"].unique())
+    assert (groups["members"] == 4).all()
+    assert groups["som_row"].between(0, 1).all() and groups["som_col"].between(0, 1).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["level2"]["groups"] == 8
+    for name in ("hits.png", "umatrix.png", "members.png"):
+        assert_png(out / "level2" / "report" / name)
+
+
+def test_two_levels_need_groups(ray_session, tmp_path):
+    job = load_job()
+    args = job.get_args_parser().parse_args(
+        ["--out", str(tmp_path / "run"), "--smoke-test", "--limit", "40", "--levels", "2"])
+    with pytest.raises(ValueError, match="needs rows grouped"):
+        job.main(args)
+
+
+@pytest.mark.slow
+def test_rerun_resumes_at_the_saved_iteration(ray_session, tmp_path):
+    import ray
+
+    rng = np.random.default_rng(0)
+    ds = ray.data.from_items([{"x": row} for row in rng.random((64, 1, 4, 4)).astype(np.float32)])
+    cfg = DESOMConfig(map_size=(2, 2), hidden_dims=(8,), latent_dim=2, iterations=6, batch_size=16)
+    config = {"model": to_dict(cfg), "seed": 0, "input_shape": [1, 4, 4], "checkpoint_interval_s": 0}
+    scaling = ScalingConfig(num_workers=1)
+    first = fit(desom_loop.train_loop_per_worker, config, ds, scaling, tmp_path, name="run")
+    assert first.return_value["iterations"] == 6 and first.return_value["resumed_at_iteration"] is None
+    longer = {**config, "model": to_dict(DESOMConfig(**{**to_dict(cfg), "map_size": (2, 2), "hidden_dims": (8,),
+                                                        "iterations": 12}))}
+    second = fit(desom_loop.train_loop_per_worker, longer, ds, scaling, tmp_path, name="run")
+    assert second.return_value["resumed_at_iteration"] == 6
+    assert second.return_value["iterations"] == 12
+    assert second.return_value["temperature"] == pytest.approx(0.1)  # reached the end of the schedule
