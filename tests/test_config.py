@@ -13,12 +13,13 @@ from deimos_ray.config import (
     save_yaml,
     to_dict,
 )
-from deimos_ray.pipeline import DACJobConfig, DECJobConfig
+from deimos_ray.pipeline import DACJobConfig, DECJobConfig, DESOMJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("job,cls", [("train_dec", DECJobConfig), ("train_dac", DACJobConfig)])
+@pytest.mark.parametrize("job,cls", [("train_dec", DECJobConfig), ("train_dac", DACJobConfig),
+                                     ("train_desom", DESOMJobConfig)])
 def test_shipped_yaml_is_the_default_config(job, cls):
     cfg = from_dict(cls, load_yaml(ROOT / "configs" / f"{job}.yaml"))
     assert cfg == cls()

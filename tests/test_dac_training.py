@@ -36,7 +36,7 @@ def bars(n=144, seed=0):
 
 
 def dataset(x, labels):
-    rows = [{"x": row, "known": -1, "label": int(c)} for row, c in zip(x, labels)]
+    rows = [{"x": row, "known": -1, "label": int(c)} for row, c in zip(x, labels, strict=True)]
     return ray.data.from_items(rows).repartition(4)
 
 

@@ -18,7 +18,6 @@ from deimos_ray.config import ScalingConfig, to_dict
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
 from deimos_ray.train.driver import fit
-from tests.test_sources import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -59,7 +59,8 @@ def test_venv_is_refreshed_only_when_dependency_files_change(clone):
 
 
 def test_everything_the_commands_need_is_committed(clone):
-    for name in ("Makefile", "pyproject.toml", "constraints.txt", "jobs/train_dec.py",
+    for name in ("Makefile", "pyproject.toml", "constraints.txt", "jobs/train_dac.py", "jobs/train_dec.py",
+                 "jobs/train_desom.py", "configs/train_dac.yaml", "configs/train_desom.yaml",
                  "configs/train_dec.yaml", ".ci/run", "README.md"):
         assert (clone / name).is_file(), f"{name} is not committed"
     assert "make test" in (clone / ".ci" / "run").read_text()
