@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,22 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
     for key, value in overrides.items():
         cfg = override(cfg, key, value)
     return cfg
+
+
+def main(job: str, build: Callable[[argparse.Namespace], Any], run: Callable[..., Any],
+         args: argparse.Namespace, **run_kwargs: Any) -> int:
+    """A job's ``main``: build and check the config (exit 2 with the reason if it is
+    wrong, before any work), then ``run(cfg, out_dir, job=job, **run_kwargs)``."""
+    from deimos_ray.data.sources import detect_format
+
+    try:
+        cfg = build(args)
+        detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(cfg, default_out(job, args.out), job=job, **run_kwargs)
+    return 0
 
 
 def default_out(job: str, out: str | None) -> Path:

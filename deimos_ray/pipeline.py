@@ -59,86 +59,69 @@ REJECTED_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
-class DECJobConfig:
-    """Everything ``jobs/train_dec.py`` needs; saved with every output of the run.
+class JobConfig:
+    """The settings every job shares; each job's config adds its ``model``.
 
     Attributes:
         data: Source and preprocessing.
-        model: DEC / IDEC hyperparameters.
         scaling: Ray Train workers.
         seed: Seeds weights, batching, k-means and the metric samples.
         checkpoint_interval_s: An epoch ends with a report and a checkpoint when this
             many seconds have passed since the last one, and always at the end of each
-            pretraining stage and of clustering; 0 reports every epoch. Epochs on small
-            data take milliseconds, while each report waits up to 2 s for Train's
-            controller and each checkpoint writes the model; on large data, where an
-            epoch outlasts the interval, every epoch is checkpointed.
+            training stage; 0 reports every epoch. Epochs on small data take
+            milliseconds, while each report waits up to 2 s for Train's controller and
+            each checkpoint writes the model; on large data, where an epoch outlasts the
+            interval, every epoch is checkpointed.
         max_failures: Worker failures to retry from the latest checkpoint.
         metrics_sample: Points in the seeded sample for silhouette and Dunn.
         baseline_n_init: Restarts of the k-means baseline.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    seed: int = 0
+    checkpoint_interval_s: float = 30.0
+    max_failures: int = 0
+    metrics_sample: int = 2000
+    baseline_n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval_s < 0:
+            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+
+
+@dataclass(frozen=True)
+class DECJobConfig(JobConfig):
+    """Everything ``jobs/train_dec.py`` needs: :class:`JobConfig` and the DEC / IDEC model."""
+
     model: DECConfig = field(default_factory=DECConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    seed: int = 0
-    checkpoint_interval_s: float = 30.0
-    max_failures: int = 0
-    metrics_sample: int = 2000
-    baseline_n_init: int = 10
-
-    def __post_init__(self) -> None:
-        if self.checkpoint_interval_s < 0:
-            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
 
 
 @dataclass(frozen=True)
-class DACJobConfig:
-    """Everything ``jobs/train_dac.py`` needs; saved with every output of the run.
+class DACJobConfig(JobConfig):
+    """Everything ``jobs/train_dac.py`` needs: :class:`JobConfig` and the DAC model."""
 
-    The fields other than ``model`` mean what they mean in :class:`DECJobConfig`.
-    """
-
-    data: DataConfig = field(default_factory=DataConfig)
     model: DACConfig = field(default_factory=DACConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    seed: int = 0
-    checkpoint_interval_s: float = 30.0
-    max_failures: int = 0
-    metrics_sample: int = 2000
-    baseline_n_init: int = 10
-
-    def __post_init__(self) -> None:
-        if self.checkpoint_interval_s < 0:
-            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
 
 
 @dataclass(frozen=True)
-class DESOMJobConfig:
-    """Everything ``jobs/train_desom.py`` needs; saved with every output of the run.
+class DESOMJobConfig(JobConfig):
+    """Everything ``jobs/train_desom.py`` needs: :class:`JobConfig`, DESOM-1 (``model``)
+    and the two-level pipeline's settings.
 
     Attributes:
         level2: DESOM-2 of the two-level pipeline (run with ``--levels 2``): a dense
             autoencoder and a larger map over the groups' histo-vectors.
         histo_clip_quantile: Per-node quantile at which histo-vector shares are clipped.
-        Others: as in :class:`DECJobConfig`.
     """
 
-    data: DataConfig = field(default_factory=DataConfig)
     model: DESOMConfig = field(default_factory=DESOMConfig)
     level2: DESOMConfig = field(default_factory=lambda: DESOMConfig(
         map_size=(20, 20), hidden_dims=(450, 300), latent_dim=100, iterations=2000, batch_size=64))
     histo_clip_quantile: float = 0.99
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    seed: int = 0
-    checkpoint_interval_s: float = 30.0
-    max_failures: int = 0
-    metrics_sample: int = 2000
-    baseline_n_init: int = 10
 
     def __post_init__(self) -> None:
-        if self.checkpoint_interval_s < 0:
-            raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
+        super().__post_init__()
         if not 0 < self.histo_clip_quantile <= 1:
             raise ValueError("histo_clip_quantile must be in (0, 1]")
 
@@ -442,7 +425,7 @@ def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int)
 
 
 def run_training_job(
-    cfg: Any,
+    cfg: JobConfig,
     out_dir: str | Path,
     job: str,
     train_loop: Callable[[dict[str, Any]], Any],
@@ -454,9 +437,7 @@ def run_training_job(
     """The job contract (module docstring) for any algorithm.
 
     Args:
-        cfg: A job config with ``data``, ``model`` (with ``n_clusters``), ``scaling``,
-            ``seed``, ``checkpoint_interval_s``, ``max_failures``, ``metrics_sample`` and
-            ``baseline_n_init``.
+        cfg: A :class:`JobConfig` with a ``model`` (with ``n_clusters``).
         train_loop: The Ray Train loop; its checkpoint must load with
             :func:`deimos_ray.assign.load_predictor`.
         model_name: The model's name in the score table.

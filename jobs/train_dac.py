@@ -21,8 +21,7 @@ import argparse
 import sys
 
 from deimos_ray import cli
-from deimos_ray.cli import add_common_args, default_out
-from deimos_ray.data.sources import detect_format
+from deimos_ray.cli import add_common_args
 from deimos_ray.models.dac import BACKBONES, SCHEDULES
 from deimos_ray.pipeline import DACJobConfig, run_dac_job
 
@@ -73,14 +72,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = build_config(args)
-        detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_dac_job(cfg, default_out(JOB, args.out), job=JOB)
-    return 0
+    return cli.main(JOB, build_config, run_dac_job, args)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import argparse
 import sys
 
 from deimos_ray import cli
-from deimos_ray.cli import add_common_args, default_out
-from deimos_ray.data.sources import detect_format
+from deimos_ray.cli import add_common_args
 from deimos_ray.pipeline import DECJobConfig, run_dec_job
 
 JOB = "train_dec"
@@ -56,14 +55,7 @@ def build_config(args: argparse.Namespace) -> DECJobConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = build_config(args)
-        detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_dec_job(cfg, default_out(JOB, args.out), job=JOB)
-    return 0
+    return cli.main(JOB, build_config, run_dec_job, args)
 
 
 if __name__ == "__main__":

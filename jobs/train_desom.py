@@ -23,8 +23,7 @@ import argparse
 import sys
 
 from deimos_ray import cli
-from deimos_ray.cli import add_common_args, default_out
-from deimos_ray.data.sources import detect_format
+from deimos_ray.cli import add_common_args
 from deimos_ray.pipeline import DESOMJobConfig, run_desom_job
 
 JOB = "train_desom"
@@ -70,14 +69,7 @@ def build_config(args: argparse.Namespace) -> DESOMJobConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = build_config(args)
-        detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_desom_job(cfg, default_out(JOB, args.out), job=JOB, levels=args.levels)
-    return 0
+    return cli.main(JOB, build_config, run_desom_job, args, levels=args.levels)
 
 
 if __name__ == "__main__":

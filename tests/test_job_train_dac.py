@@ -3,30 +3,20 @@ the small-cluster merge."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from tests.helpers import load_job
 from tests.test_sources import write_bad_files, write_image_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("train_dac", ROOT / "jobs" / "train_dac.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
 
 
 def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session, tmp_path):
     out = tmp_path / "run"
-    job = load_job()
+    job = load_job("train_dac")
     args = job.get_args_parser().parse_args(
         ["--out", str(out), "--smoke-test", "--limit", "150", "--labeled-fraction", "0.2",
          "--min-cluster-size", "20", "--schedule", "official"]
@@ -60,7 +50,7 @@ def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_pa
     good = write_image_folder(images, n_good=24)
     write_bad_files(images)
     out = tmp_path / "run"
-    job = load_job()
+    job = load_job("train_dac")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "12",
          "--channels", "3", "--set", "model.augmentation.rotate90=true"]
@@ -76,7 +66,7 @@ def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     write_image_folder(images, n_good=6)
-    job = load_job()
+    job = load_job("train_dac")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(tmp_path / "run"), "--smoke-test", "--labeled-fraction", "0.5"]
     )

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from tests.helpers import ROOT, load_job
 from tests.test_sources import write_bad_files, write_image_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("train_dec", ROOT / "jobs" / "train_dec.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
 
 
 def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
@@ -31,7 +21,7 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
     catalogue = tmp_path / "catalogue.csv"
     catalogue.write_text("name,site\n" + "".join(f"{p.name},site{i % 2}\n" for i, p in enumerate(good[:10])))
     out = tmp_path / "run"
-    job = load_job()
+    job = load_job("train_dec")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "8",
          "--metadata", str(catalogue), "--metadata-key", "name"]
@@ -66,7 +56,7 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
 
 
 def test_labelled_source_gets_external_scores(ray_session, tmp_path):
-    job = load_job()
+    job = load_job("train_dec")
     out = tmp_path / "run"
     args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--num-workers", "0"])
     assert job.main(args) == 0
@@ -84,7 +74,7 @@ def test_labelled_source_gets_external_scores(ray_session, tmp_path):
      (["--set", "model.nope=1"], "no field")],
 )
 def test_bad_arguments_fail_before_any_work(bad, message, tmp_path, capsys):
-    job = load_job()
+    job = load_job("train_dec")
     args = job.get_args_parser().parse_args([*bad, "--out", str(tmp_path / "x")])
     assert job.main(args) == 2
     assert message in capsys.readouterr().err
@@ -92,7 +82,7 @@ def test_bad_arguments_fail_before_any_work(bad, message, tmp_path, capsys):
 
 
 def test_hirise_fixture_end_to_end_keeps_metadata_and_reports_missing(ray_session, tmp_path):
-    job = load_job()
+    job = load_job("train_dec")
     out = tmp_path / "run"
     fixture = ROOT / "tests" / "fixtures" / "hirise"
     args = job.get_args_parser().parse_args(

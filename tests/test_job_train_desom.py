@@ -3,7 +3,6 @@ two-level pipeline, and resuming the schedule through Ray Train."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,15 +17,7 @@ from deimos_ray.config import ScalingConfig, to_dict
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
 from deimos_ray.train.driver import fit
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("train_desom", ROOT / "jobs" / "train_desom.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
+from tests.helpers import ROOT, load_job
 
 
 def assert_png(path: Path) -> None:
@@ -37,7 +28,7 @@ def assert_png(path: Path) -> None:
 
 def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_path):
     out = tmp_path / "run"
-    job = load_job()
+    job = load_job("train_desom")
     args = job.get_args_parser().parse_args(
         ["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4", "--k", "3"])
     assert job.main(args) == 0
@@ -71,7 +62,7 @@ def test_two_level_pipeline_maps_the_source_images_of_tiles(ray_session, tmp_pat
     for i in range(8):  # 8 "exposures" of 16x16, each cut into four 8x8 tiles
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(images / f"exp{i}.png")
     out = tmp_path / "run"
-    job = load_job()
+    job = load_job("train_desom")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(out), "--smoke-test", "--tile", "8", "--map-size", "2", "3",
          "--levels", "2", "--level2-map-size", "2", "2"])
@@ -91,7 +82,7 @@ def test_two_level_pipeline_maps_the_source_images_of_tiles(ray_session, tmp_pat
 
 
 def test_two_levels_need_groups(ray_session, tmp_path):
-    job = load_job()
+    job = load_job("train_desom")
     args = job.get_args_parser().parse_args(
         ["--out", str(tmp_path / "run"), "--smoke-test", "--limit", "40", "--levels", "2"])
     with pytest.raises(ValueError, match="needs rows grouped"):

@@ -93,3 +93,28 @@ class Batches:
         )
         for s in range(self.steps):
             yield perm[s * self.local_batch : (s + 1) * self.local_batch]
+
+
+def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape: tuple[int, ...],
+                    may_change: set[str]) -> None:
+    """Refuse to resume a checkpoint of another algorithm, model config or input shape.
+
+    Args:
+        state: The checkpoint's state (``algorithm``, ``config``, ``input_shape``).
+        algorithm: The resuming loop's algorithm (checkpoints without one are DEC's).
+        cfg: The resuming run's model config.
+        may_change: Config fields allowed to differ (e.g. to train longer).
+    """
+    from deimos_ray.config import to_dict
+
+    if state.get("algorithm", "dec") != algorithm:
+        raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
+                         f"not {algorithm} (another algorithm); use a new --out")
+    old, new = dict(state["config"]), to_dict(cfg)
+    changed = sorted(k for k in new if k not in may_change and old.get(k) != new[k])
+    if changed or tuple(state["input_shape"]) != tuple(input_shape):
+        raise ValueError(
+            f"the run directory holds a checkpoint made with different settings "
+            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
+            f"to resume (only {sorted(may_change)} may change)"
+        )

@@ -39,6 +39,7 @@ from deimos_ray.models.dac import (
     thresholds,
 )
 from deimos_ray.train import collective as C
+from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_columns
 
@@ -53,18 +54,9 @@ def _log(message: str) -> None:
         print(f"[dac] {message}", flush=True)
 
 
-def check_resumable(state: dict[str, Any], cfg: DACConfig, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made with a different model or input shape."""
-    if state.get("algorithm") != "dac":
-        raise ValueError("the run directory holds a checkpoint of another algorithm; use a new --out")
-    old, new = dict(state["config"]), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed or tuple(state["input_shape"]) != tuple(input_shape):
-        raise ValueError(
-            f"the run directory holds a checkpoint made with different settings "
-            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
-            f"to resume (only {sorted(RESUMABLE_CHANGES)} may change)"
-        )
+def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
+    common.check_resumable(state, "dac", cfg, input_shape, RESUMABLE_CHANGES)
 
 
 def step_loss(

@@ -33,6 +33,7 @@ from deimos_ray.config import from_dict, to_dict
 from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder, target_distribution
 from deimos_ray.train import collective as C
+from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import (
     Batches,
@@ -199,16 +200,9 @@ def init_centres(cfg: DECConfig, model: DEC, x_local: torch.Tensor, device: torc
 RESUMABLE_CHANGES = {"epochs", "tol"}
 
 
-def check_resumable(state: dict[str, Any], cfg: DECConfig, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made with a different model or input shape."""
-    old, new = dict(state["config"]), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed or tuple(state["input_shape"]) != tuple(input_shape):
-        raise ValueError(
-            f"the run directory holds a checkpoint made with different settings "
-            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
-            f"to resume (only {sorted(RESUMABLE_CHANGES)} may change)"
-        )
+def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
+    common.check_resumable(state, "dec", cfg, input_shape, RESUMABLE_CHANGES)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from sklearn.cluster import KMeans
 from deimos_ray.config import from_dict, to_dict
 from deimos_ray.models.desom import DESOM, DESOMConfig, temperature
 from deimos_ray.train import collective as C
+from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
 
 # Fields that may change between a run and its resumption (train longer, regroup).
-RESUMABLE_CHANGES = {"n_clusters", "kmeans_n_init"}
+RESUMABLE_CHANGES = {"n_clusters", "kmeans_n_init", "iterations"}
 
 
 def _log(message: str) -> None:
@@ -54,17 +55,9 @@ def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: in
     return [int(c) for c in km.labels_]
 
 
-def check_resumable(state: dict[str, Any], cfg: DESOMConfig, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made with a different model or input shape."""
-    if state.get("algorithm") != "desom":
-        raise ValueError("the run directory holds a checkpoint of another algorithm; use a new --out")
-    old, new = dict(state["config"]), to_dict(cfg)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES | {"iterations"} and old.get(k) != new[k])
-    if changed or tuple(state["input_shape"]) != tuple(input_shape):
-        raise ValueError(
-            f"the run directory holds a checkpoint made with different settings "
-            f"({', '.join(changed) or 'input shape'}); use a new --out or the same settings"
-        )
+def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
+    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
+    common.check_resumable(state, "desom", cfg, input_shape, RESUMABLE_CHANGES)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
