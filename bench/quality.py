@@ -66,6 +66,7 @@ METHODS = {
     "desom-line": ("desom", {"model.map_size": ("{k}", 1)}),
     "dac": ("dac", {}),
     "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
+    "dac-official": ("dac", {"model.schedule": "official", "model.epochs": 46}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
