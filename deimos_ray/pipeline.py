@@ -263,7 +263,7 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
         if model.min_cluster_size <= 0:
             return assignments, {}
         features = torch.as_tensor(np.stack(assignments["embedding"].to_numpy()))
-        merged, mapping = reassign_small_clusters(assignments["cluster"].to_numpy(), features,
+        merged, mapping = reassign_small_clusters(assignments["cluster"].to_numpy().copy(), features,
                                                   model.min_cluster_size)
         moved = int((merged.numpy() != assignments["cluster"].to_numpy()).sum())
         remap_clusters(out / "assignments", mapping)
