@@ -302,13 +302,29 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
             representatives.update(group_representatives(assignments, data.good))
         return assignments, {"som": errors, "report": [str(p.relative_to(out)) for p in pictures]}
 
+    def training_rows(data: PreparedData) -> ray.data.Dataset:
+        if levels == 2:  # fail before training, not after
+            require_groups(data.good.select_columns(["group"]).to_pandas()["group"])
+        return data.good.select_columns(["x"])
+
     metrics = run_training_job(cfg, out_dir, job, desom_loop.train_loop_per_worker, "desom",
-                               after_assign=map_errors_and_pictures, k=cfg.model.clusters)
+                               training_rows=training_rows, after_assign=map_errors_and_pictures,
+                               k=cfg.model.clusters)
     if levels == 2:
         out = Path(out_dir).resolve()
         metrics["level2"] = run_desom_level2(cfg, out, representatives, job)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     return metrics
+
+
+def require_groups(groups: pd.Series) -> None:
+    """Refuse a two-level run whose rows are not grouped (at least 2 groups, some with
+    several members); called before DESOM-1 trains and again before DESOM-2."""
+    sizes = groups[groups.fillna("") != ""].value_counts()
+    if len(sizes) < 2 or sizes.max() < 2:
+        raise ValueError("--levels 2 needs rows grouped by exposure or source image (at least 2 "
+                         "groups, some with several members): tile the images (--tile) or use a "
+                         "source with a group column")
 
 
 def group_representatives(assignments: pd.DataFrame, good: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -342,11 +358,7 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     rows, cols = cfg.model.map_size
     table = pq.read_table(out / "assignments", columns=["group", "som_row", "som_col"]).to_pandas()
     table = table[table["group"].fillna("") != ""]
-    sizes = table.groupby("group").size()
-    if len(sizes) < 2 or sizes.max() < 2:
-        raise ValueError("--levels 2 needs rows grouped by exposure or source image (at least 2 "
-                         "groups, some with several members): tile the images (--tile) or use a "
-                         "source with a group column")
+    require_groups(table["group"])
     nodes = (table["som_row"] * cols + table["som_col"]).to_numpy()
     names, vectors, counts = histo_vectors(table["group"].tolist(), nodes, rows * cols, cfg.histo_clip_quantile)
     print(f"[{job}] level 2: {len(names)} groups -> histo-vectors of {rows * cols} nodes")
