@@ -125,8 +125,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--pretrain-epochs", type=int, default=100, help="DEC / IDEC pretraining")
     p.add_argument("--desom-iterations", type=int, default=2000,
-                   help="DESOM training steps (the paper's 10,000 take about 17 minutes per run "
-                   "with the D-500-500-2000 autoencoder on 2 CPU cores)")
+                   help="DESOM training steps (the paper's: 10,000)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers per run (0: in the driver, least start-up time)")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "

@@ -26,7 +26,6 @@ from deimos_ray.models.dac import DACConfig, DACNet, label_features
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.models.desom import DESOM, DESOMConfig
 from deimos_ray.train.checkpoint import load_state
-from deimos_ray.train.desom_loop import node_clusters
 
 METADATA_KEY = b"deimos_ray"
 ROWS_PER_FILE = 250_000
@@ -49,12 +48,15 @@ def _load_dec(state: dict[str, Any], where: str | Path) -> DEC:
 
 def load_dac(checkpoint_dir: str | Path, device: str = "cpu") -> DACNet:
     """Rebuild a trained DAC network from a checkpoint directory (weights only)."""
-    state = load_state(checkpoint_dir)
+    return _load_dac(load_state(checkpoint_dir), checkpoint_dir).to(device).eval()
+
+
+def _load_dac(state: dict[str, Any], where: str | Path) -> DACNet:
     if state.get("algorithm") != "dac":
-        raise ValueError(f"{checkpoint_dir} does not hold a DAC checkpoint")
+        raise ValueError(f"{where} does not hold a DAC checkpoint")
     net = DACNet(from_dict(DACConfig, state["config"]), tuple(state["input_shape"]))
     net.load_state_dict(state["model"])
-    return net.to(device).eval()
+    return net
 
 
 def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
@@ -87,15 +89,18 @@ def _dac_columns(net: DACNet, x: torch.Tensor) -> dict[str, pa.Array]:
 
 def load_desom(checkpoint_dir: str | Path, device: str = "cpu") -> tuple[DESOM, list[int]]:
     """Rebuild a trained DESOM from a checkpoint directory, with its node -> cluster table."""
-    state = load_state(checkpoint_dir)
+    model, clusters = _load_desom(load_state(checkpoint_dir), checkpoint_dir)
+    return model.to(device).eval(), clusters
+
+
+def _load_desom(state: dict[str, Any], where: str | Path) -> tuple[DESOM, list[int]]:
     if state.get("algorithm") != "desom":
-        raise ValueError(f"{checkpoint_dir} does not hold a DESOM checkpoint")
-    cfg = from_dict(DESOMConfig, state["config"])
-    model = DESOM(cfg, tuple(state["input_shape"]))
+        raise ValueError(f"{where} does not hold a DESOM checkpoint")
+    if state.get("node_clusters") is None:
+        raise ValueError(f"{where} holds an unfinished DESOM run (no node -> cluster table)")
+    model = DESOM(from_dict(DESOMConfig, state["config"]), tuple(state["input_shape"]))
     model.load_state_dict(state["model"])
-    clusters = state.get("node_clusters") or node_clusters(
-        model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, int(state["seed"]))
-    return model.to(device).eval(), list(clusters)
+    return model, list(state["node_clusters"])
 
 
 def _desom_columns(model: DESOM, node_cluster: torch.Tensor, x: torch.Tensor) -> dict[str, pa.Array]:
@@ -103,7 +108,7 @@ def _desom_columns(model: DESOM, node_cluster: torch.Tensor, x: torch.Tensor) ->
     d_bmu, bmu = d.min(dim=1)
     cols = model.cfg.map_size[1]
     return {
-        "cluster": pa.array(node_cluster.to(bmu.device)[bmu].cpu().numpy(), pa.int32()),
+        "cluster": pa.array(node_cluster[bmu].cpu().numpy(), pa.int32()),
         "som_row": pa.array((bmu // cols).cpu().numpy(), pa.int32()),
         "som_col": pa.array((bmu % cols).cpu().numpy(), pa.int32()),
         "bmu_distance": pa.array(d_bmu.clamp(min=0).sqrt().cpu().numpy(), pa.float32()),
@@ -122,11 +127,11 @@ def load_predictor(checkpoint_dir: str | Path, device: str = "cpu") -> Callable[
     """
     state = load_state(checkpoint_dir)
     if state.get("algorithm") == "desom":
-        desom, clusters = load_desom(checkpoint_dir, device)
-        table = torch.tensor(clusters)
+        desom, clusters = _load_desom(state, checkpoint_dir)
+        desom, table = desom.to(device).eval(), torch.tensor(clusters, device=device)
         return lambda x: _desom_columns(desom, table, x)
     if state.get("algorithm") == "dac":
-        net = load_dac(checkpoint_dir, device)
+        net = _load_dac(state, checkpoint_dir).to(device).eval()
         return lambda x: _dac_columns(net, x)
     model = _load_dec(state, checkpoint_dir).to(device).eval()
     return lambda x: _dec_columns(model, x)
@@ -167,7 +172,7 @@ def write_assignments(
 
     Args:
         ds: Preprocessed, readable rows.
-        checkpoint_dir: A DEC/IDEC or DAC checkpoint directory.
+        checkpoint_dir: A DEC/IDEC, DAC or DESOM checkpoint directory.
         destination: The ``assignments/`` folder to create (replaced if it exists).
         metadata: JSON-able dict stored in every file's metadata under ``deimos_ray``.
         use_gpu: One GPU per model actor.

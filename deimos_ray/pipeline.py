@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from deimos_ray.assign import remap_clusters, write_assignments
+from deimos_ray.assign import load_desom, remap_clusters, write_assignments
 from deimos_ray.baselines import kmeans_baseline
 from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
 from deimos_ray.data.metadata import join_metadata
@@ -47,8 +47,14 @@ from deimos_ray.data.sources import load_source
 from deimos_ray.metrics import all_scores, format_table, internal_scores
 from deimos_ray.models.dac import DACConfig, reassign_small_clusters
 from deimos_ray.models.dec import DECConfig
-from deimos_ray.models.desom import DESOMConfig
-from deimos_ray.report import draw_desom_report
+from deimos_ray.models.desom import (
+    DESOM,
+    DESOMConfig,
+    histo_vectors,
+    quantization_error,
+    topographic_error,
+)
+from deimos_ray.report import draw_desom_report, draw_members
 from deimos_ray.runtime import init_ray, local_cpus_needed
 from deimos_ray.train import dac_loop, dec_loop, desom_loop
 from deimos_ray.train.driver import export_checkpoint, fit
@@ -233,10 +239,16 @@ def score_run(
     return {model_name: model_scores, "kmeans": all_scores(features, km, labels, sample_size, seed)}
 
 
-def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") -> dict[str, Any]:
-    """Run DEC / IDEC end to end into ``out_dir`` and return the metrics dict."""
+def _require_dense_for_metadata(cfg: DECJobConfig | DESOMJobConfig) -> None:
+    """Metadata features are appended to flat feature vectors, which only the dense
+    autoencoder takes."""
     if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
         raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
+
+
+def run_dec_job(cfg: DECJobConfig, out_dir: str | Path, job: str = "train_dec") -> dict[str, Any]:
+    """Run DEC / IDEC end to end into ``out_dir`` and return the metrics dict."""
+    _require_dense_for_metadata(cfg)
     return run_training_job(cfg, out_dir, job, dec_loop.train_loop_per_worker, cfg.model.variant)
 
 
@@ -265,7 +277,7 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
         features = torch.as_tensor(np.stack(assignments["embedding"].to_numpy()))
         merged, mapping = reassign_small_clusters(assignments["cluster"].to_numpy().copy(), features,
                                                   model.min_cluster_size)
-        moved = int((merged.numpy() != assignments["cluster"].to_numpy()).sum())
+        moved = int(assignments["cluster"].isin(list(mapping)).sum())
         remap_clusters(out / "assignments", mapping)
         assignments = assignments.assign(cluster=merged.numpy().astype(np.int32))
         print(f"[{job}] min_cluster_size {model.min_cluster_size}: {len(mapping)} small cluster(s) "
@@ -286,19 +298,19 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
     group (exposure, source image) becomes a histo-vector over the DESOM-1 nodes and
     DESOM-2 maps the groups; its results go to ``DIR/groups.parquet`` and ``DIR/level2/``.
     """
-    if cfg.data.metadata_features and cfg.model.autoencoder != "dense":
-        raise ValueError("metadata_features extend flat feature vectors: use model.autoencoder=dense")
+    _require_dense_for_metadata(cfg)
     if levels not in (1, 2):
         raise ValueError(f"levels must be 1 or 2, got {levels}")
     representatives: dict[str, np.ndarray] = {}
 
     def map_errors_and_pictures(out: Path, assignments: pd.DataFrame,
                                 data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
-        errors = som_errors(out / "checkpoint", np.stack(assignments["embedding"].to_numpy()))
+        model, _ = load_desom(out / "checkpoint")
+        errors = som_errors(model, torch.as_tensor(np.stack(assignments["embedding"].to_numpy())))
         pictures = draw_desom_report(out)
         print(f"[{job}] quantisation error {errors['quantization_error']:.4f}, topographic error "
               f"{errors['topographic_error']:.4f}; pictures: {', '.join(p.name for p in pictures)}")
-        if levels == 2:
+        if levels == 2 and len(data.input_shape) == 3:
             representatives.update(group_representatives(assignments, data.good))
         return assignments, {"som": errors, "report": [str(p.relative_to(out)) for p in pictures]}
 
@@ -351,10 +363,6 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     and ``members.png``: for each occupied DESOM-2 cell, up to nine of its groups, each
     shown by its most typical member image).
     """
-    from deimos_ray.assign import load_desom
-    from deimos_ray.models.desom import histo_vectors
-    from deimos_ray.report import draw_members
-
     rows, cols = cfg.model.map_size
     table = pq.read_table(out / "assignments", columns=["group", "som_row", "som_col"]).to_pandas()
     table = table[table["group"].fillna("") != ""]
@@ -392,11 +400,11 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     for g, r, c in zip(groups["group"], groups["som_row"], groups["som_col"], strict=True):
         if g in representatives and len(per_cell.setdefault((int(r), int(c)), [])) < 9:
             per_cell[(int(r), int(c))].append(representatives[g])
-    if per_cell:
-        images = {cell: np.stack(v) for cell, v in per_cell.items() if np.stack(v).ndim == 4}
-        if images:
-            pictures.append(draw_members(images, *cfg.level2.map_size, level2 / "report" / "members.png"))
-    errors = som_errors(level2 / "checkpoint", model.autoencoder.encoder(vectors).detach().numpy())
+    if per_cell:  # only image inputs have representatives
+        images = {cell: np.stack(v) for cell, v in per_cell.items()}
+        pictures.append(draw_members(images, *cfg.level2.map_size, level2 / "report" / "members.png"))
+    errors = {"quantization_error": quantization_error(d_bmu.clamp(min=0).sqrt()),
+              "topographic_error": topographic_error(d, model.grid) if model.cfg.nodes > 1 else 0.0}
     print(f"[{job}] level 2: {groups[['som_row', 'som_col']].drop_duplicates().shape[0]} cells used; "
           f"quantisation error {errors['quantization_error']:.4f}, topographic error "
           f"{errors['topographic_error']:.4f}; groups.parquet, level2/report/")
@@ -404,17 +412,13 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
             "report": [str(p.relative_to(out)) for p in pictures]}
 
 
-def som_errors(checkpoint_dir: Path, embeddings: np.ndarray, chunk: int = 8192) -> dict[str, float]:
+def som_errors(model: DESOM, embeddings: torch.Tensor, chunk: int = 8192) -> dict[str, float]:
     """Quantisation error (mean distance to the BMU prototype) and topographic error
     (share whose two best units are not grid neighbours) over all embeddings."""
-    from deimos_ray.assign import load_desom
-    from deimos_ray.models.desom import quantization_error, topographic_error
-
-    model, _ = load_desom(checkpoint_dir)
     qe, te, n = 0.0, 0.0, len(embeddings)
     with torch.no_grad():
         for start in range(0, n, chunk):
-            d = model.distances(torch.as_tensor(embeddings[start : start + chunk]))
+            d = model.distances(embeddings[start : start + chunk])
             m = len(d)
             qe += quantization_error(d.min(dim=1).values.clamp(min=0).sqrt()) * m
             te += (topographic_error(d, model.grid) * m) if model.cfg.nodes > 1 else 0.0

@@ -35,6 +35,7 @@ def test_pair_loss_matches_a_numpy_reference():
     valid = ~torch.eye(12, dtype=torch.bool)
     same, different = dac.select_pairs(sim, 0.8, 0.3, valid)
     total, count = dac.pair_bce_sum(sim, same, different)
+    count = int(count)
     assert 0 < count < 12 * 11  # some pairs selected, some ignored
     assert total.item() / count == pytest.approx(numpy_pair_loss(feats.numpy(), 0.8, 0.3), rel=1e-5)
 

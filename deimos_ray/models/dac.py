@@ -187,15 +187,16 @@ def select_pairs(
     return same, different
 
 
-def pair_bce_sum(sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of binary cross-entropies over the selected pairs, and their number.
+def pair_bce_sum(sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of binary cross-entropies over the selected pairs, and their number (a
+    tensor on ``sim``'s device, so a training step never waits for the GPU).
 
     A selection with no pair returns a zero that still carries the graph, so
     ``backward`` runs on every worker (DDP needs every rank to reduce gradients).
     """
     s = sim.clamp(EPS, 1 - EPS)
     loss = -(torch.log(s) * same).sum() - (torch.log1p(-s) * different).sum()
-    return loss, int(same.sum().item() + different.sum().item())
+    return loss, same.sum() + different.sum()
 
 
 def labeled_masks(

@@ -181,6 +181,16 @@ class DESOM(nn.Module):
         return self.autoencoder.decoder(self.prototypes).reshape(-1, *self.input_shape)
 
 
+def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: int) -> list[int]:
+    """Cluster of every node: k-means (seeded) over the prototypes, or the node itself."""
+    if k is None:
+        return list(range(len(prototypes)))
+    from sklearn.cluster import KMeans
+
+    km = KMeans(k, n_init=n_init, random_state=seed).fit(prototypes.detach().cpu().numpy())
+    return [int(c) for c in km.labels_]
+
+
 def quantization_error(d_bmu: torch.Tensor) -> float:
     """Mean Euclidean distance from each embedding to its best-matching prototype."""
     return float(d_bmu.mean())

@@ -66,8 +66,9 @@ def step_loss(
     """The loss of one step on this worker's share ``x`` of the global batch.
 
     Returns:
-        The loss to back-propagate, and sums for the epoch's log: selected pairs,
-        "same" pairs, candidate pairs, pair-loss sum, labelled pairs and their loss sum.
+        The loss to back-propagate, and sums for the epoch's log (tensors, except the
+        number of candidate pairs): selected pairs, "same" pairs, candidate pairs,
+        pair-loss sum, labelled pairs and their loss sum.
     """
     rows_known = known
     if cfg.augment:
@@ -89,32 +90,33 @@ def step_loss(
 
     sim = features @ columns.T
     with torch.no_grad():
-        same, different = select_pairs(sim.detach(), upper, lower, valid)
+        same, different = select_pairs(sim, upper, lower, valid)
         if cfg.augment:
             half = n_rows // 2
             partner = (torch.arange(n_rows, device=device) + half) % n_rows + offset
             views = col_pos[None, :] == partner[:, None]
             same, different = same | views, different & ~views
     pair_sum, pair_count = pair_bce_sum(sim, same, different)
-    stats = {"selected": pair_count, "same": int(same.sum()), "candidates": int(valid.sum()),
-             "pair_loss_sum": float(pair_sum.detach())}
+    # Sums stay tensors on the device; the loop reads them once per epoch.
+    stats = {"selected": pair_count, "same": same.sum(), "candidates": n_rows * (len(columns) - 1),
+             "pair_loss_sum": pair_sum.detach()}
 
     label_sum = label_count = None
     if cfg.labeled_fraction > 0:
         with torch.no_grad():
             must, cannot = labeled_masks(rows_known.to(device), cols_known.to(device), valid)
         label_sum, label_count = pair_bce_sum(sim, must, cannot)
-        stats.update(labeled=label_count, labeled_loss_sum=float(label_sum.detach()))
+        stats.update(labeled=label_count, labeled_loss_sum=label_sum.detach())
 
-    if gather:
+    if gather:  # a global count needs a collective, which waits anyway
         scale = 2.0 * C.world_size()
-        loss = scale * pair_sum / max(global_count(pair_count), 1.0)
+        loss = scale * pair_sum / max(global_count(pair_count.item()), 1.0)
         if label_sum is not None:
-            loss = loss + cfg.labeled_weight * scale * label_sum / max(global_count(label_count), 1.0)
+            loss = loss + cfg.labeled_weight * scale * label_sum / max(global_count(label_count.item()), 1.0)
     else:
-        loss = pair_sum / max(pair_count, 1)
+        loss = pair_sum / pair_count.clamp(min=1)
         if label_sum is not None:
-            loss = loss + cfg.labeled_weight * label_sum / max(label_count, 1)
+            loss = loss + cfg.labeled_weight * label_sum / label_count.clamp(min=1)
     return loss, stats
 
 
@@ -171,7 +173,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             opt.step()
             for name, value in stats.items():
                 sums[name] = sums.get(name, 0.0) + value
-        totals = {name: global_count(value) for name, value in sorted(sums.items())}
+        totals = {name: global_count(float(value)) for name, value in sorted(sums.items())}
         record = {
             "epoch": epoch + 1, "lambda": lam, "upper": upper, "lower": lower,
             "selected_fraction": totals["selected"] / max(totals["candidates"], 1.0),

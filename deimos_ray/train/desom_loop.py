@@ -16,17 +16,18 @@ from typing import Any
 
 import ray.train
 import torch
-from sklearn.cluster import KMeans
 
 from deimos_ray.config import from_dict, to_dict
-from deimos_ray.models.desom import DESOM, DESOMConfig, temperature
+from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, temperature
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
 
-# Fields that may change between a run and its resumption (train longer, regroup).
-RESUMABLE_CHANGES = {"n_clusters", "kmeans_n_init", "iterations"}
+# Fields that may change between a run and its resumption (to train longer). Not
+# n_clusters: the node -> cluster table is made once, at the last iteration, so a
+# finished run would keep its old grouping.
+RESUMABLE_CHANGES = {"iterations"}
 
 
 def _log(message: str) -> None:
@@ -45,14 +46,6 @@ def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, s
             protos = model.autoencoder.encoder(model.prepare(x_local[take].to(device)))
     C.broadcast_(protos)
     model.prototypes.data.copy_(protos)
-
-
-def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: int) -> list[int]:
-    """Cluster of every node: k-means over the prototypes, or the node itself."""
-    if k is None:
-        return list(range(len(prototypes)))
-    km = KMeans(k, n_init=n_init, random_state=seed).fit(prototypes.detach().cpu().numpy())
-    return [int(c) for c in km.labels_]
 
 
 def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
