@@ -3,6 +3,7 @@
 Locally (starts a private Ray instance):
     python jobs/train_dac.py                                   # built-in digits
     python jobs/train_dac.py --data ../shared/data/usps.npz
+    python jobs/train_dac.py --recipe reference              # the reference code's training
     python jobs/train_dac.py --data /path/to/hirise --originals-only --image-size 32 \\
         --set model.augmentation.rotate90=true --set model.augmentation.hflip=true
 
@@ -22,7 +23,7 @@ import sys
 
 from deimos_ray import cli
 from deimos_ray.cli import add_common_args
-from deimos_ray.models.dac import BACKBONES, SCHEDULES
+from deimos_ray.models.dac import BACKBONES, PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS
 from deimos_ray.pipeline import DACJobConfig, run_dac_job
 
 JOB = "train_dac"
@@ -38,9 +39,17 @@ SMOKE = {
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, JOB)
+    p.add_argument("--recipe", choices=list(RECIPES), default="paper", help="paper (default: the "
+                   "paper's algorithm) or reference (the reference MNIST code's training: one "
+                   "threshold 0.9 to 0.7 over 20 epochs, chunk selection, squared-error loss, "
+                   "small rotations/shifts/zooms); the flags below and --set override it")
     p.add_argument("--schedule", choices=SCHEDULES, help="threshold schedule: paper (default; "
                    "stops when u <= l, 46 epochs), deimos (u0/l0/u_coeff/l_coeff/lambda_step "
                    "via --set model.*), official (the reference code's single threshold)")
+    p.add_argument("--selection", choices=SELECTIONS, help="batch (paper: each batch selects its "
+                   "pairs) or chunk (reference: targets from a chunk of clean images, then "
+                   "several passes over its augmented views)")
+    p.add_argument("--pair-loss", choices=PAIR_LOSSES, help="bce (paper) or mse (reference code)")
     p.add_argument("--backbone", choices=BACKBONES, help="vgg (default, small 3x3 conv stacks) "
                    "or resnet18")
     p.add_argument("--backbone-weights", help="ResNet-18 state dict file to start from "
@@ -61,14 +70,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> DACJobConfig:
-    return cli.build_config(DACJobConfig, args, SMOKE, {
-        "model.schedule": args.schedule, "model.backbone": args.backbone,
+    flags = {
+        "model.schedule": args.schedule, "model.selection": args.selection,
+        "model.pair_loss": args.pair_loss, "model.backbone": args.backbone,
         "model.backbone_weights": args.backbone_weights, "model.batch_size": args.batch_size,
         "model.lr": args.lr, "model.augment": False if args.no_augment else None,
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
-    })
+    }
+    # The recipe first, so that any flag given overrides it.
+    recipe = {**RECIPES[args.recipe], **{k: v for k, v in flags.items() if v is not None}}
+    return cli.build_config(DACJobConfig, args, SMOKE, recipe)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from deimos_ray.data.augment import AugmentConfig, augment, random_resized_crop, rotate90, two_views
+from deimos_ray.data.augment import (
+    AugmentConfig,
+    augment,
+    random_affine,
+    random_resized_crop,
+    rotate90,
+    two_views,
+)
 
 OFF = AugmentConfig(rotate90=False, hflip=False, vflip=False, brightness=0, contrast=0, crop_scale=(1.0, 1.0))
 
@@ -56,3 +63,23 @@ def test_two_views_differ_and_bad_config_fails():
     assert v1.shape == v2.shape == x.shape and not torch.equal(v1, v2)
     with pytest.raises(ValueError, match="crop_scale"):
         AugmentConfig(crop_scale=(0.0, 1.0))
+
+
+def test_affine_warp_zooms_and_shifts_within_its_limits():
+    rows = torch.arange(8.0).view(1, 1, 8, 1).expand(4, 1, 8, 8)  # pixel value = row index
+    still = random_affine(rows, AugmentConfig(), torch.Generator())
+    torch.testing.assert_close(still, rows, atol=1e-5, rtol=0)
+    zoomed = random_affine(rows, AugmentConfig(zoom=(2.0, 2.0)), torch.Generator())
+    # A 2x zoom shows the middle half of the rows, still constant along each row.
+    assert zoomed.min() >= 1.5 and zoomed.max() <= 5.5
+    torch.testing.assert_close(zoomed, zoomed[..., :1].expand_as(zoomed))
+
+    dot = torch.zeros(16, 1, 16, 16)
+    dot[:, :, 7:9, 7:9] = 1.0
+    moved = random_affine(dot, AugmentConfig(shift=0.125), torch.Generator().manual_seed(0))
+    grid = torch.arange(16.0)
+    centre_row = (moved.sum(dim=3) * grid).sum(dim=(1, 2)) / moved.sum(dim=(1, 2, 3))
+    assert (centre_row - 7.5).abs().max() <= 2.0 + 1e-4  # at most 1/8 of 16 pixels
+    assert (centre_row - 7.5).abs().max() > 0.5
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentConfig(zoom=(0.0, 1.0))

@@ -9,7 +9,7 @@ import torch
 
 from deimos_ray.models import dac
 from deimos_ray.models.dac import DACConfig, DACNet
-from deimos_ray.train.dac_loop import step_loss
+from deimos_ray.train.dac_loop import chunk_step_loss, chunk_targets, step_loss
 
 
 def numpy_pair_loss(feats: np.ndarray, upper: float, lower: float) -> float:
@@ -38,6 +38,18 @@ def test_pair_loss_matches_a_numpy_reference():
     count = int(count)
     assert 0 < count < 12 * 11  # some pairs selected, some ignored
     assert total.item() / count == pytest.approx(numpy_pair_loss(feats.numpy(), 0.8, 0.3), rel=1e-5)
+
+
+def test_squared_pair_loss_matches_a_numpy_reference():
+    feats = dac.label_features(torch.randn(9, 3, generator=torch.Generator().manual_seed(4)) * 3)
+    sim = feats @ feats.T
+    same, different = dac.select_pairs(sim, 0.7, 0.7, ~torch.eye(9, dtype=torch.bool))
+    total, count = dac.pair_loss_sum(sim, same, different, "mse")
+    s = sim.numpy()
+    expected = sum((1.0 - s[i, j]) ** 2 if s[i, j] >= 0.7 else s[i, j] ** 2
+                   for i in range(9) for j in range(9) if i != j)
+    assert int(count) == 72  # one threshold: every pair but the diagonal is selected
+    assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
 class FixedNet(torch.nn.Module):
@@ -71,6 +83,39 @@ def test_step_loss_is_the_papers_loss_and_adds_weighted_labelled_pairs():
     cannot = ~must & ~np.eye(4, dtype=bool)
     labelled_mean = (-np.log(s[must]).sum() - np.log(1 - s[cannot]).sum()) / 12
     assert loss2.item() - loss.item() == pytest.approx(0.5 * labelled_mean, rel=1e-4)
+
+
+def test_chunk_targets_come_from_the_clean_chunk_and_steps_learn_them():
+    x = torch.rand(12, 1, 3, 3, generator=torch.Generator().manual_seed(3))
+    net = FixedNet(9, 3)
+    same, different = chunk_targets(net, x, 0.9, 0.4)
+    feats = dac.label_features(net(x)).detach()
+    sim = (feats @ feats.T).numpy()
+    off = ~np.eye(12, dtype=bool)
+    assert np.array_equal(same.numpy(), (sim >= 0.9) & off)
+    assert np.array_equal(different.numpy(), (sim < 0.4) & off)
+
+    # A mini-batch of the chunk is scored against the chunk's targets, not reselected.
+    cfg = DACConfig(n_clusters=3, augment=False, selection="chunk", pair_loss="mse", chunk_size=128)
+    mini = torch.tensor([0, 3, 5, 7, 11])
+    pick = mini[:, None], mini[None, :]
+    flipped_same, flipped_diff = different[pick], same[pick]  # deliberately wrong targets
+    loss, stats = chunk_step_loss(net, x[mini], torch.full((5,), -1), flipped_same, flipped_diff,
+                                  cfg, torch.Generator())
+    s = sim[np.ix_(mini.numpy(), mini.numpy())]
+    fs, fd = flipped_same.numpy(), flipped_diff.numpy()
+    expected = (((1 - s) ** 2)[fs].sum() + (s**2)[fd].sum()) / max(fs.sum() + fd.sum(), 1)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["candidates"] == 20
+
+
+def test_chunk_selection_settings_are_checked():
+    with pytest.raises(ValueError, match="gather_pairs"):
+        DACConfig(selection="chunk", gather_pairs=True)
+    with pytest.raises(ValueError, match="chunk_size"):
+        DACConfig(selection="chunk", chunk_size=64, batch_size=128)
+    with pytest.raises(ValueError, match="pair_loss"):
+        DACConfig(pair_loss="l1")
 
 
 def test_labeled_masks_link_equal_labels_and_ignore_unknown():

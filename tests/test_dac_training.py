@@ -108,6 +108,22 @@ def test_one_and_two_workers_follow_the_same_schedule_to_the_same_quality(ray_se
 
 
 @pytest.mark.slow
+def test_chunk_selection_trains_on_two_workers(ray_session, tmp_path):
+    # Shards of 36 and 36 rows, chunks of 24 per worker: every rank must take the same
+    # number of steps, or DDP would hang.
+    x, labels = bars(n=72)
+    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "selection": "chunk", "chunk_size": 48,
+                       "inner_passes": 2, "batch_size": 16, "pair_loss": "mse", "schedule": "official",
+                       "official_upper": 0.9, "official_lower": 0.7, "epochs": 6})
+    result = fit(dac_loop.train_loop_per_worker, loop_config(cfg), dataset(x, labels),
+                 ScalingConfig(num_workers=2, cpus_per_worker=1), tmp_path, name="chunk")
+    history = result.return_value["history"]
+    assert [h["upper"] for h in history] == pytest.approx([0.9 - 0.2 * e / 6 for e in range(6)])
+    assert all(h["selected_fraction"] == 1.0 for h in history)  # one threshold: every pair
+    assert cluster_accuracy(labels, assignments_of(result, x)) >= 0.9
+
+
+@pytest.mark.slow
 def test_rerun_resumes_the_threshold_schedule(ray_session, tmp_path):
     x, labels = bars(n=48)
     scaling = ScalingConfig(num_workers=1, cpus_per_worker=1)

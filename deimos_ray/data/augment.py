@@ -5,10 +5,11 @@ the per-image torchvision pipeline runs about 1,600 images/s on a CPU core, batc
 rotations and flips tens of thousands. Every random choice comes from the
 ``torch.Generator`` passed in, so a seed reproduces the same views.
 
-Operations (each per image, each optional): rotation by a multiple of 90 degrees,
-horizontal and vertical flips, brightness and contrast jitter, and a random resized
-crop (area fraction and aspect ratio drawn per image, resampled back to the input size
-with ``grid_sample``).
+Operations (each per image, each optional): a small random affine warp (rotation by a
+few degrees, shift, zoom), rotation by a multiple of 90 degrees, horizontal and vertical
+flips, brightness and contrast jitter, and a random resized crop (area fraction and
+aspect ratio drawn per image). Warps and crops resample back to the input size with
+``grid_sample``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class AugmentConfig:
         crop_scale: (min, max) fraction of the area kept by the random resized crop;
             (1, 1) disables it.
         crop_ratio: (min, max) aspect ratio of the crop.
+        rotate_degrees: Rotate by an angle drawn from [-d, d] degrees (0 disables).
+        shift: Translate by up to this fraction of the width and of the height.
+        zoom: (min, max) scale factor of the affine warp; (1, 1) disables it. Pixels
+            the warp brings in from outside repeat the nearest edge (Keras's "nearest").
     """
 
     rotate90: bool = True
@@ -43,6 +48,9 @@ class AugmentConfig:
     contrast: float = 0.1
     crop_scale: tuple[float, float] = (0.6, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate_degrees: float = 0.0
+    shift: float = 0.0
+    zoom: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -50,6 +58,13 @@ class AugmentConfig:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.brightness < 0 or not 0 <= self.contrast < 1:
             raise ValueError("brightness must be >= 0 and contrast in [0, 1)")
+        if self.rotate_degrees < 0 or not 0 <= self.shift < 1 or not 0 < self.zoom[0] <= self.zoom[1]:
+            raise ValueError("rotate_degrees must be >= 0, shift in [0, 1) and zoom 0 < min <= max")
+
+    @property
+    def warps(self) -> bool:
+        """True when the small affine warp is on."""
+        return self.rotate_degrees > 0 or self.shift > 0 or self.zoom != (1.0, 1.0)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -83,9 +98,27 @@ def random_resized_crop(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Per-image rotation by a few degrees, shift and zoom, resampled to (H, W)."""
+    b = x.shape[0]
+    angle = torch.deg2rad(_uniform(b, -cfg.rotate_degrees, cfg.rotate_degrees, g, x.device))
+    scale = _uniform(b, *cfg.zoom, g, x.device)
+    # affine_grid maps output to input coordinates in [-1, 1]: a zoom by s samples a
+    # window 1/s as wide, and a shift by a fraction f of the side moves it by 2f.
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    theta[:, :, 2] = 2 * cfg.shift * (2 * torch.rand(b, 2, generator=g, device=x.device) - 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """One random view of every image of a (B, C, H, W) batch in [0, 1]."""
     b = x.shape[0]
+    if cfg.warps:
+        x = random_affine(x, cfg, g)
     if cfg.crop_scale != (1.0, 1.0):
         x = random_resized_crop(x, cfg, g)
     if cfg.rotate90 and x.shape[-1] == x.shape[-2]:

@@ -20,20 +20,21 @@ so a resumed run continues the same schedule.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ray.train
 import torch
 
 from deimos_ray.config import from_dict, to_dict
-from deimos_ray.data.augment import two_views
+from deimos_ray.data.augment import augment, two_views
 from deimos_ray.models.dac import (
     DACConfig,
     DACNet,
     label_features,
     labeled_masks,
     next_lambda,
-    pair_bce_sum,
+    pair_loss_sum,
     schedule_done,
     select_pairs,
     thresholds,
@@ -59,11 +60,42 @@ def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...
     common.check_resumable(state, "dac", cfg, input_shape, RESUMABLE_CHANGES)
 
 
+def _loss_and_stats(
+    sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor, valid: torch.Tensor,
+    rows_known: torch.Tensor, cols_known: torch.Tensor, cfg: DACConfig, gather: bool,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loss of the selected pairs (plus the labelled term), and the step's sums."""
+    n_rows, n_cols = sim.shape
+    pair_sum, pair_count = pair_loss_sum(sim, same, different, cfg.pair_loss)
+    # Sums stay tensors on the device; the loop reads them once per epoch.
+    stats = {"selected": pair_count, "same": same.sum(), "candidates": n_rows * (n_cols - 1),
+             "pair_loss_sum": pair_sum.detach()}
+
+    label_sum = label_count = None
+    if cfg.labeled_fraction > 0:
+        with torch.no_grad():
+            must, cannot = labeled_masks(rows_known.to(sim.device), cols_known.to(sim.device), valid)
+        label_sum, label_count = pair_loss_sum(sim, must, cannot, cfg.pair_loss)
+        stats.update(labeled=label_count, labeled_loss_sum=label_sum.detach())
+
+    if gather:  # a global count needs a collective, which waits anyway
+        scale = 2.0 * C.world_size()
+        loss = scale * pair_sum / max(global_count(pair_count.item()), 1.0)
+        if label_sum is not None:
+            loss = loss + cfg.labeled_weight * scale * label_sum / max(global_count(label_count.item()), 1.0)
+    else:
+        loss = pair_sum / pair_count.clamp(min=1)
+        if label_sum is not None:
+            loss = loss + cfg.labeled_weight * label_sum / label_count.clamp(min=1)
+    return loss, stats
+
+
 def step_loss(
     net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, cfg: DACConfig,
     upper: float, lower: float, g: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one step on this worker's share ``x`` of the global batch.
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loss of one step on this worker's share ``x`` of the global batch, selecting
+    the pairs with the network as it is now (``selection="batch"``, the paper).
 
     Returns:
         The loss to back-propagate, and sums for the epoch's log (tensors, except the
@@ -96,28 +128,48 @@ def step_loss(
             partner = (torch.arange(n_rows, device=device) + half) % n_rows + offset
             views = col_pos[None, :] == partner[:, None]
             same, different = same | views, different & ~views
-    pair_sum, pair_count = pair_bce_sum(sim, same, different)
-    # Sums stay tensors on the device; the loop reads them once per epoch.
-    stats = {"selected": pair_count, "same": same.sum(), "candidates": n_rows * (len(columns) - 1),
-             "pair_loss_sum": pair_sum.detach()}
+    return _loss_and_stats(sim, same, different, valid, rows_known, cols_known, cfg, gather)
 
-    label_sum = label_count = None
-    if cfg.labeled_fraction > 0:
-        with torch.no_grad():
-            must, cannot = labeled_masks(rows_known.to(device), cols_known.to(device), valid)
-        label_sum, label_count = pair_bce_sum(sim, must, cannot)
-        stats.update(labeled=label_count, labeled_loss_sum=label_sum.detach())
 
-    if gather:  # a global count needs a collective, which waits anyway
-        scale = 2.0 * C.world_size()
-        loss = scale * pair_sum / max(global_count(pair_count.item()), 1.0)
-        if label_sum is not None:
-            loss = loss + cfg.labeled_weight * scale * label_sum / max(global_count(label_count.item()), 1.0)
-    else:
-        loss = pair_sum / pair_count.clamp(min=1)
-        if label_sum is not None:
-            loss = loss + cfg.labeled_weight * label_sum / label_count.clamp(min=1)
-    return loss, stats
+def chunk_targets(
+    net: torch.nn.Module, x: torch.Tensor, upper: float, lower: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ "Same" and "different" masks over a chunk's pairs, from its un-augmented images
+    (``selection="chunk"``, the reference MNIST code).
+
+    ``net`` stays in training mode, so batch norm uses the chunk's own statistics as the
+    reference's Keras ``BatchNormalization(mode=2)`` does; the chunk's clean images thus
+    also nudge the running statistics, which the final assignment uses.
+    """
+    with torch.no_grad():
+        features = label_features(net(x))
+        valid = ~torch.eye(len(x), dtype=torch.bool, device=features.device)
+        return select_pairs(features @ features.T, upper, lower, valid)
+
+
+def chunk_step_loss(
+    net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, same: torch.Tensor,
+    different: torch.Tensor, cfg: DACConfig, g: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loss of one mini-batch of a chunk against the chunk's fixed targets.
+
+    With ``augment``, the network sees one random view of each image and learns the
+    targets that :func:`chunk_targets` gave the clean images.
+    """
+    if cfg.augment:
+        x = augment(x, cfg.augmentation, g)
+    features = label_features(net(x))
+    valid = ~torch.eye(len(x), dtype=torch.bool, device=features.device)
+    return _loss_and_stats(features @ features.T, same, different, valid, known, known, cfg, False)
+
+
+def _learn(opt: torch.optim.Optimizer, loss: torch.Tensor, stats: dict[str, Any], sums: dict[str, Any]) -> None:
+    """One optimiser step; the step's statistics are added to the epoch's ``sums``."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for name, value in stats.items():
+        sums[name] = sums.get(name, 0.0) + value
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +194,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if len(x_local) == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
     n_global = int(global_count(len(x_local)))
-    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
-    _log(f"{n_global} images, {C.world_size()} worker(s), {batches.steps} steps per epoch, "
-         f"schedule {cfg.schedule}" + (", pairs from the global batch" if cfg.gather_pairs else ""))
+    if cfg.selection == "chunk":
+        batches = Batches(len(x_local), n_global, min(cfg.chunk_size, n_global), seed)
+        # The same number of mini-batches per chunk on every rank (DDP steps together).
+        minis = math.ceil(batches.local_batch / max(1, cfg.batch_size // C.world_size()))
+        steps = f"{batches.steps} chunks x {cfg.inner_passes} passes x {minis} steps per epoch"
+    else:
+        batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
+        steps = f"{batches.steps} steps per epoch"
+    _log(f"{n_global} images, {C.world_size()} worker(s), {steps}, schedule {cfg.schedule}, "
+         f"{cfg.selection} selection, {cfg.pair_loss} loss"
+         + (", pairs from the global batch" if cfg.gather_pairs else ""))
 
     net = DACNet(cfg, input_shape).to(device)
     ddp = C.wrap_ddp(net, device)
@@ -166,13 +226,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch * 1_009 + C.rank())
         sums: dict[str, float] = {}
         ddp.train()
+
         for idx in batches.epoch(epoch):
-            loss, stats = step_loss(ddp, x_local[idx].to(device), known_local[idx], cfg, upper, lower, g)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            for name, value in stats.items():
-                sums[name] = sums.get(name, 0.0) + value
+            x, known = x_local[idx].to(device), known_local[idx]
+            if cfg.selection == "batch":
+                _learn(opt, *step_loss(ddp, x, known, cfg, upper, lower, g), sums)
+                continue
+            same, different = chunk_targets(net, x, upper, lower)
+            for _ in range(cfg.inner_passes):
+                order = torch.randperm(len(x), generator=g, device=device)
+                for mini in torch.tensor_split(order, minis):
+                    pick = mini[:, None], mini[None, :]
+                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini.cpu()], same[pick], different[pick], cfg, g),
+                           sums)
         totals = {name: global_count(float(value)) for name, value in sorted(sums.items())}
         record = {
             "epoch": epoch + 1, "lambda": lam, "upper": upper, "lower": lower,
@@ -202,7 +268,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             },
         )
     upper, lower = thresholds(cfg, lam, epoch)
-    _log(f"stopped after {epoch} epochs: u {upper:.4f} <= l {lower:.4f}" if upper <= lower
+    crossed = cfg.schedule != "official" and upper <= lower  # official: u = l by design
+    _log(f"stopped after {epoch} epochs: u {upper:.4f} <= l {lower:.4f}" if crossed
          else f"stopped after {epoch} epochs (model.epochs)")
     return {"epochs": epoch, "lambda": lam, "upper": upper, "lower": lower,
             "resumed_at_epoch": resumed_at, "history": history}
