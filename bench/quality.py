@@ -4,6 +4,7 @@
     python bench/quality.py --datasets digits --seeds 0 1 2 --methods dec idec
     python bench/quality.py --datasets digits usps hirise --methods dac
     python bench/quality.py --datasets digits usps --methods desom-8x8 desom-line
+    python bench/quality.py --datasets usps --methods dac-reference --num-workers 1 --use-gpu
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
 Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.config import from_dict, load_yaml, override  # noqa: E402
+from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.pipeline import (  # noqa: E402
     DACJobConfig,
     DECJobConfig,
@@ -67,6 +69,7 @@ METHODS = {
     "dac": ("dac", {}),
     "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
     "dac-official": ("dac", {"model.schedule": "official", "model.epochs": 46}),
+    "dac-reference": ("dac", REFERENCE_RECIPE),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
@@ -84,7 +87,7 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     cfg = cls()
     k = CLASSES[dataset]
     settings = {**DATASETS[dataset], "model.n_clusters": k, **PER_ALGORITHM.get((algorithm, dataset), {}),
-                "seed": seed, "scaling.num_workers": args.num_workers}
+                "seed": seed, "scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu}
     if algorithm == "desom":
         settings.pop("model.n_clusters")
     for key, value in method_settings.items():
@@ -128,9 +131,13 @@ def main() -> int:
                    help="DESOM training steps (the paper's: 10,000)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers per run (0: in the driver, least start-up time)")
+    p.add_argument("--use-gpu", action="store_true",
+                   help="one GPU per worker (needs --num-workers 1 or more)")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "
                    "finished runs found there with the same config are reused, not rerun")
     args = p.parse_args()
+    if args.use_gpu and args.num_workers < 1:
+        p.error("--use-gpu needs --num-workers 1 or more")
 
     paths = {"usps": USPS, "hirise": HIRISE}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
