@@ -67,10 +67,14 @@ def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in flags.items() if v is not None}
 
 
-def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], extra: dict[str, Any]) -> Any:
-    """Config from defaults <- YAML file <- --smoke-test <- flags <- --set, validated."""
+def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], extra: dict[str, Any],
+                 preset: dict[str, Any] | None = None) -> Any:
+    """Config from defaults <- YAML file <- ``preset`` (a job's named recipe) <-
+    --smoke-test <- flags <- --set, validated."""
     cfg = from_dict(cls, load_yaml(args.config)) if args.config else cls()
-    overrides: dict[str, Any] = dict(smoke) if args.smoke_test else {}
+    overrides: dict[str, Any] = dict(preset or {})
+    if args.smoke_test:
+        overrides.update(smoke)
     overrides.update(common_overrides(args))
     overrides.update({k: v for k, v in extra.items() if v is not None})
     overrides.update(parse_override(s) for s in args.set)

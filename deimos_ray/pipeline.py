@@ -54,7 +54,7 @@ from deimos_ray.models.desom import (
     quantization_error,
     topographic_error,
 )
-from deimos_ray.report import draw_desom_report, draw_members
+from deimos_ray.report import draw_desom_pictures, draw_members
 from deimos_ray.runtime import init_ray, local_cpus_needed
 from deimos_ray.train import dac_loop, dec_loop, desom_loop
 from deimos_ray.train.driver import export_checkpoint, fit
@@ -307,7 +307,8 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
                                 data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
         model, _ = load_desom(out / "checkpoint")
         errors = som_errors(model, torch.as_tensor(np.stack(assignments["embedding"].to_numpy())))
-        pictures = draw_desom_report(out)
+        pictures = draw_desom_pictures(model, assignments["som_row"].to_numpy(),
+                                       assignments["som_col"].to_numpy(), out / "report")
         print(f"[{job}] quantisation error {errors['quantization_error']:.4f}, topographic error "
               f"{errors['topographic_error']:.4f}; pictures: {', '.join(p.name for p in pictures)}")
         if levels == 2 and len(data.input_shape) == 3:
@@ -331,7 +332,7 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
 
 def require_groups(groups: pd.Series) -> None:
     """Refuse a two-level run whose rows are not grouped (at least 2 groups, some with
-    several members); called before DESOM-1 trains and again before DESOM-2."""
+    several members); called before DESOM-1 trains."""
     sizes = groups[groups.fillna("") != ""].value_counts()
     if len(sizes) < 2 or sizes.max() < 2:
         raise ValueError("--levels 2 needs rows grouped by exposure or source image (at least 2 "
@@ -365,8 +366,7 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     """
     rows, cols = cfg.model.map_size
     table = pq.read_table(out / "assignments", columns=["group", "som_row", "som_col"]).to_pandas()
-    table = table[table["group"].fillna("") != ""]
-    require_groups(table["group"])
+    table = table[table["group"].fillna("") != ""]  # grouping checked before DESOM-1 trained
     nodes = (table["som_row"] * cols + table["som_col"]).to_numpy()
     names, vectors, counts = histo_vectors(table["group"].tolist(), nodes, rows * cols, cfg.histo_clip_quantile)
     print(f"[{job}] level 2: {len(names)} groups -> histo-vectors of {rows * cols} nodes")
@@ -395,7 +395,8 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     })
     pq.write_table(pa.Table.from_pandas(groups, preserve_index=False), out / "groups.parquet")
 
-    pictures = draw_desom_report(level2, assignments=out / "groups.parquet")
+    pictures = draw_desom_pictures(model, groups["som_row"].to_numpy(), groups["som_col"].to_numpy(),
+                                   level2 / "report")
     per_cell: dict[tuple[int, int], list[np.ndarray]] = {}
     for g, r, c in zip(groups["group"], groups["som_row"], groups["som_col"], strict=True):
         if g in representatives and len(per_cell.setdefault((int(r), int(c)), [])) < 9:
@@ -403,8 +404,7 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
     if per_cell:  # only image inputs have representatives
         images = {cell: np.stack(v) for cell, v in per_cell.items()}
         pictures.append(draw_members(images, *cfg.level2.map_size, level2 / "report" / "members.png"))
-    errors = {"quantization_error": quantization_error(d_bmu.clamp(min=0).sqrt()),
-              "topographic_error": topographic_error(d, model.grid) if model.cfg.nodes > 1 else 0.0}
+    errors = _distance_errors(model, d)
     print(f"[{job}] level 2: {groups[['som_row', 'som_col']].drop_duplicates().shape[0]} cells used; "
           f"quantisation error {errors['quantization_error']:.4f}, topographic error "
           f"{errors['topographic_error']:.4f}; groups.parquet, level2/report/")
@@ -412,17 +412,22 @@ def run_desom_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, 
             "report": [str(p.relative_to(out)) for p in pictures]}
 
 
+def _distance_errors(model: DESOM, d: torch.Tensor) -> dict[str, float]:
+    """Quantisation and topographic errors from (N, nodes) squared distances to the prototypes."""
+    return {"quantization_error": quantization_error(d.min(dim=1).values.clamp(min=0).sqrt()),
+            "topographic_error": topographic_error(d, model.grid) if model.cfg.nodes > 1 else 0.0}
+
+
 def som_errors(model: DESOM, embeddings: torch.Tensor, chunk: int = 8192) -> dict[str, float]:
     """Quantisation error (mean distance to the BMU prototype) and topographic error
     (share whose two best units are not grid neighbours) over all embeddings."""
-    qe, te, n = 0.0, 0.0, len(embeddings)
+    totals = {"quantization_error": 0.0, "topographic_error": 0.0}
     with torch.no_grad():
-        for start in range(0, n, chunk):
+        for start in range(0, len(embeddings), chunk):
             d = model.distances(embeddings[start : start + chunk])
-            m = len(d)
-            qe += quantization_error(d.min(dim=1).values.clamp(min=0).sqrt()) * m
-            te += (topographic_error(d, model.grid) * m) if model.cfg.nodes > 1 else 0.0
-    return {"quantization_error": qe / n, "topographic_error": te / n}
+            for name, value in _distance_errors(model, d).items():
+                totals[name] += value * len(d)
+    return {name: value / len(embeddings) for name, value in totals.items()}
 
 
 def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -68,38 +68,45 @@ def save_grid_values(values: np.ndarray, path: Path, title: str, cmap: str, anno
     return path
 
 
-def hit_counts(assignments_dir: Path, rows: int, cols: int) -> np.ndarray:
+def hit_counts(som_rows: np.ndarray, som_cols: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) number of assigned rows per map cell."""
-    table = pq.read_table(assignments_dir, columns=["som_row", "som_col"])
     hits = np.zeros((rows, cols), dtype=np.int64)
-    np.add.at(hits, (table.column("som_row").to_numpy(), table.column("som_col").to_numpy()), 1)
+    np.add.at(hits, (np.asarray(som_rows), np.asarray(som_cols)), 1)
     return hits
 
 
-def draw_desom_report(run_dir: str | Path, assignments: str | Path = "assignments") -> list[Path]:
+def draw_desom_pictures(model, som_rows: np.ndarray, som_cols: np.ndarray, out: Path) -> list[Path]:
     """Draw ``prototypes.png`` (image inputs only), ``hits.png`` and ``umatrix.png`` into
-    ``run_dir/report/`` from ``run_dir/checkpoint`` and the Parquet rows at
-    ``run_dir / assignments`` (a folder or file with ``som_row``, ``som_col``)."""
-    from deimos_ray.assign import load_desom
+    ``out`` from a trained DESOM and the map cell of every assigned row."""
     from deimos_ray.models.desom import umatrix
 
-    run_dir = Path(run_dir)
-    model, _ = load_desom(run_dir / "checkpoint")
     rows, cols = model.cfg.map_size
-    out = run_dir / "report"
     out.mkdir(exist_ok=True)
     written = []
     if len(model.input_shape) == 3:
         images = model.decode_prototypes().numpy()
         written.append(save_mosaic(images, rows, cols, out / "prototypes.png",
                                    f"decoded prototypes, {rows}x{cols} map"))
-    hits = hit_counts(run_dir / assignments, rows, cols)
+    hits = hit_counts(som_rows, som_cols, rows, cols)
     written.append(save_grid_values(hits.astype(float), out / "hits.png",
                                     f"hits per cell ({hits.sum()} rows)", "viridis", annotate=True))
     u = umatrix(model.prototypes.detach(), rows, cols).numpy()
     written.append(save_grid_values(u, out / "umatrix.png", "U-matrix (distance to neighbours)",
                                     "bone_r", annotate=False))
     return written
+
+
+def draw_desom_report(run_dir: str | Path, assignments: str | Path = "assignments") -> list[Path]:
+    """Redraw a finished run's pictures (:func:`draw_desom_pictures`) into
+    ``run_dir/report/`` from ``run_dir/checkpoint`` and the Parquet rows at
+    ``run_dir / assignments`` (a folder or file with ``som_row``, ``som_col``)."""
+    from deimos_ray.assign import load_desom
+
+    run_dir = Path(run_dir)
+    model, _ = load_desom(run_dir / "checkpoint")
+    table = pq.read_table(run_dir / assignments, columns=["som_row", "som_col"])
+    return draw_desom_pictures(model, table.column("som_row").to_numpy(), table.column("som_col").to_numpy(),
+                               run_dir / "report")
 
 
 def draw_members(images_per_cell: dict[tuple[int, int], np.ndarray], rows: int, cols: int,

@@ -70,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace) -> DACJobConfig:
-    flags = {
+    return cli.build_config(DACJobConfig, args, SMOKE, {
         "model.schedule": args.schedule, "model.selection": args.selection,
         "model.pair_loss": args.pair_loss, "model.backbone": args.backbone,
         "model.backbone_weights": args.backbone_weights, "model.batch_size": args.batch_size,
@@ -78,10 +78,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
-    }
-    # The recipe first, so that any flag given overrides it.
-    recipe = {**RECIPES[args.recipe], **{k: v for k, v in flags.items() if v is not None}}
-    return cli.build_config(DACJobConfig, args, SMOKE, recipe)
+    }, preset=RECIPES[args.recipe])
 
 
 def main(args: argparse.Namespace) -> int:

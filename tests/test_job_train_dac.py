@@ -72,3 +72,16 @@ def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
     )
     with pytest.raises(ValueError, match="needs a source with labels"):
         job.main(args)
+
+
+def test_recipe_sits_under_smoke_test_flags_and_set():
+    job = load_job("train_dac")
+    parser = job.get_args_parser()
+    reference = job.build_config(parser.parse_args(["--recipe", "reference"])).model
+    assert (reference.selection, reference.pair_loss, reference.epochs) == ("chunk", "mse", 20)
+    flagged = job.build_config(parser.parse_args(["--recipe", "reference", "--pair-loss", "bce",
+                                                   "--set", "model.inner_passes=2"])).model
+    assert (flagged.selection, flagged.pair_loss, flagged.inner_passes) == ("chunk", "bce", 2)
+    smoke = job.build_config(parser.parse_args(["--recipe", "reference", "--smoke-test"])).model
+    assert smoke.epochs == 2 and smoke.selection == "chunk"
+    assert job.build_config(parser.parse_args([])).model.selection == "batch"
