@@ -102,3 +102,31 @@ def test_config_validation():
         DESOMConfig(map_size=(2, 2), n_clusters=5)
     assert DESOMConfig(map_size=(8, 8)).clusters == 64
     assert DESOMConfig(map_size=(8, 8), n_clusters=10).clusters == 10
+    with pytest.raises(ValueError, match="node_weights"):
+        DESOMConfig(node_weights="area")
+
+
+def test_hit_counts_count_best_matching_units():
+    model = DESOM(DESOMConfig(map_size=(1, 3), hidden_dims=(4,), latent_dim=2), (1, 2, 2))
+    x = torch.rand(7, 1, 2, 2)
+    z = model.autoencoder.encoder(model.prepare(x)).detach()
+    model.prototypes.data.copy_(z[[0, 1, 2]])
+    expected = torch.bincount(model.distances(z).argmin(1), minlength=3).float()
+    hits = desom.hit_counts(model, x, chunk=3)  # chunks of 3, 3 and 1 rows
+    assert torch.equal(hits, expected) and hits.sum() == 7
+
+
+def test_node_clusters_follow_the_hits():
+    protos = torch.tensor([[0.0], [1.0], [5.0], [20.0]])  # four nodes on a line, k = 2
+    assert desom.node_clusters(protos, None, 1, 0) == [0, 1, 2, 3]
+    # Equal weights: the far node is a cluster of its own ({0, 1, 5} | {20}: cost 14
+    # against 113 for {0, 1} | {5, 20}).
+    plain = desom.node_clusters(protos, 2, 5, 0)
+    assert plain[0] == plain[1] == plain[2] != plain[3]
+    # By hits, the far node holds 1 sample and the others 100 each: the split goes
+    # between the populated nodes instead (cost 271 against 1,400).
+    weighted = desom.node_clusters(protos, 2, 5, 0, torch.tensor([100.0, 100.0, 100.0, 1.0]))
+    assert weighted[0] == weighted[1] != weighted[2] == weighted[3]
+    with pytest.warns(UserWarning, match="only 1 map nodes are hit"):
+        fallback = desom.node_clusters(protos, 2, 5, 0, torch.tensor([0.0, 0.0, 5.0, 0.0]))
+    assert fallback == plain

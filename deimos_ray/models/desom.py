@@ -18,6 +18,7 @@ of cells, which is not reproduced. Prototypes start as encodings of random sampl
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from deimos_ray.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 KERNELS = ("gaussian", "window")
 DECAYS = ("exponential", "linear", "constant")
 GRID_METRICS = ("manhattan", "euclidean")
+NODE_WEIGHTS = ("hits", "none")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,13 @@ class DESOMConfig:
         kernel: ``gaussian`` (paper) or ``window``.
         grid_metric: ``manhattan`` (paper) or ``euclidean`` cell distance.
         kmeans_n_init: Restarts of the k-means over prototypes (with ``n_clusters``).
+        node_weights: How the k-means over prototypes weighs each node: ``hits``
+            (default) by the number of training samples whose best-matching unit it is,
+            so the clusters follow where the data are and sparsely hit nodes between
+            two groups do not pull a centroid; ``none`` weighs every node equally.
+            Neither the paper nor its reference code fixes this step. On the same
+            trained 8x8 maps (three seeds), ``hits`` gave the higher median NMI and ARI
+            on digits and USPS, and the higher accuracy on digits but not on USPS.
     """
 
     map_size: tuple[int, int] = (8, 8)
@@ -68,6 +77,7 @@ class DESOMConfig:
     kernel: str = "gaussian"
     grid_metric: str = "manhattan"
     kmeans_n_init: int = 10
+    node_weights: str = "hits"
 
     def __post_init__(self) -> None:
         if len(self.map_size) != 2 or min(self.map_size) < 1:
@@ -81,6 +91,8 @@ class DESOMConfig:
                              f"model.grid_metric in {GRID_METRICS}")
         if not 0 < self.t_min <= self.t_max:
             raise ValueError("model.t_min and model.t_max must satisfy 0 < t_min <= t_max")
+        if self.node_weights not in NODE_WEIGHTS:
+            raise ValueError(f"model.node_weights must be one of {NODE_WEIGHTS}, got {self.node_weights!r}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("model.iterations and model.batch_size must be >= 1")
 
@@ -181,14 +193,32 @@ class DESOM(nn.Module):
         return self.autoencoder.decoder(self.prototypes).reshape(-1, *self.input_shape)
 
 
-def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: int) -> list[int]:
-    """Cluster of every node: k-means (seeded) over the prototypes, or the node itself."""
+def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: int,
+                  weights: torch.Tensor | None = None) -> list[int]:
+    """Cluster of every node: k-means (seeded) over the prototypes, each weighted by
+    ``weights`` (e.g. its hit count; equal when ``None``), or the node itself."""
     if k is None:
         return list(range(len(prototypes)))
     from sklearn.cluster import KMeans
 
-    km = KMeans(k, n_init=n_init, random_state=seed).fit(prototypes.detach().cpu().numpy())
+    if weights is not None and int((weights > 0).sum()) < k:
+        warnings.warn(f"only {int((weights > 0).sum())} map nodes are hit, fewer than the {k} clusters: "
+                      "the k-means over prototypes weighs every node equally", stacklevel=2)
+        weights = None
+    sample_weight = None if weights is None else weights.detach().cpu().double().numpy()
+    km = KMeans(k, n_init=n_init, random_state=seed).fit(prototypes.detach().cpu().numpy(),
+                                                         sample_weight=sample_weight)
     return [int(c) for c in km.labels_]
+
+
+@torch.no_grad()
+def hit_counts(model: DESOM, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """How many rows of ``x`` have each node as best-matching unit: (M,) float."""
+    hits = torch.zeros(model.cfg.nodes, device=model.prototypes.device)
+    for start in range(0, len(x), chunk):
+        z = model.autoencoder.encoder(model.prepare(x[start:start + chunk].to(hits.device)))
+        hits += torch.bincount(model.distances(z).argmin(dim=1), minlength=len(hits)).to(hits.dtype)
+    return hits
 
 
 def quantization_error(d_bmu: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ import ray.train
 import torch
 
 from deimos_ray.config import from_dict, to_dict
-from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, temperature
+from deimos_ray.models.desom import DESOM, DESOMConfig, hit_counts, node_clusters, temperature
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
@@ -46,6 +46,15 @@ def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, s
             protos = model.autoencoder.encoder(model.prepare(x_local[take].to(device)))
     C.broadcast_(protos)
     model.prototypes.data.copy_(protos)
+
+
+def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, seed: int) -> list[int]:
+    """Every node's cluster after training; the hit counts that weigh the k-means over
+    prototypes (``node_weights: hits``) are summed over all workers' shards."""
+    weights = None
+    if cfg.n_clusters is not None and cfg.node_weights == "hits":
+        weights = C.all_reduce_sum(hit_counts(model, x_local))
+    return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
 
 
 def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
@@ -120,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         final = iteration >= cfg.iterations
         if not clock.due(final=final):
             continue
-        clusters = node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed) if final else None
+        clusters = final_node_clusters(model, x_local, cfg, seed) if final else None
         report_epoch(
             {"phase": "desom", **record},
             {
