@@ -286,7 +286,8 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
                              "images_moved": moved}
 
     return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
-                            training_rows=training_rows, after_assign=merge_small_clusters)
+                            training_rows=training_rows, after_assign=merge_small_clusters,
+                            restarts=model.restarts, objective=dac_loop.final_pair_loss)
 
 
 def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_desom",
@@ -445,6 +446,44 @@ def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int)
     return {"x": batch["x"], "known": known}
 
 
+RESTART_SEED_STRIDE = 1000  # restart r trains from seed + 1000 r: apart from nearby user seeds
+
+
+def fit_restarts(
+    train_loop: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    rows: ray.data.Dataset,
+    cfg: JobConfig,
+    out: Path,
+    restarts: int,
+    objective: Callable[[dict[str, Any]], float] | None,
+    job: str,
+) -> tuple[ray.train.Result, list[dict[str, Any]] | None]:
+    """Train once, or ``restarts`` times from seeds ``seed + 1000 r``, one after another.
+
+    Returns the kept result (the lowest ``objective`` of the loop's return value) and a
+    record per restart (``None`` for a single training). Restart 0 is the Ray Train run
+    ``train``, the others ``train-restart{r}``, so a rerun resumes each where it stopped.
+    """
+    if restarts == 1:
+        return fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
+                   max_failures=cfg.max_failures), None
+    if objective is None:
+        raise ValueError("restarts need an objective to choose the kept training by")
+    results, records = [], []
+    for r in range(restarts):
+        seed = loop_config["seed"] + RESTART_SEED_STRIDE * r
+        result = fit(train_loop, {**loop_config, "seed": seed}, rows, cfg.scaling, out / "ray",
+                     name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures)
+        results.append(result)
+        records.append({"restart": r, "seed": seed, "objective": objective(result.return_value), "kept": False})
+        print(f"[{job}] restart {r + 1}/{restarts}, seed {seed}: objective {records[-1]['objective']:.5g}", flush=True)
+    best = min(range(restarts), key=lambda r: records[r]["objective"])
+    records[best]["kept"] = True
+    print(f"[{job}] kept restart {best + 1} of {restarts} (seed {records[best]['seed']}, lowest objective)")
+    return results[best], records
+
+
 def run_training_job(
     cfg: JobConfig,
     out_dir: str | Path,
@@ -454,6 +493,8 @@ def run_training_job(
     training_rows: Callable[[PreparedData], ray.data.Dataset] | None = None,
     after_assign: Callable[[Path, pd.DataFrame, PreparedData], tuple[pd.DataFrame, dict[str, Any]]] | None = None,
     k: int | None = None,
+    restarts: int = 1,
+    objective: Callable[[dict[str, Any]], float] | None = None,
 ) -> dict[str, Any]:
     """The job contract (module docstring) for any algorithm.
 
@@ -468,6 +509,8 @@ def run_training_job(
             entries for ``metrics.json``.
         k: Number of clusters the model outputs (default ``cfg.model.n_clusters``); the
             k-means baseline uses the same.
+        restarts, objective: Train ``restarts`` times and keep the training whose
+            return value has the lowest ``objective`` (:func:`fit_restarts`).
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -494,8 +537,7 @@ def run_training_job(
         "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
     rows = training_rows(data) if training_rows else data.good.select_columns(["x"])
-    result = fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
-                 max_failures=cfg.max_failures)
+    result, restart_records = fit_restarts(train_loop, loop_config, rows, cfg, out, restarts, objective, job)
     checkpoint = export_checkpoint(result, out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
 
@@ -541,6 +583,7 @@ def run_training_job(
         "scores_space": "internal scores on preprocessed pixels for every method; "
                         "silhouette_embedding in the model's embedding",
         "training": result.return_value if hasattr(result, "return_value") else None,
+        **({"restarts": restart_records} if restart_records else {}),
         **extra,
         "timings_s": timings,
     }

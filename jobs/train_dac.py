@@ -64,6 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-weight", type=float, help="weight of the labelled pairs' loss (default 1)")
     p.add_argument("--min-cluster-size", type=int, help="after training, merge clusters smaller "
                    "than this into their most similar cluster (default 0: off)")
+    p.add_argument("--restarts", type=int, help="train this many times from different seeds and "
+                   "keep the training with the lowest final pair loss, as k-means' n_init "
+                   "(default 1; each restart costs a full training)")
     p.add_argument("--gather-pairs", action="store_true", help="with several workers, select "
                    "pairs across the global batch (all-gathers the label features)")
     return p
@@ -78,6 +81,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
+        "model.restarts": args.restarts,
     }, preset=RECIPES[args.recipe])
 
 

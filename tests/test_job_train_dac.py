@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from deimos_ray.train.checkpoint import load_state
 from tests.helpers import load_job
 from tests.test_sources import write_bad_files, write_image_folder
 
@@ -62,6 +63,24 @@ def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_pa
     assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
 
 
+def test_restarts_keep_the_training_with_the_lowest_final_pair_loss(ray_session, tmp_path):
+    out = tmp_path / "run"
+    job = load_job("train_dac")
+    args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2"])
+    assert job.main(args) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = metrics["restarts"]
+    assert [r["seed"] for r in records] == [0, 1000]
+    kept = [r for r in records if r["kept"]]
+    assert len(kept) == 1 and kept[0]["objective"] == min(r["objective"] for r in records)
+    # The reported training, the exported checkpoint and the objective are the kept run's.
+    assert metrics["training"]["history"][-1]["pair_loss"] == pytest.approx(kept[0]["objective"])
+    assert load_state(out / "checkpoint")["seed"] == kept[0]["seed"]
+    assert (out / "ray" / "train").is_dir() and (out / "ray" / "train-restart1").is_dir()
+    assert pq.read_table(out / "assignments").num_rows == 60
+
+
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -85,3 +104,6 @@ def test_recipe_sits_under_smoke_test_flags_and_set():
     smoke = job.build_config(parser.parse_args(["--recipe", "reference", "--smoke-test"])).model
     assert smoke.epochs == 2 and smoke.selection == "chunk"
     assert job.build_config(parser.parse_args([])).model.selection == "batch"
+    assert job.build_config(parser.parse_args(["--restarts", "3"])).model.restarts == 3
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        job.build_config(parser.parse_args(["--restarts", "0"]))

@@ -124,6 +124,14 @@ class DACConfig:
             (reference: 1,000). Their targets come from one forward pass.
         inner_passes: Passes over each chunk's augmented images (reference: 5).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
+        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...; the
+            one whose last epoch ends with the lowest mean pair loss is kept, as k-means
+            keeps its lowest-inertia start (``n_init``). Not in the paper, which trains
+            once; DAC's result varies much from seed to seed, and the final pair loss
+            (the objective, at the same final thresholds for every restart) uses no
+            label. Costs ``restarts`` times the training. A network that put every image
+            in one cluster would also score a low loss; none was seen, but the kept
+            run's cluster count is checked as for any run.
     """
 
     n_clusters: int = 10
@@ -152,10 +160,13 @@ class DACConfig:
     chunk_size: int = 1000
     inner_passes: int = 5
     pair_loss: str = "bce"
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
+        if self.restarts < 1:
+            raise ValueError(f"model.restarts must be >= 1, got {self.restarts}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone_weights is not None:

@@ -47,12 +47,18 @@ from deimos_ray.train.common import Batches, CheckpointClock, global_count, load
 KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
 
 # Fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "min_cluster_size"}
+RESUMABLE_CHANGES = {"epochs", "min_cluster_size", "restarts"}
 
 
 def _log(message: str) -> None:
     if C.rank() == 0:
         print(f"[dac] {message}", flush=True)
+
+
+def final_pair_loss(summary: dict[str, Any]) -> float:
+    """A finished run's objective for choosing among restarts: the mean pair loss of
+    its last epoch (from the loop's return value)."""
+    return float(summary["history"][-1]["pair_loss"])
 
 
 def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
