@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("job,cls", [("train_dec", DECJobConfig), ("train_dac", DACJobConfig),
                                      ("train_desom", DESOMJobConfig)])
 def test_shipped_yaml_is_the_default_config(job, cls):
-    cfg = from_dict(cls, load_yaml(ROOT / "configs" / f"{job}.yaml"))
-    assert cfg == cls()
+    written = load_yaml(ROOT / "configs" / f"{job}.yaml")
+    assert from_dict(cls, written) == cls()
+    # As written too: from_dict fills a missing key with its default, which would hide a
+    # setting the shipped file forgot to list.
+    assert written == to_dict(cls())
 
 
 def test_unknown_keys_are_rejected_with_the_valid_ones():

@@ -167,6 +167,10 @@ class DESOM(nn.Module):
         """The input as the autoencoder takes it (flattened for dense)."""
         return x.flatten(1) if self.flat else x
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings z of a batch of inputs (the encoder alone)."""
+        return self.autoencoder.encoder(self.prepare(x))
+
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """(B, M) squared Euclidean distances from each embedding to each prototype."""
         return (z[:, None, :] - self.prototypes[None, :, :]).pow(2).sum(dim=2)
@@ -201,8 +205,9 @@ def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: in
         return list(range(len(prototypes)))
     from sklearn.cluster import KMeans
 
-    if weights is not None and int((weights > 0).sum()) < k:
-        warnings.warn(f"only {int((weights > 0).sum())} map nodes are hit, fewer than the {k} clusters: "
+    hit = None if weights is None else int((weights > 0).sum())
+    if hit is not None and hit < k:
+        warnings.warn(f"only {hit} map nodes are hit, fewer than the {k} clusters: "
                       "the k-means over prototypes weighs every node equally", stacklevel=2)
         weights = None
     sample_weight = None if weights is None else weights.detach().cpu().double().numpy()
@@ -212,11 +217,12 @@ def node_clusters(prototypes: torch.Tensor, k: int | None, n_init: int, seed: in
 
 
 @torch.no_grad()
-def hit_counts(model: DESOM, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """How many rows of ``x`` have each node as best-matching unit: (M,) float."""
+def node_hits(model: DESOM, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """How many rows of ``x`` have each node as best-matching unit: (M,) float.
+    (:func:`deimos_ray.report.hit_counts` counts written assignments per grid cell.)"""
     hits = torch.zeros(model.cfg.nodes, device=model.prototypes.device)
     for start in range(0, len(x), chunk):
-        z = model.autoencoder.encoder(model.prepare(x[start:start + chunk].to(hits.device)))
+        z = model.encode(x[start:start + chunk].to(hits.device))
         hits += torch.bincount(model.distances(z).argmin(dim=1), minlength=len(hits)).to(hits.dtype)
     return hits
 

@@ -137,6 +137,11 @@ def step_loss(
     return _loss_and_stats(sim, same, different, valid, rows_known, cols_known, cfg, gather)
 
 
+def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n) mask of the pairs of distinct images (an image with itself says nothing)."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)
+
+
 def chunk_targets(
     net: torch.nn.Module, x: torch.Tensor, upper: float, lower: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,8 +154,7 @@ def chunk_targets(
     """
     with torch.no_grad():
         features = label_features(net(x))
-        valid = ~torch.eye(len(x), dtype=torch.bool, device=features.device)
-        return select_pairs(features @ features.T, upper, lower, valid)
+        return select_pairs(features @ features.T, upper, lower, _off_diagonal(len(x), features.device))
 
 
 def chunk_step_loss(
@@ -165,7 +169,7 @@ def chunk_step_loss(
     if cfg.augment:
         x = augment(x, cfg.augmentation, g)
     features = label_features(net(x))
-    valid = ~torch.eye(len(x), dtype=torch.bool, device=features.device)
+    valid = _off_diagonal(len(x), features.device)
     return _loss_and_stats(features @ features.T, same, different, valid, known, known, cfg, False)
 
 
@@ -239,11 +243,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 _learn(opt, *step_loss(ddp, x, known, cfg, upper, lower, g), sums)
                 continue
             same, different = chunk_targets(net, x, upper, lower)
+            known = known.to(device)  # indexed by the device-side mini-batches below
             for _ in range(cfg.inner_passes):
                 order = torch.randperm(len(x), generator=g, device=device)
                 for mini in torch.tensor_split(order, minis):
                     pick = mini[:, None], mini[None, :]
-                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini.cpu()], same[pick], different[pick], cfg, g),
+                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini], same[pick], different[pick], cfg, g),
                            sums)
         totals = {name: global_count(float(value)) for name, value in sorted(sums.items())}
         record = {

@@ -18,7 +18,7 @@ import ray.train
 import torch
 
 from deimos_ray.config import from_dict, to_dict
-from deimos_ray.models.desom import DESOM, DESOMConfig, hit_counts, node_clusters, temperature
+from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, node_hits, temperature
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
@@ -43,7 +43,7 @@ def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, s
         g = torch.Generator().manual_seed(seed)
         take = torch.randint(len(x_local), (m,), generator=g) if len(x_local) < m else torch.randperm(len(x_local), generator=g)[:m]
         with torch.no_grad():
-            protos = model.autoencoder.encoder(model.prepare(x_local[take].to(device)))
+            protos = model.encode(x_local[take].to(device))
     C.broadcast_(protos)
     model.prototypes.data.copy_(protos)
 
@@ -53,7 +53,7 @@ def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, s
     prototypes (``node_weights: hits``) are summed over all workers' shards."""
     weights = None
     if cfg.n_clusters is not None and cfg.node_weights == "hits":
-        weights = C.all_reduce_sum(hit_counts(model, x_local))
+        weights = C.all_reduce_sum(node_hits(model, x_local))
     return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
 
 
