@@ -26,14 +26,27 @@ def load_columns(shard: Any, input_shape: tuple[int, ...], extra: tuple[str, ...
     columns = [FEATURE_COLUMN, *extra]
     parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-        parts[FEATURE_COLUMN].append(torch.as_tensor(np.asarray(batch[FEATURE_COLUMN], dtype=np.float32)))
+        # Ray hands out read-only arrays; np.require copies only those, so torch gets
+        # memory it may write (from_numpy on a read-only array warns).
+        parts[FEATURE_COLUMN].append(torch.from_numpy(np.require(batch[FEATURE_COLUMN], np.float32, ["C", "W"])))
         for c in extra:
-            parts[c].append(torch.as_tensor(np.asarray(batch[c], dtype=np.int64)))
+            parts[c].append(torch.from_numpy(np.require(batch[c], np.int64, ["C", "W"])))
     if not parts[FEATURE_COLUMN]:
         return {FEATURE_COLUMN: torch.zeros((0, *input_shape)), **{c: torch.zeros(0, dtype=torch.int64) for c in extra}}
     out = {c: torch.cat(parts[c]) for c in columns}
     out[FEATURE_COLUMN] = out[FEATURE_COLUMN].reshape(-1, *input_shape)
     return out
+
+
+def format_metrics(record: dict[str, Any], digits: int = 5) -> str:
+    """One log line, ``key value ...``: floats to ``digits`` significant figures, and
+    ``n/a`` for a NaN (a quantity not measured yet, such as DEC's first label change)."""
+    def text(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.{digits}g}"
+        return str(v)
+
+    return " ".join(f"{k} {text(v)}" for k, v in record.items())
 
 
 def batched(x: torch.Tensor, batch_size: int = 1024):

@@ -260,7 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if "labeled" in totals:
             record["labeled_loss"] = totals["labeled_loss_sum"] / max(totals["labeled"], 1.0)
         history.append(record)
-        _log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        _log(common.format_metrics(record, 4))
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
         if not clock.due(final=schedule_done(cfg, lam, epoch)):
             continue

@@ -311,7 +311,7 @@ def cluster(
             **{k: v / max(1, batches.steps) for k, v in totals.items()},
         }
         if _should_log(epoch - 1, cfg.epochs) or converged:
-            _log(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+            _log(common.format_metrics(metrics))
         if not clock.due(final=converged or epoch >= cfg.epochs):
             continue
         report_epoch(

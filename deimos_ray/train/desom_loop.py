@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         record = {"epoch": epoch, "iteration": iteration, "temperature": t,
                   **{k: global_count(v / steps) / C.world_size() for k, v in sums.items()}}
         if epoch == 1 or iteration >= cfg.iterations or epoch % max(1, (cfg.iterations // batches.steps) // 10) == 0:
-            _log(" ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            _log(common.format_metrics(record))
         final = iteration >= cfg.iterations
         if not clock.due(final=final):
             continue
