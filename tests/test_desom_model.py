@@ -79,7 +79,8 @@ def test_umatrix_averages_distances_to_grid_neighbours():
 
 def test_histo_vectors_count_members_per_node_and_standardise():
     groups = ["b", "a", "a", "a", "b", "c", "c", "c", "c"]
-    nodes = [0, 0, 0, 1, 2, 1, 1, 1, 2]
+    nodes = np.array([0, 0, 0, 1, 2, 1, 1, 1, 2])
+    nodes.flags.writeable = False  # as a Parquet column reads
     names, vectors, counts = desom.histo_vectors(groups, nodes, 3, clip_quantile=1.0)
     assert names == ["a", "b", "c"]
     assert counts.tolist() == [[2, 1, 0], [1, 0, 1], [0, 3, 1]]

@@ -21,6 +21,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,7 +273,9 @@ def histo_vectors(groups: list[str], nodes: list[int] | torch.Tensor, n_nodes: i
     index = {g: i for i, g in enumerate(names)}
     counts = torch.zeros(len(names), n_nodes)
     rows = torch.tensor([index[g] for g in groups])
-    counts.index_put_((rows, torch.as_tensor(nodes, dtype=torch.long)), torch.ones(len(rows)), accumulate=True)
+    # A copy: ``nodes`` often comes from a read-only Parquet column.
+    node_index = torch.from_numpy(np.array(nodes, dtype=np.int64))
+    counts.index_put_((rows, node_index), torch.ones(len(rows)), accumulate=True)
     shares = counts / counts.sum(dim=1, keepdim=True)
     if len(names) > 1:
         shares = torch.minimum(shares, torch.quantile(shares, clip_quantile, dim=0, keepdim=True))
