@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 from PIL import Image
+from ray.data.expressions import col, lit
 
 from deimos_ray.data.sources.archive import open_zip
 from deimos_ray.data.sources.base import PIXEL_COLUMNS
@@ -227,8 +228,9 @@ def preprocess(ds: ray.data.Dataset, spec: ImageSpec) -> ray.data.Dataset:
 
 def split_rejected(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """(good rows, rejected rows with ``id, path, reason, stage``) of a preprocessed dataset."""
-    good = ds.filter(lambda r: r["ok"])
-    bad = ds.filter(lambda r: not r["ok"]).select_columns(["id", "path", "reason", "stage"])
+    # Predicate expressions run as Arrow filters, with no Python call per row.
+    good = ds.filter(expr=col("ok") == lit(True))
+    bad = ds.filter(expr=col("ok") == lit(False)).select_columns(["id", "path", "reason", "stage"])
     return good.drop_columns(list(FLAG_COLUMNS)), bad
 
 
