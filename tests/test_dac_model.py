@@ -182,6 +182,19 @@ def test_networks_take_any_size_and_channels(backbone, shape):
     assert net(torch.rand(3, *shape)).shape == (3, 5)
 
 
+@pytest.mark.parametrize("backbone", ["vgg", "resnet18"])
+def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(backbone):
+    cfg = DACConfig(n_clusters=4, backbone=backbone, conv_widths=(4, 8), head="narrow")
+    net = DACNet(cfg, (1, 12, 12))
+    linears = [m for m in net.head if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(4, net.backbone.out_dim), (4, 4), (4, 4)]
+    assert all(torch.equal(m.weight, torch.eye(4)) for m in linears[1:])
+    logits = net(torch.rand(6, 1, 12, 12))  # training mode: batch norm over these six
+    assert logits.shape == (6, 4) and (logits >= 0).all() and (logits > 0).any()
+    with pytest.raises(ValueError, match="model.head"):
+        DACConfig(head="wide")
+
+
 def test_resnet18_loads_weights_from_a_named_file(tmp_path):
     from torchvision.models import resnet18
 

@@ -50,6 +50,7 @@ from torch import nn
 from deimos_ray.data.augment import AugmentConfig
 
 BACKBONES = ("vgg", "resnet18")
+HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
 PAIR_LOSSES = ("bce", "mse")
@@ -61,7 +62,8 @@ EPS = 1e-7
 # threshold runs from 0.9 to 0.5 over 20 epochs; this ends at 0.7, which held the
 # clusters apart better on the digits (the last epochs at 0.5-0.7 merged clusters).
 # Its augmentation: rotations up to 10 degrees, shifts up to 10 %, zoom 0.95-1.05 and a
-# small intensity shift.
+# small intensity shift. (Its network's narrow end is ``model.head=narrow``, not part
+# of the recipe: on the digits it did not score clearly better; README, benchmarks.)
 REFERENCE_RECIPE = {
     "model.schedule": "official", "model.official_upper": 0.9, "model.official_lower": 0.7,
     "model.epochs": 20, "model.selection": "chunk", "model.chunk_size": 1000,
@@ -93,7 +95,13 @@ class DACConfig:
         conv_widths: Channels of each VGG stage (two 3x3 convolutions, then 2x2 max
             pooling while the feature map is larger than 1x1). The paper's MNIST net uses
             64 and 128; the default is narrower so a CPU trains it in minutes.
-        hidden_dim: Width of the dense layer before the k-way output.
+        hidden_dim: Width of the dense layer before the k-way output (``head="dense"``).
+        head: ``dense`` (default: dense-BN-ReLU of ``hidden_dim``, then a dense-BN k-way
+            layer whose outputs are the logits) or ``narrow``, the end of the DAC paper's
+            MNIST network and the reference code's: a k-wide layer (their 1x1
+            convolution; here after the pooling) and two k-wide dense layers started at
+            the identity, each with batch norm and ReLU, so the softmax sees
+            non-negative logits standardised over the batch.
         schedule: ``paper``, ``deimos`` or ``official`` (module docstring).
         u0, l0, u_coeff, l_coeff, lambda_step: The ``deimos`` schedule's constants.
         official_upper, official_lower: The ``official`` schedule's start and end
@@ -139,6 +147,7 @@ class DACConfig:
     backbone_weights: str | None = None
     conv_widths: tuple[int, ...] = (32, 64, 128)
     hidden_dim: int = 128
+    head: str = "dense"
     schedule: str = "paper"
     u0: float = PAPER_U0
     l0: float = PAPER_L0
@@ -174,6 +183,8 @@ class DACConfig:
                 raise ValueError("model.backbone_weights needs model.backbone=resnet18")
             if not Path(self.backbone_weights).is_file():
                 raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
+        if self.head not in HEADS:
+            raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.labeled_fraction <= 1:
@@ -350,7 +361,7 @@ class ResNet18Backbone(nn.Module):
 
 
 class DACNet(nn.Module):
-    """Backbone, then dense-BN-ReLU and a dense-BN k-way head (as the reference's head).
+    """Backbone, then the head (``DACConfig.head``) that gives the k logits.
 
     ``forward`` returns the logits; :func:`label_features` turns them into label features.
     """
@@ -365,13 +376,23 @@ class DACNet(nn.Module):
             self.backbone: nn.Module = VGGBackbone(channels, cfg.conv_widths, size)
         else:
             self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
-        self.head = nn.Sequential(
-            nn.Linear(self.backbone.out_dim, cfg.hidden_dim, bias=False),
-            nn.BatchNorm1d(cfg.hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(cfg.hidden_dim, cfg.n_clusters, bias=False),
-            nn.BatchNorm1d(cfg.n_clusters),
-        )
+        k = cfg.n_clusters
+        if cfg.head == "dense":
+            self.head = nn.Sequential(
+                nn.Linear(self.backbone.out_dim, cfg.hidden_dim, bias=False),
+                nn.BatchNorm1d(cfg.hidden_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(cfg.hidden_dim, k, bias=False),
+                nn.BatchNorm1d(k),
+            )
+        else:
+            layers: list[nn.Module] = []
+            for width_in in (self.backbone.out_dim, k, k):
+                linear = nn.Linear(width_in, k, bias=False)
+                if width_in == k:
+                    nn.init.eye_(linear.weight)  # the reference's identity start
+                layers += [linear, nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
+            self.head = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
