@@ -193,6 +193,10 @@ def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(b
     assert logits.shape == (6, 4) and (logits >= 0).all() and (logits > 0).any()
     with pytest.raises(ValueError, match="model.head"):
         DACConfig(head="wide")
+    # A backbone as wide as k: only the two k-to-k layers start at the identity.
+    square = DACNet(DACConfig(n_clusters=4, conv_widths=(4, 4), head="narrow"), (1, 12, 12))
+    first = next(m for m in square.head if isinstance(m, torch.nn.Linear))
+    assert first.weight.shape == (4, 4) and not torch.equal(first.weight, torch.eye(4))
 
 
 def test_resnet18_loads_weights_from_a_named_file(tmp_path):

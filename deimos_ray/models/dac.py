@@ -97,11 +97,11 @@ class DACConfig:
             64 and 128; the default is narrower so a CPU trains it in minutes.
         hidden_dim: Width of the dense layer before the k-way output (``head="dense"``).
         head: ``dense`` (default: dense-BN-ReLU of ``hidden_dim``, then a dense-BN k-way
-            layer whose outputs are the logits) or ``narrow``, the end of the DAC paper's
-            MNIST network and the reference code's: a k-wide layer (their 1x1
-            convolution; here after the pooling) and two k-wide dense layers started at
-            the identity, each with batch norm and ReLU, so the softmax sees
-            non-negative logits standardised over the batch.
+            layer whose outputs are the logits) or ``narrow``, the end of the reference
+            code's MNIST network: a k-wide layer (its 1x1 convolution; here after the
+            pooling) and two k-wide dense layers started at the identity, each with
+            batch norm and ReLU, so the softmax sees non-negative logits standardised
+            over the batch.
         schedule: ``paper``, ``deimos`` or ``official`` (module docstring).
         u0, l0, u_coeff, l_coeff, lambda_step: The ``deimos`` schedule's constants.
         official_upper, official_lower: The ``official`` schedule's start and end
@@ -387,9 +387,9 @@ class DACNet(nn.Module):
             )
         else:
             layers: list[nn.Module] = []
-            for width_in in (self.backbone.out_dim, k, k):
+            for i, width_in in enumerate((self.backbone.out_dim, k, k)):
                 linear = nn.Linear(width_in, k, bias=False)
-                if width_in == k:
+                if i > 0:
                     nn.init.eye_(linear.weight)  # the reference's identity start
                 layers += [linear, nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
             self.head = nn.Sequential(*layers)
