@@ -25,7 +25,8 @@ beside it the same trained maps are grouped again with every node weighted equal
 ``desom-8x8-equal`` trains with that grouping. ``dac-reference`` is ``--recipe
 reference``; ``dac-reference-narrow`` the same recipe with the reference network's
 narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
-times per seed and keeps the lowest final pair loss.
+times per seed and keeps the lowest final pair loss, ``dac-reference-narrow-restarts4``
+does the same with the narrow head.
 
 ``hirise`` is the 1,096 original HiRISE landmarks (augmented copies dropped, 8 classes,
 of which "other" is most) at 32x32; DAC there adds rotations and flips to its views,
@@ -89,6 +90,7 @@ METHODS = {
     "dac-reference": ("dac", REFERENCE_RECIPE),
     "dac-reference-narrow": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow"}),
     "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "model.restarts": 4}),
+    "dac-reference-narrow-restarts4": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 4}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
@@ -106,7 +108,8 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     cfg = cls()
     k = CLASSES[dataset]
     settings = {**DATASETS[dataset], "model.n_clusters": k, **PER_ALGORITHM.get((algorithm, dataset), {}),
-                "seed": seed, "scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu}
+                "seed": seed, "scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu,
+                "scaling.torch_threads": args.torch_threads}
     if algorithm == "desom":
         settings.pop("model.n_clusters")
     for key, value in method_settings.items():
@@ -166,6 +169,10 @@ def main() -> int:
                    help="DESOM training steps (the paper's: 10,000)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers per run (0: in the driver, least start-up time)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="PyTorch CPU threads per training process (default: 1, as in a worker); "
+                        "tables measured before this option existed used 2 in the driver: "
+                        "--torch-threads 2 reproduces them")
     p.add_argument("--use-gpu", action="store_true",
                    help="one GPU per worker (needs --num-workers 1 or more)")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "

@@ -101,17 +101,33 @@ class ScalingConfig:
         use_gpu: Give each worker one GPU (NCCL); otherwise CPU workers (Gloo).
         cpus_per_worker: Logical CPUs reserved per worker. Keep it below the node's CPU
             count so Ray Data's tasks can still be scheduled beside the workers.
+        torch_threads: CPU threads PyTorch uses in each training process: every worker,
+            or the driver with ``num_workers=0``. None (default): ``cpus_per_worker``
+            rounded down, at least 1, in the driver too. The thread count changes the
+            order in which floating-point sums are added up, and self-supervised
+            training (DAC above all) amplifies those differences, so one count
+            everywhere is what makes a seed give the same model wherever it trains.
     """
 
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ValueError(f"scaling.num_workers must be >= 0, got {self.num_workers}")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"scaling.torch_threads must be >= 1 or null, got {self.torch_threads}")
+
+    @property
+    def threads(self) -> int:
+        """The CPU thread count PyTorch gets in each training process."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, int(self.cpus_per_worker))
 
 
 def _resolve_type(tp: Any) -> Any:

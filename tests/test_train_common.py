@@ -1,12 +1,21 @@
-"""Helpers every training loop shares: reading a shard into memory, log lines."""
+"""Helpers every training loop shares: reading a shard into memory, log lines, the
+thread count a loop trains with."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
+import pytest
+import ray
+import torch
 
+from deimos_ray.config import ScalingConfig
 from deimos_ray.train.common import format_metrics, load_columns
+from deimos_ray.train.driver import fit
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_load_columns_reads_a_ray_dataset_into_writable_row_aligned_tensors(ray_session):
@@ -26,3 +35,27 @@ def test_load_columns_reads_a_ray_dataset_into_writable_row_aligned_tensors(ray_
 def test_format_metrics_rounds_floats_and_marks_unmeasured_values():
     line = format_metrics({"epoch": 3, "loss": 0.0123456, "delta_label": float("nan"), "phase": "cluster"}, 3)
     assert line == "epoch 3 loss 0.0123 delta_label n/a phase cluster"
+
+
+def report_threads(config):
+    return {"threads": torch.get_num_threads()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "torch_threads", "expected"), [(0, None, 1), (1, None, 1), (0, 2, 2), (1, 2, 2)])
+def test_a_loop_trains_with_the_same_thread_count_in_the_driver_and_a_worker(
+    ray_session, tmp_path, workers, torch_threads, expected
+):
+    # The count decides the order of floating-point sums, and so, for DAC, the model a
+    # seed trains: without pinning, the driver gets every core and a worker one.
+    before = torch.get_num_threads()
+    scaling = ScalingConfig(num_workers=workers, cpus_per_worker=1, torch_threads=torch_threads)
+    result = fit(report_threads, {}, ray_session.data.range(4), scaling, tmp_path, name=f"t{workers}")
+    assert scaling.threads == expected
+    assert result.return_value["threads"] == expected
+    assert torch.get_num_threads() == before  # the driver gets its own count back
+
+
+def test_torch_threads_must_be_positive():
+    with pytest.raises(ValueError, match="torch_threads"):
+        ScalingConfig(torch_threads=0)

@@ -5,6 +5,7 @@ Kept apart from the loops so Ray Tune can call :func:`fit` unchanged from a tria
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,24 @@ from typing import Any
 
 import ray
 import ray.train
+import torch
 from ray.train.torch import TorchTrainer
 
 from deimos_ray.config import ScalingConfig
+
+
+def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, config: dict[str, Any]) -> Any:
+    """Run ``train_loop(config)`` with PyTorch limited to ``threads`` CPU threads.
+
+    The previous count comes back afterwards: in local mode this process is the driver,
+    which goes on to score and write the results.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return train_loop(config)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def fit(
@@ -30,7 +46,8 @@ def fit(
 
     A rerun with the same ``storage_path`` and ``name`` resumes from the latest
     checkpoint (``ray.train.get_checkpoint()`` inside the loop); so does a retry after a
-    worker failure when ``max_failures`` > 0.
+    worker failure when ``max_failures`` > 0. The loop runs with ``scaling.threads``
+    PyTorch threads in the driver and in every worker alike.
 
     Raises:
         ray.train.TrainingFailedError: the loop raised on some worker.
@@ -39,7 +56,7 @@ def fit(
     if scaling.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        train_loop,
+        functools.partial(_run_with_threads, train_loop, scaling.threads),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
