@@ -7,6 +7,7 @@
     python bench/quality.py --datasets usps --methods dac-reference --num-workers 1 --use-gpu
     python bench/quality.py --datasets digits --methods dac-reference dac-reference-narrow
     python bench/quality.py --datasets digits usps --methods desom-8x8 desom-8x8-equal
+    python bench/quality.py --datasets digits --methods dac-reference-narrow --per-run
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
 Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
@@ -133,8 +134,10 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     equal = None
     if algorithm == "desom" and cfg.model.n_clusters and cfg.model.node_weights == "hits":
         equal = equal_weight_scores(out, cfg)
+    history = (metrics.get("training") or {}).get("history") or [{}]
     return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
-            "seconds": metrics["timings_s"]["total_s"], "equal_weights": equal}
+            "seconds": metrics["timings_s"]["total_s"], "equal_weights": equal, "seed": seed,
+            "final_pair_loss": history[-1].get("pair_loss")}
 
 
 def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
@@ -159,6 +162,24 @@ def median_cell(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+# --per-run: each run's label-free scores beside its accuracy, to see which of them
+# (if any) could choose among seeds or restarts without labels.
+LABEL_FREE = ("silhouette", "davies_bouldin", "silhouette_embedding")
+
+
+def print_per_run(per_run: list[tuple[str, str, dict]]) -> None:
+    print("\n| dataset | method | seed | accuracy | NMI | ARI | final pair loss | "
+          + " | ".join(LABEL_FREE) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(LABEL_FREE))
+    for dataset, method, r in per_run:
+        scores = r["scores"][r["model"]]
+        cells = [f"{scores[k]:.3f}" for k in ("accuracy", "nmi", "ari")]
+        loss = r["final_pair_loss"]
+        cells.append("-" if loss is None else f"{loss:.5f}")
+        cells += [f"{scores[k]:.3f}" if k in scores else "-" for k in LABEL_FREE]
+        print(f"| {dataset} | {method} | {r['seed']} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["digits", "usps"], choices=list(DATASETS))
@@ -175,6 +196,8 @@ def main() -> int:
                         "--torch-threads 2 reproduces them")
     p.add_argument("--use-gpu", action="store_true",
                    help="one GPU per worker (needs --num-workers 1 or more)")
+    p.add_argument("--per-run", action="store_true",
+                   help="also print every run's scores, label-free ones and DAC's final pair loss included")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "
                    "finished runs found there with the same config are reused, not rerun")
     args = p.parse_args()
@@ -188,10 +211,12 @@ def main() -> int:
     init_ray(quiet=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deimos_bench_"))
     rows = []
+    per_run = []
     for dataset in datasets:
         kmeans: dict[str, list[float]] = {k: [] for k in KEYS}
         for method in args.methods:
             runs = [run_one(dataset, method, s, args, workdir) for s in args.seeds]
+            per_run += [(dataset, method, r) for r in runs]
             scores = {k: [r["scores"][r["model"]][k] for r in runs] for k in KEYS}
             if runs[0]["som"]:
                 scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})
@@ -213,6 +238,8 @@ def main() -> int:
     for dataset, method, scores, seconds in rows:
         cells = " | ".join(median_cell(scores[k]) if k in scores else "-" for k in KEYS + SOM_KEYS)
         print(f"| {dataset} | {method} | {cells} | {'-' if seconds is None else f'{seconds:.0f} s'} |")
+    if args.per_run:
+        print_per_run(per_run)
     return 0
 
 
