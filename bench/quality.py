@@ -7,6 +7,7 @@
     python bench/quality.py --datasets usps --methods dac-reference --num-workers 1 --use-gpu
     python bench/quality.py --datasets digits --methods dac-reference dac-reference-narrow
     python bench/quality.py --datasets digits usps --methods desom-8x8 desom-8x8-equal
+    python bench/quality.py --datasets digits hirise --methods desom-8x8-conv
     python bench/quality.py --datasets digits --methods dac-reference-narrow --per-run
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
@@ -23,7 +24,8 @@ ACC .9775, NMI .9351.
 
 ``desom-8x8`` groups the nodes by k-means weighted by their hit counts (the default);
 beside it the same trained maps are grouped again with every node weighted equally, and
-``desom-8x8-equal`` trains with that grouping. ``dac-reference`` is ``--recipe
+``desom-8x8-equal`` trains with that grouping. ``desom-8x8-conv`` is the 8x8 map on the
+convolutional autoencoder (``model.autoencoder=conv``). ``dac-reference`` is ``--recipe
 reference``; ``dac-reference-narrow`` the same recipe with the reference network's
 narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
 times per seed and keeps the lowest final pair loss, ``dac-reference-narrow-restarts4``
@@ -84,6 +86,8 @@ METHODS = {
     "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
     "desom-8x8-equal": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}",
                                   "model.node_weights": "none"}),
+    "desom-8x8-conv": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}",
+                                 "model.autoencoder": "conv"}),
     "desom-line": ("desom", {"model.map_size": ("{k}", 1)}),
     "dac": ("dac", {}),
     "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
