@@ -29,7 +29,7 @@ convolutional autoencoder (``model.autoencoder=conv``). ``dac-reference`` is ``-
 reference``; ``dac-reference-narrow`` the same recipe with the reference network's
 narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
 times per seed and keeps the lowest final pair loss, ``dac-reference-narrow-restarts4``
-does the same with the narrow head.
+does the same with the narrow head, and ``dac-reference-narrow-restarts8`` with eight.
 
 ``hirise`` is the 1,096 original HiRISE landmarks (augmented copies dropped, 8 classes,
 of which "other" is most) at 32x32; DAC there adds rotations and flips to its views,
@@ -96,6 +96,7 @@ METHODS = {
     "dac-reference-narrow": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow"}),
     "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "model.restarts": 4}),
     "dac-reference-narrow-restarts4": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 4}),
+    "dac-reference-narrow-restarts8": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 8}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
