@@ -65,6 +65,7 @@ from deimos_ray.pipeline import (  # noqa: E402
     run_desom_job,
 )
 from deimos_ray.runtime import init_ray  # noqa: E402
+from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
 
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
@@ -139,10 +140,9 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     equal = None
     if algorithm == "desom" and cfg.model.n_clusters and cfg.model.node_weights == "hits":
         equal = equal_weight_scores(out, cfg)
-    history = (metrics.get("training") or {}).get("history") or [{}]
     return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
             "seconds": metrics["timings_s"]["total_s"], "equal_weights": equal, "seed": seed,
-            "final_pair_loss": history[-1].get("pair_loss")}
+            "final_pair_loss": final_pair_loss(metrics["training"]) if algorithm == "dac" else None}
 
 
 def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
