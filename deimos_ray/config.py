@@ -206,12 +206,33 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key written twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so a setting written twice
+    would silently lose its first value.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"key {key!r} is written twice",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with a clear error when it is missing."""
+    """Read a YAML config file into a dict, with a clear error when it is missing or
+    when a key is written twice in one mapping."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    loaded = yaml.safe_load(p.read_text()) or {}
+    with p.open() as stream:  # a stream, so that errors name the file and line
+        loaded = yaml.load(stream, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no arbitrary objects
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {p} must hold a mapping at the top level")
     return loaded

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deimos_ray.config import (
     DataConfig,
@@ -26,6 +27,14 @@ def test_shipped_yaml_is_the_default_config(job, cls):
     # As written too: from_dict fills a missing key with its default, which would hide a
     # setting the shipped file forgot to list.
     assert written == to_dict(cls())
+
+
+def test_a_key_written_twice_is_refused_with_its_place(tmp_path):
+    # PyYAML alone keeps the last of two equal keys; the first value would be lost.
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  tile: 32\n  stride: null\n  tile: null\n")
+    with pytest.raises(yaml.YAMLError, match=r"(?s)key 'tile' is written twice.*twice\.yaml\", line 4"):
+        load_yaml(path)
 
 
 def test_unknown_keys_are_rejected_with_the_valid_ones():
