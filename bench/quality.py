@@ -30,6 +30,8 @@ reference``; ``dac-reference-narrow`` the same recipe with the reference network
 narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
 times per seed and keeps the lowest final pair loss, ``dac-reference-narrow-restarts4``
 does the same with the narrow head, and ``dac-reference-narrow-restarts8`` with eight.
+``dac-reference-mnistnet`` is the recipe on the reference code's MNIST network: the
+narrow head after stages of three convolutions of 64 and 128 channels.
 
 ``hirise`` is the 1,096 original HiRISE landmarks (augmented copies dropped, 8 classes,
 of which "other" is most) at 32x32; DAC there adds rotations and flips to its views,
@@ -98,6 +100,9 @@ METHODS = {
     "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "model.restarts": 4}),
     "dac-reference-narrow-restarts4": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 4}),
     "dac-reference-narrow-restarts8": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 8}),
+    # The reference code's MNIST network: 64 and 128 channels, three convolutions a stage.
+    "dac-reference-mnistnet": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.conv_widths": (64, 128),
+                                       "model.convs_per_stage": 3}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),

@@ -182,6 +182,16 @@ def test_networks_take_any_size_and_channels(backbone, shape):
     assert net(torch.rand(3, *shape)).shape == (3, 5)
 
 
+@pytest.mark.parametrize("convs", [1, 3])
+def test_vgg_stages_hold_the_asked_number_of_convolutions(convs):
+    net = DACNet(DACConfig(n_clusters=5, conv_widths=(4, 8), convs_per_stage=convs), (1, 8, 8))
+    convolutions = [m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convolutions] == [4] * convs + [8] * convs
+    assert net.eval()(torch.rand(2, 1, 8, 8)).shape == (2, 5)
+    with pytest.raises(ValueError, match="convs_per_stage"):
+        DACConfig(convs_per_stage=0)
+
+
 @pytest.mark.parametrize("backbone", ["vgg", "resnet18"])
 def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(backbone):
     cfg = DACConfig(n_clusters=4, backbone=backbone, conv_widths=(4, 8), head="narrow")

@@ -92,9 +92,12 @@ class DACConfig:
             ``backbone_weights``).
         backbone_weights: A local file holding a ResNet-18 state dict (nothing is ever
             downloaded). The final ``fc`` layer's weights are ignored.
-        conv_widths: Channels of each VGG stage (two 3x3 convolutions, then 2x2 max
-            pooling while the feature map is larger than 1x1). The paper's MNIST net uses
-            64 and 128; the default is narrower so a CPU trains it in minutes.
+        conv_widths: Channels of each VGG stage (``convs_per_stage`` 3x3 convolutions,
+            then 2x2 max pooling while the feature map is larger than 1x1). The paper's
+            MNIST net uses 64 and 128; the default is narrower so a CPU trains it in minutes.
+        convs_per_stage: 3x3 convolutions in each VGG stage (default 2; the paper's and
+            the reference code's MNIST net has 3). Padded, unlike the reference's, so
+            8x8 and 16x16 images keep a feature map to pool.
         hidden_dim: Width of the dense layer before the k-way output (``head="dense"``).
         head: ``dense`` (default: dense-BN-ReLU of ``hidden_dim``, then a dense-BN k-way
             layer whose outputs are the logits) or ``narrow``, the end of the reference
@@ -146,6 +149,7 @@ class DACConfig:
     backbone: str = "vgg"
     backbone_weights: str | None = None
     conv_widths: tuple[int, ...] = (32, 64, 128)
+    convs_per_stage: int = 2
     hidden_dim: int = 128
     head: str = "dense"
     schedule: str = "paper"
@@ -191,8 +195,8 @@ class DACConfig:
             raise ValueError(f"model.labeled_fraction must be in [0, 1], got {self.labeled_fraction}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("model.epochs must be >= 1 and model.batch_size >= 2")
-        if not self.conv_widths:
-            raise ValueError("model.conv_widths needs at least one stage")
+        if not self.conv_widths or self.convs_per_stage < 1:
+            raise ValueError("model.conv_widths needs at least one stage and model.convs_per_stage >= 1")
         if self.selection not in SELECTIONS:
             raise ValueError(f"model.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.pair_loss not in PAIR_LOSSES:
@@ -298,18 +302,19 @@ def labeled_masks(
 
 # --------------------------------------------------------------------------- networks
 class VGGBackbone(nn.Module):
-    """Stages of two 3x3 conv-BN-ReLU and a 2x2 max pool, then global average pooling.
+    """Stages of ``convs`` 3x3 conv-BN-ReLU (two by default) and a 2x2 max pool, then
+    global average pooling.
 
     Pooling stops once the map is 1x1, so any input size (8x8 digits, 64x64 tiles)
     works with any number of stages.
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...], image_size: int):
+    def __init__(self, in_channels: int, widths: tuple[int, ...], image_size: int, convs: int = 2):
         super().__init__()
         layers: list[nn.Module] = []
         c, size = in_channels, image_size
         for w in widths:
-            for _ in range(2):
+            for _ in range(convs):
                 layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
                 c = w
             if size >= 2:
@@ -373,7 +378,7 @@ class DACNet(nn.Module):
         channels, height, width = input_shape
         size = min(height, width)
         if cfg.backbone == "vgg":
-            self.backbone: nn.Module = VGGBackbone(channels, cfg.conv_widths, size)
+            self.backbone: nn.Module = VGGBackbone(channels, cfg.conv_widths, size, cfg.convs_per_stage)
         else:
             self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
         k = cfg.n_clusters
