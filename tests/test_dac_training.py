@@ -143,3 +143,8 @@ def test_resume_refuses_other_settings():
         dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "schedule": "paper"}), SHAPE)
     with pytest.raises(ValueError, match="another algorithm"):
         dac_loop.check_resumable({**state, "algorithm": "dec"}, TINY, SHAPE)
+    # A checkpoint written before a field existed resumes when the field is at its default.
+    older = {**state, "config": {k: v for k, v in to_dict(TINY).items() if k != "convs_per_stage"}}
+    dac_loop.check_resumable(older, TINY, SHAPE)
+    with pytest.raises(ValueError, match="convs_per_stage"):
+        dac_loop.check_resumable(older, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "convs_per_stage": 3}), SHAPE)

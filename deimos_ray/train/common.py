@@ -112,6 +112,9 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
                     may_change: set[str]) -> None:
     """Refuse to resume a checkpoint of another algorithm, model config or input shape.
 
+    A field the checkpoint's config lacks (added to the package since) counts as its
+    default.
+
     Args:
         state: The checkpoint's state (``algorithm``, ``config``, ``input_shape``).
         algorithm: The resuming loop's algorithm (checkpoints without one are DEC's).
@@ -123,8 +126,10 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
     if state.get("algorithm", "dec") != algorithm:
         raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
                          f"not {algorithm} (another algorithm); use a new --out")
-    old, new = dict(state["config"]), to_dict(cfg)
-    changed = sorted(k for k in new if k not in may_change and old.get(k) != new[k])
+    # A field added since the checkpoint was written takes its default, which keeps the
+    # behaviour the checkpoint was trained with.
+    old, new = {**to_dict(type(cfg)()), **state["config"]}, to_dict(cfg)
+    changed = sorted(k for k in new if k not in may_change and old[k] != new[k])
     if changed or tuple(state["input_shape"]) != tuple(input_shape):
         raise ValueError(
             f"the run directory holds a checkpoint made with different settings "
