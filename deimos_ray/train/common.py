@@ -121,14 +121,14 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
         cfg: The resuming run's model config.
         may_change: Config fields allowed to differ (e.g. to train longer).
     """
-    from deimos_ray.config import to_dict
+    from deimos_ray.config import from_dict, to_dict
 
     if state.get("algorithm", "dec") != algorithm:
         raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
                          f"not {algorithm} (another algorithm); use a new --out")
-    # A field added since the checkpoint was written takes its default, which keeps the
-    # behaviour the checkpoint was trained with.
-    old, new = {**to_dict(type(cfg)()), **state["config"]}, to_dict(cfg)
+    # from_dict gives a field added since the checkpoint was written (nested ones too)
+    # its default; a new model field's default keeps the behaviour it had before.
+    old, new = to_dict(from_dict(type(cfg), state["config"])), to_dict(cfg)
     changed = sorted(k for k in new if k not in may_change and old[k] != new[k])
     if changed or tuple(state["input_shape"]) != tuple(input_shape):
         raise ValueError(
