@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_desom  # noqa: E402
-from deimos_ray.config import load_yaml, override, to_dict  # noqa: E402
+from deimos_ray.config import from_dict, load_yaml, override, to_dict  # noqa: E402
 from deimos_ray.metrics import external_scores  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.models.desom import node_clusters  # noqa: E402
@@ -134,9 +134,7 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
         cfg = override(cfg, key, value)
     out = workdir / f"{dataset}-{method}-{seed}"
     done = out / "metrics.json"
-    # Compared as written (not through from_dict), so a run made before a setting existed
-    # does not pass for one made with its default.
-    if done.exists() and load_yaml(out / "config.yaml") == to_dict(cfg):
+    if done.exists() and same_config(out / "config.yaml", cfg):
         metrics = json.loads(done.read_text())
         print(f"reusing the finished run in {out}")
     else:
@@ -148,6 +146,17 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
             "seconds": metrics["timings_s"]["total_s"], "equal_weights": equal, "seed": seed,
             "final_pair_loss": final_pair_loss(metrics["training"]) if algorithm == "dac" else None}
+
+
+def same_config(path: Path, cfg) -> bool:
+    """Whether the run whose config is at ``path`` was made with ``cfg``. A setting added
+    since the run counts as its default, as on resume (``check_resumable``): a new
+    setting's default keeps the behaviour runs had before it existed."""
+    try:
+        stored = from_dict(type(cfg), load_yaml(path))
+    except (OSError, ValueError):  # no config, or a setting that no longer exists
+        return False
+    return to_dict(stored) == to_dict(cfg)
 
 
 def equal_weight_scores(out: Path, cfg) -> dict[str, float]:

@@ -3,7 +3,7 @@ one Parquet row per image out, scores beside the k-means baseline.
 
 Steps of :func:`run_training_job`, which every job follows:
 
-1. write ``DIR/config.yaml``;
+1. write ``DIR/config.yaml`` (and remove an earlier run's ``DIR/metrics.json``);
 2. load the source as a Ray Dataset and preprocess it in Ray Data; unreadable images go
    to ``DIR/rejected.parquet`` with the reason (or stop the job with ``on_error: fail``);
 3. train with a TorchTrainer (``DIR/ray/`` holds Ray's run; rerunning with the same
@@ -514,6 +514,9 @@ def run_training_job(
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier run's scores must not sit beside this run's config while it trains (or
+    # after it fails): metrics.json appears again only when this run has finished.
+    (out / "metrics.json").unlink(missing_ok=True)
     save_yaml(cfg, out / "config.yaml")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -95,3 +95,22 @@ def test_hirise_fixture_end_to_end_keeps_metadata_and_reports_missing(ray_sessio
     assert set(table.loc[table["augmentation"] != "", "group"]) == {"ESP_016631_2535_RED-0021.jpg"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accounting"] == {"inputs": 5, "assigned": 5, "rejected": 0, "listed_but_missing": 4}
+
+
+def test_a_rerun_removes_the_earlier_scores_before_it_starts(ray_session, tmp_path):
+    # A run that fails must not leave an earlier run's metrics.json beside its own config:
+    # the benchmark reads a directory holding both as a finished run with that config.
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image_folder(images, n_good=4)
+    (images / "empty.png").write_bytes(b"")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"scores": {}}')
+    job = load_job("train_dec")
+    args = job.get_args_parser().parse_args(
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--on-error", "fail", "--num-workers", "0"])
+    with pytest.raises(ValueError, match="empty.png"):
+        job.main(args)
+    assert not (out / "metrics.json").exists()
+    assert (out / "config.yaml").exists()
