@@ -58,10 +58,18 @@ def configure_data_context(quiet: bool = False) -> None:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
     ctx.enable_progress_bars = (not quiet) and sys.stderr.isatty()
+    if not ctx.enable_progress_bars:
+        # Ray Data then warns once that progress bars are off and how to turn them on;
+        # here they are off on purpose (no terminal, or quiet), so the advice is noise.
+        logging.getLogger("ray.data._internal.progress").addFilter(_drop_progress_bar_advice)
     ctx.print_on_execution_start = False
     ctx.verbose_progress = False
     if os.environ.get("DEIMOS_RAY_DATA_RESERVATION", "0") != "1" and hasattr(ctx, "op_resource_reservation_enabled"):
         ctx.op_resource_reservation_enabled = False
+
+
+def _drop_progress_bar_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Progress bars disabled")
 
 
 def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:
