@@ -11,7 +11,7 @@ import pytest
 
 from deimos_ray.assign import read_metadata
 from deimos_ray.train.checkpoint import load_state
-from tests.helpers import load_job
+from tests.helpers import load_job, smoke_may_collapse
 from tests.test_sources import write_bad_files, write_image_folder
 
 
@@ -22,7 +22,10 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
         ["--out", str(out), "--smoke-test", "--limit", "150", "--labeled-fraction", "0.2",
          "--min-cluster-size", "20", "--schedule", "official"]
     )
-    assert job.main(args) == 0
+    # 150 images in clusters of at least 20 leave at most 7 of the 10 asked for, and the job
+    # says so, as scikit-learn does.
+    with pytest.warns(UserWarning, match=r"DAC returned \d+ distinct clusters, fewer than n_clusters=10") as caught:
+        assert job.main(args) == 0
 
     table = pq.read_table(out / "assignments")
     assert table.num_rows == 150
@@ -34,6 +37,7 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
     assert (np.diff(probs, axis=1) <= 0).all() and np.allclose(probs[:, 0], rows["confidence"])
     sizes = rows["cluster"].value_counts()
     assert (sizes >= 20).all()  # every cluster left is at least the minimum size
+    assert any(f"returned {len(sizes)} distinct clusters" in str(w.message) for w in caught)
 
     metrics = json.loads((out / "metrics.json").read_text())
     moved = metrics["images_moved"]
@@ -45,6 +49,7 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
     assert read_metadata(out / "assignments")["config"]["model"]["min_cluster_size"] == 20
 
 
+@smoke_may_collapse
 def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -63,6 +68,7 @@ def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_pa
     assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
 
 
+@smoke_may_collapse
 def test_restarts_keep_the_training_with_the_lowest_final_pair_loss(ray_session, tmp_path):
     out = tmp_path / "run"
     job = load_job("train_dac")

@@ -17,7 +17,7 @@ from deimos_ray.config import ScalingConfig, to_dict
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
 from deimos_ray.train.driver import fit
-from tests.helpers import ROOT, load_job
+from tests.helpers import ROOT, load_job, smoke_may_collapse
 
 
 def assert_png(path: Path) -> None:
@@ -26,6 +26,7 @@ def assert_png(path: Path) -> None:
         assert image.format == "PNG" and min(image.size) > 50
 
 
+@smoke_may_collapse
 def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_path):
     out = tmp_path / "run"
     job = load_job("train_desom")
@@ -55,6 +56,7 @@ def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_
         assert_png(out / "report" / name)
 
 
+@smoke_may_collapse
 def test_two_level_pipeline_maps_the_source_images_of_tiles(ray_session, tmp_path):
     images = tmp_path / "exposures"
     images.mkdir()
