@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_desom  # noqa: E402
-from deimos_ray.config import from_dict, load_yaml, override, to_dict  # noqa: E402
+from deimos_ray.config import load_yaml, override, stored_settings, to_dict  # noqa: E402
 from deimos_ray.metrics import external_scores  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.models.desom import node_clusters  # noqa: E402
@@ -149,14 +149,12 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
 
 
 def same_config(path: Path, cfg) -> bool:
-    """Whether the run whose config is at ``path`` was made with ``cfg``. A setting added
-    since the run counts as its default, as on resume (``check_resumable``): a new
-    setting's default keeps the behaviour runs had before it existed."""
+    """Whether the run whose config is at ``path`` was made with ``cfg``; a setting added
+    since the run counts as its default, as on resume (``stored_settings``)."""
     try:
-        stored = from_dict(type(cfg), load_yaml(path))
+        return stored_settings(type(cfg), load_yaml(path)) == to_dict(cfg)
     except (OSError, ValueError):  # no config, or a setting that no longer exists
         return False
-    return to_dict(stored) == to_dict(cfg)
 
 
 def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
@@ -189,7 +187,9 @@ LABEL_FREE = ("silhouette", "davies_bouldin", "silhouette_embedding")
 def print_per_run(per_run: list[tuple[str, str, dict]]) -> None:
     # The final pair loss is DAC's objective; the column appears when a DAC run is listed.
     with_loss = any(r["final_pair_loss"] is not None for _, _, r in per_run)
-    extra = ["final pair loss"] if with_loss else []
+    # DESOM's map errors, to see whether either could choose among seeds.
+    with_som = any(r["som"] for _, _, r in per_run)
+    extra = (["final pair loss"] if with_loss else []) + (["QE", "TE"] if with_som else [])
     heading = ["dataset", "method", "seed", "accuracy", "NMI", "ARI", *extra, *LABEL_FREE]
     print("\n| " + " | ".join(heading) + " |")
     print("|" + "---|" * len(heading))
@@ -199,6 +199,8 @@ def print_per_run(per_run: list[tuple[str, str, dict]]) -> None:
         if with_loss:
             loss = r["final_pair_loss"]
             cells.append("-" if loss is None else f"{loss:.5f}")
+        if with_som:
+            cells += [f"{r['som'][k]:.3f}" if r["som"] else "-" for k in SOM_KEYS]
         cells += [f"{scores[k]:.3f}" if k in scores else "-" for k in LABEL_FREE]
         print(f"| {dataset} | {method} | {r['seed']} | " + " | ".join(cells) + " |")
 
@@ -220,7 +222,8 @@ def main() -> int:
     p.add_argument("--use-gpu", action="store_true",
                    help="one GPU per worker (needs --num-workers 1 or more)")
     p.add_argument("--per-run", action="store_true",
-                   help="also print every run's scores, label-free ones and DAC's final pair loss included")
+                   help="also print every run's scores, label-free ones, DAC's final pair loss and "
+                        "DESOM's map errors included")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "
                    "finished runs found there with the same config are reused, not rerun")
     args = p.parse_args()

@@ -182,6 +182,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def stored_settings(cls: type, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored config (a run's ``config.yaml``, a checkpoint's) as :func:`to_dict` of
+    ``cls`` gives it today: a field added since it was written counts as its default, so
+    it compares equal to a config made now with that default.
+
+    Raises:
+        ValueError: It holds a field ``cls`` no longer has.
+    """
+    return to_dict(from_dict(cls, data))
+
+
 def override(cfg: Any, path: str, value: Any) -> Any:
     """Return a copy of ``cfg`` with the dotted field ``path`` set to ``value``.
 

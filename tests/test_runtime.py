@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import logging
+from logging.handlers import BufferingHandler
 
 from deimos_ray.runtime import configure_data_context
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def test_without_progress_bars_only_the_advice_to_enable_them_is_dropped():
     configure_data_context(quiet=True)  # progress bars off on purpose
     log = logging.getLogger("ray.data._internal.progress")  # where Ray Data gives that advice
-    collect = _Collect()
+    collect = BufferingHandler(capacity=100)
     log.addHandler(collect)
     try:
         log.warning("Progress bars disabled. To enable, set `...enable_progress_bars = True`.")
@@ -27,4 +19,5 @@ def test_without_progress_bars_only_the_advice_to_enable_them_is_dropped():
         log.warning("an operator failed")
     finally:
         log.removeHandler(collect)
-    assert collect.messages == ["Progress bars for operators disabled.", "an operator failed"]
+    assert [r.getMessage() for r in collect.buffer] == ["Progress bars for operators disabled.",
+                                                        "an operator failed"]

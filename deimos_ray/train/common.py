@@ -113,7 +113,8 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
     """Refuse to resume a checkpoint of another algorithm, model config or input shape.
 
     A field the checkpoint's config lacks (added to the package since) counts as its
-    default.
+    default (:func:`deimos_ray.config.stored_settings`); a new field's default keeps
+    the behaviour runs had before it existed.
 
     Args:
         state: The checkpoint's state (``algorithm``, ``config``, ``input_shape``).
@@ -121,14 +122,12 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
         cfg: The resuming run's model config.
         may_change: Config fields allowed to differ (e.g. to train longer).
     """
-    from deimos_ray.config import from_dict, to_dict
+    from deimos_ray.config import stored_settings, to_dict
 
     if state.get("algorithm", "dec") != algorithm:
         raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
                          f"not {algorithm} (another algorithm); use a new --out")
-    # from_dict gives a field added since the checkpoint was written (nested ones too)
-    # its default; a new model field's default keeps the behaviour it had before.
-    old, new = to_dict(from_dict(type(cfg), state["config"])), to_dict(cfg)
+    old, new = stored_settings(type(cfg), state["config"]), to_dict(cfg)
     changed = sorted(k for k in new if k not in may_change and old[k] != new[k])
     if changed or tuple(state["input_shape"]) != tuple(input_shape):
         raise ValueError(
