@@ -12,6 +12,7 @@ from deimos_ray.config import (
     override,
     parse_override,
     save_yaml,
+    stored_settings,
     to_dict,
 )
 from deimos_ray.pipeline import DACJobConfig, DECJobConfig, DESOMJobConfig
@@ -80,3 +81,12 @@ def test_job_flags_override_yaml(tmp_path):
     assert (cfg.model.n_clusters, cfg.model.variant, cfg.model.tol) == (4, "idec", 0.5)
     assert cfg.data.limit == 300  # from --smoke-test
     assert job.main(job.get_args_parser().parse_args(["--k", "1"])) == 2  # clear error, no work
+
+
+def test_a_stored_config_without_a_newer_setting_reads_as_its_default():
+    stored = to_dict(DACJobConfig())
+    del stored["model"]["convs_per_stage"]  # a run written before the setting existed
+    assert stored_settings(DACJobConfig, stored) == to_dict(DACJobConfig())
+    stored["model"]["retired_setting"] = 1
+    with pytest.raises(ValueError, match="retired_setting"):
+        stored_settings(DACJobConfig, stored)
