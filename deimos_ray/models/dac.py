@@ -63,7 +63,7 @@ EPS = 1e-7
 # clusters apart better on the digits (the last epochs at 0.5-0.7 merged clusters).
 # Its augmentation: rotations up to 10 degrees, shifts up to 10 %, zoom 0.95-1.05 and a
 # small intensity shift. (Its network's narrow end is ``model.head=narrow``, not part
-# of the recipe: on the digits it did not score clearly better; README, benchmarks.)
+# of the recipe: on the digits it did not score clearly better; bench/RESULTS.md.)
 REFERENCE_RECIPE = {
     "model.schedule": "official", "model.official_upper": 0.9, "model.official_lower": 0.7,
     "model.epochs": 20, "model.selection": "chunk", "model.chunk_size": 1000,
