@@ -9,6 +9,7 @@
     python bench/quality.py --datasets digits usps --methods desom-8x8 desom-8x8-equal
     python bench/quality.py --datasets digits hirise --methods desom-8x8-conv
     python bench/quality.py --datasets digits --methods dac-reference-narrow --per-run
+    python bench/quality.py --datasets hirise --methods dac-reference --set data.image_size=64
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
 Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
@@ -16,7 +17,9 @@ the same preprocessed pixels in the same run. Prints a Markdown table of median
 accuracy / NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE
 and TE) over the seeds, with the range, and the median run time (the
 whole job: data, training, assignment, scores). With ``--workdir``, runs finished
-earlier with the same config are read back instead of rerun.
+earlier with the same config are read back instead of rerun. ``--set KEY=VALUE`` changes
+any config field of every run, after the dataset's and the method's settings (the job
+scripts' ``--set``), for variants that have no method name of their own.
 
 Published figures on USPS (ACC / NMI): k-means .67 / .63 (IDEC paper), DEC .764 / .787
 (DEC-DA paper's rerun of DEC), IDEC .761 / .785 (IDEC paper). DAC on MNIST (paper):
@@ -54,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_desom  # noqa: E402
-from deimos_ray.config import load_yaml, override, stored_settings, to_dict  # noqa: E402
+from deimos_ray.config import load_yaml, override, parse_override, stored_settings, to_dict  # noqa: E402
 from deimos_ray.metrics import external_scores  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.models.desom import node_clusters  # noqa: E402
@@ -130,6 +133,7 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
         settings["model.pretrain_epochs"] = args.pretrain_epochs
     if algorithm == "desom":
         settings["model.iterations"] = args.desom_iterations
+    settings.update(args.overrides)
     for key, value in settings.items():
         cfg = override(cfg, key, value)
     out = workdir / f"{dataset}-{method}-{seed}"
@@ -226,9 +230,16 @@ def main() -> int:
                         "DESOM's map errors included")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "
                    "finished runs found there with the same config are reused, not rerun")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field of every run by dotted path, applied last, e.g. "
+                        "--set data.image_size=64 (repeatable)")
     args = p.parse_args()
     if args.use_gpu and args.num_workers < 1:
         p.error("--use-gpu needs --num-workers 1 or more")
+    try:
+        args.overrides = dict(parse_override(text) for text in args.set)
+    except ValueError as e:
+        p.error(str(e))
 
     paths = {"usps": USPS, "hirise": HIRISE}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
@@ -258,7 +269,8 @@ def main() -> int:
         rows.append((dataset, "k-means (pixels)", kmeans, None))
 
     print(f"\nmedian over seeds {args.seeds} (range in brackets); DEC pretrain epochs "
-          f"{args.pretrain_epochs}; DESOM iterations {args.desom_iterations}\n")
+          f"{args.pretrain_epochs}; DESOM iterations {args.desom_iterations}"
+          + "".join(f"; {text}" for text in args.set) + "\n")
     print("| dataset | method | accuracy | NMI | ARI | purity | QE | TE | median run time |")
     print("|---|---|---|---|---|---|---|---|---|")
     for dataset, method, scores, seconds in rows:
