@@ -44,6 +44,7 @@ since orbital images have no preferred orientation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -172,6 +173,15 @@ def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
     return external_scores(rows["label"].to_numpy(), clusters[rows["som_row"] * m.map_size[1] + rows["som_col"]])
 
 
+def has_field(cfg, path: str) -> bool:
+    """Whether the dotted ``path`` names a field of the (nested) dataclass ``cfg``."""
+    for name in path.split("."):
+        if not dataclasses.is_dataclass(cfg) or name not in {f.name for f in dataclasses.fields(cfg)}:
+            return False
+        cfg = getattr(cfg, name)
+    return True
+
+
 def _fill(value, k: int):
     """Replace "{k}" (also inside tuples) with the number of classes."""
     if isinstance(value, tuple):
@@ -240,6 +250,10 @@ def main() -> int:
         args.overrides = dict(parse_override(text) for text in args.set)
     except ValueError as e:
         p.error(str(e))
+    for key in args.overrides:  # a mistyped key fails here, not after Ray has started
+        for algorithm in {METHODS[m][0] for m in args.methods}:
+            if not has_field(JOBS[algorithm][0](), key):
+                p.error(f"--set {key}: the {algorithm} job's config has no such field")
 
     paths = {"usps": USPS, "hirise": HIRISE}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
