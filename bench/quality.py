@@ -44,7 +44,6 @@ since orbital images have no preferred orientation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -117,11 +116,11 @@ KEYS = ("accuracy", "nmi", "ari", "purity")
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 
-def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
-    """One full run, or the finished run already in ``workdir`` with the same config."""
+def build_config(dataset: str, method: str, seed: int, args):
+    """The job config of one run: the dataset's, the method's and the command line's
+    settings, ``--set`` last; a bad key or value raises ``ValueError``."""
     algorithm, method_settings = METHODS[method]
-    cls, run_job = JOBS[algorithm]
-    cfg = cls()
+    cfg = JOBS[algorithm][0]()
     k = CLASSES[dataset]
     settings = {**DATASETS[dataset], "model.n_clusters": k, **PER_ALGORITHM.get((algorithm, dataset), {}),
                 "seed": seed, "scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu,
@@ -137,6 +136,14 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     settings.update(args.overrides)
     for key, value in settings.items():
         cfg = override(cfg, key, value)
+    return cfg
+
+
+def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
+    """One full run, or the finished run already in ``workdir`` with the same config."""
+    algorithm = METHODS[method][0]
+    run_job = JOBS[algorithm][1]
+    cfg = build_config(dataset, method, seed, args)
     out = workdir / f"{dataset}-{method}-{seed}"
     done = out / "metrics.json"
     if done.exists() and same_config(out / "config.yaml", cfg):
@@ -171,15 +178,6 @@ def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
     clusters = np.asarray(node_clusters(model.prototypes, m.n_clusters, m.kmeans_n_init, cfg.seed))
     rows = pq.read_table(out / "assignments", columns=["som_row", "som_col", "label"]).to_pandas()
     return external_scores(rows["label"].to_numpy(), clusters[rows["som_row"] * m.map_size[1] + rows["som_col"]])
-
-
-def has_field(cfg, path: str) -> bool:
-    """Whether the dotted ``path`` names a field of the (nested) dataclass ``cfg``."""
-    for name in path.split("."):
-        if not dataclasses.is_dataclass(cfg) or name not in {f.name for f in dataclasses.fields(cfg)}:
-            return False
-        cfg = getattr(cfg, name)
-    return True
 
 
 def _fill(value, k: int):
@@ -250,15 +248,18 @@ def main() -> int:
         args.overrides = dict(parse_override(text) for text in args.set)
     except ValueError as e:
         p.error(str(e))
-    for key in args.overrides:  # a mistyped key fails here, not after Ray has started
-        for algorithm in {METHODS[m][0] for m in args.methods}:
-            if not has_field(JOBS[algorithm][0](), key):
-                p.error(f"--set {key}: the {algorithm} job's config has no such field")
 
     paths = {"usps": USPS, "hirise": HIRISE}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
     for d in sorted(set(args.datasets) - set(datasets)):
         print(f"skipping {d}: {paths[d]} not found")
+    # Every run's config is built once here, so a mistyped --set fails before Ray starts.
+    try:
+        for dataset in datasets:
+            for method in args.methods:
+                build_config(dataset, method, args.seeds[0], args)
+    except ValueError as e:
+        p.error(f"{dataset} {method}: {e}")
     init_ray(quiet=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deimos_bench_"))
     rows = []
