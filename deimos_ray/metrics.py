@@ -17,6 +17,9 @@ from sklearn import metrics as skm
 
 INTERNAL = ("silhouette", "davies_bouldin", "calinski_harabasz", "dunn", "size_entropy", "n_clusters")
 EXTERNAL = ("accuracy", "nmi", "ari", "purity")
+# The external scores over only the rows whose label training did not see (DAC with
+# labelled pairs), beside the same scores over every row.
+HELDOUT = tuple(f"heldout_{name}" for name in EXTERNAL)
 
 
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
@@ -119,7 +122,7 @@ def all_scores(features, labels_pred, labels_true=None, sample_size: int = 2000,
     return scores
 
 
-def format_table(columns: dict[str, dict[str, float]], order: tuple[str, ...] = EXTERNAL + INTERNAL) -> str:
+def format_table(columns: dict[str, dict[str, float]], order: tuple[str, ...] = EXTERNAL + HELDOUT + INTERNAL) -> str:
     """A plain-text table: one row per metric, one column per method."""
     names = list(columns)
     keys = [k for k in order if any(k in c for c in columns.values())]

@@ -44,7 +44,7 @@ from deimos_ray.data.preprocess import (
     split_rejected,
 )
 from deimos_ray.data.sources import load_source
-from deimos_ray.metrics import all_scores, format_table, internal_scores
+from deimos_ray.metrics import all_scores, external_scores, format_table, internal_scores
 from deimos_ray.models.dac import DACConfig, reassign_small_clusters
 from deimos_ray.models.dec import DECConfig
 from deimos_ray.models.desom import (
@@ -223,20 +223,33 @@ def collect_features(good: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 def score_run(
     assignments: pd.DataFrame, ids: np.ndarray, features: np.ndarray, k: int, seed: int,
     sample_size: int, n_init: int, has_labels: bool, model_name: str,
+    labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores of the model and of k-means on the same input features.
 
     Internal scores of both are computed in the same space, the preprocessed pixels, so
     the columns are comparable; ``silhouette_embedding`` is the model's silhouette in its
     own embedding.
+
+    ``labels_seen(ids, labels)``, when given, marks the rows whose label training saw
+    (DAC's ``model.labeled_fraction``). The external scores over all rows are then no
+    longer blind, so both columns also get them over the other labelled rows only, as
+    ``heldout_accuracy``, ``heldout_nmi``, ``heldout_ari`` and ``heldout_purity``.
     """
     rows = assignments.set_index("id").loc[ids]  # align the Parquet rows with the features
     labels = rows["label"].to_numpy() if has_labels else None
-    model_scores = all_scores(features, rows["cluster"].to_numpy(), labels, sample_size, seed)
+    clusters = rows["cluster"].to_numpy()
+    model_scores = all_scores(features, clusters, labels, sample_size, seed)
     embedding = np.stack(rows["embedding"].to_numpy())
-    model_scores["silhouette_embedding"] = internal_scores(embedding, rows["cluster"].to_numpy(), sample_size, seed)["silhouette"]
+    model_scores["silhouette_embedding"] = internal_scores(embedding, clusters, sample_size, seed)["silhouette"]
     km = kmeans_baseline(features, k, seed=seed, n_init=n_init)
-    return {model_name: model_scores, "kmeans": all_scores(features, km, labels, sample_size, seed)}
+    kmeans_scores = all_scores(features, km, labels, sample_size, seed)
+    if labels is not None and labels_seen is not None:
+        unseen = np.where(labels_seen(ids, labels), -1, labels)  # -1: left out of the scores
+        for scores, predicted in ((model_scores, clusters), (kmeans_scores, km)):
+            scores.update({f"heldout_{name}": value
+                           for name, value in external_scores(unseen, predicted).items()})
+    return {model_name: model_scores, "kmeans": kmeans_scores}
 
 
 def _require_dense_for_metadata(cfg: DECJobConfig | DESOMJobConfig) -> None:
@@ -256,8 +269,9 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
     """Run DAC end to end into ``out_dir`` and return the metrics dict.
 
     Beyond the common steps: the rows drawn by ``model.labeled_fraction`` carry their
-    label into training (column ``known``), and after assignment clusters smaller than
-    ``model.min_cluster_size`` are merged into their most similar cluster.
+    label into training (column ``known``) and are left out of the ``heldout_*`` scores,
+    and after assignment clusters smaller than ``model.min_cluster_size`` are merged into
+    their most similar cluster.
     """
     if cfg.data.metadata_features:
         raise ValueError("DAC trains on images; metadata_features apply to dense models (train_dec)")
@@ -285,9 +299,13 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
         return assignments, {"small_clusters_merged": {str(k): v for k, v in mapping.items()},
                              "images_moved": moved}
 
+    def labels_seen(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return known_label_mask(ids, labels, model.labeled_fraction, cfg.seed)
+
     return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
                             training_rows=training_rows, after_assign=merge_small_clusters,
-                            restarts=model.restarts, objective=dac_loop.final_pair_loss)
+                            restarts=model.restarts, objective=dac_loop.final_pair_loss,
+                            labels_seen=labels_seen if model.labeled_fraction > 0 else None)
 
 
 def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_desom",
@@ -431,18 +449,23 @@ def som_errors(model: DESOM, embeddings: torch.Tensor, chunk: int = 8192) -> dic
     return {name: value / len(embeddings) for name, value in totals.items()}
 
 
-def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """``known`` = the label for a seeded ``fraction`` of the labelled rows, else -1.
+def known_label_mask(ids: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which rows lend their label to training: a seeded ``fraction`` of the labelled rows.
 
     The draw hashes each row's id with the seed, so it does not depend on how the rows
-    are split across blocks or workers.
+    are split across blocks or workers, and the scores can draw the same rows again.
     """
-    labels = np.asarray(batch["label"], dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     if fraction <= 0:
-        known = np.full(len(labels), -1, dtype=np.int64)
-    else:
-        draws = np.array([zlib.crc32(f"{seed}:{i}".encode()) / 2**32 for i in batch["id"]])
-        known = np.where((labels >= 0) & (draws < fraction), labels, -1)
+        return np.zeros(len(labels), dtype=bool)
+    draws = np.array([zlib.crc32(f"{seed}:{i}".encode()) / 2**32 for i in ids])
+    return (labels >= 0) & (draws < fraction)
+
+
+def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """``known`` = the label for the rows :func:`known_label_mask` draws, else -1."""
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    known = np.where(known_label_mask(batch["id"], labels, fraction, seed), labels, -1)
     return {"x": batch["x"], "known": known}
 
 
@@ -495,6 +518,7 @@ def run_training_job(
     k: int | None = None,
     restarts: int = 1,
     objective: Callable[[dict[str, Any]], float] | None = None,
+    labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The job contract (module docstring) for any algorithm.
 
@@ -511,6 +535,8 @@ def run_training_job(
             k-means baseline uses the same.
         restarts, objective: Train ``restarts`` times and keep the training whose
             return value has the lowest ``objective`` (:func:`fit_restarts`).
+        labels_seen: Marks the rows whose label training used, given (ids, labels);
+            the scores then add held-out ones over the others (:func:`score_run`).
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -571,7 +597,7 @@ def run_training_job(
     ids, features = collect_features(data.good)
     k = k or cfg.model.n_clusters
     scores = score_run(assignments, ids, features, k, cfg.seed, cfg.metrics_sample,
-                       cfg.baseline_n_init, data.has_labels, model_name)
+                       cfg.baseline_n_init, data.has_labels, model_name, labels_seen)
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 

@@ -54,3 +54,18 @@ def test_the_script_refuses_a_bad_set_before_ray_starts(argv, message):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 2, done.stderr  # argparse's refusal, before any run
     assert message in done.stderr
+
+
+def test_tables_use_held_out_scores_when_training_saw_labels():
+    every_row = {"accuracy": 0.9, "nmi": 0.8, "ari": 0.7, "purity": 0.95, "silhouette": 0.1}
+    with_labels = {**every_row, "heldout_accuracy": 0.6, "heldout_nmi": 0.5, "heldout_ari": 0.4,
+                   "heldout_purity": 0.65}
+    run = {"model": "dac", "scores": {"dac": with_labels, "kmeans": {**every_row, "heldout_accuracy": 0.3,
+                                                                     "heldout_nmi": 0.2, "heldout_ari": 0.1,
+                                                                     "heldout_purity": 0.35}}}
+    model = quality.scored(run, "model")
+    assert [model[k] for k in quality.KEYS] == [0.6, 0.5, 0.4, 0.65]
+    assert model["silhouette"] == 0.1
+    assert [quality.scored(run, "kmeans")[k] for k in quality.KEYS] == [0.3, 0.2, 0.1, 0.35]
+    blind = {"model": "dac", "scores": {"dac": every_row, "kmeans": every_row}}
+    assert [quality.scored(blind, "model")[k] for k in quality.KEYS] == [0.9, 0.8, 0.7, 0.95]

@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from deimos_ray.metrics import external_scores
+from deimos_ray.pipeline import known_label_mask
 from deimos_ray.train.checkpoint import load_state
 from tests.helpers import load_job, smoke_may_collapse
 from tests.test_sources import write_bad_files, write_image_folder
@@ -46,7 +48,18 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
     assert metrics["training"]["epochs"] == 2
     history = metrics["training"]["history"]
     assert history[0]["upper"] == history[0]["lower"] == 0.99 and "labeled_loss" in history[0]
-    assert read_metadata(out / "assignments")["config"]["model"]["min_cluster_size"] == 20
+    config = read_metadata(out / "assignments")["config"]
+    assert config["model"]["min_cluster_size"] == 20
+
+    # The labels training saw are left out of the held-out scores, for DAC and k-means alike.
+    seen = known_label_mask(rows["id"].to_numpy(), rows["label"].to_numpy(), 0.2, config["seed"])
+    assert 0 < seen.sum() < 150
+    unseen = rows[~seen]
+    expected = external_scores(unseen["label"].to_numpy(), unseen["cluster"].to_numpy())
+    dac = metrics["scores"]["dac"]
+    assert {f"heldout_{k}": dac[f"heldout_{k}"] for k in expected} == pytest.approx(
+        {f"heldout_{k}": v for k, v in expected.items()})
+    assert set(metrics["scores"]["kmeans"]) >= {f"heldout_{k}" for k in expected}
 
 
 @smoke_may_collapse
@@ -85,6 +98,7 @@ def test_restarts_keep_the_training_with_the_lowest_final_pair_loss(ray_session,
     assert load_state(out / "checkpoint")["seed"] == kept[0]["seed"]
     assert (out / "ray" / "train").is_dir() and (out / "ray" / "train-restart1").is_dir()
     assert pq.read_table(out / "assignments").num_rows == 60
+    assert not any(k.startswith("heldout_") for k in metrics["scores"]["dac"])  # no labels were seen
 
 
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
