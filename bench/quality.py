@@ -10,6 +10,7 @@
     python bench/quality.py --datasets digits hirise --methods desom-8x8-conv
     python bench/quality.py --datasets digits --methods dac-reference-narrow --per-run
     python bench/quality.py --datasets hirise --methods dac-reference --set data.image_size=64
+    python bench/quality.py --datasets hirise --methods dac-reference --set model.labeled_fraction=0.1
 
 Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
 Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
