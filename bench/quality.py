@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_desom  # noqa: E402
 from deimos_ray.config import load_yaml, override, parse_override, stored_settings, to_dict  # noqa: E402
-from deimos_ray.metrics import external_scores  # noqa: E402
+from deimos_ray.metrics import HELDOUT_PREFIX, external_scores  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.models.desom import node_clusters  # noqa: E402
 from deimos_ray.pipeline import (  # noqa: E402
@@ -116,9 +116,6 @@ METHODS = {
 JOBS = {"dac": (DACJobConfig, run_dac_job), "dec": (DECJobConfig, run_dec_job),
         "desom": (DESOMJobConfig, run_desom_job)}
 KEYS = ("accuracy", "nmi", "ari", "purity")
-# With labelled pairs (--set model.labeled_fraction=F) the tables show the scores over
-# the rows whose label training did not see, for the model and k-means alike.
-HELDOUT = "heldout_"
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 
@@ -202,12 +199,18 @@ def median_cell(values: list[float]) -> str:
 LABEL_FREE = ("silhouette", "davies_bouldin", "silhouette_embedding")
 
 
+def saw_labels(scores: dict[str, float]) -> bool:
+    """Whether the run's training saw some labels (DAC's ``model.labeled_fraction``): its
+    scores then include held-out ones."""
+    return HELDOUT_PREFIX + "accuracy" in scores
+
+
 def scored(r: dict, which: str) -> dict[str, float]:
     """The external scores of one run's model (``which="model"``) or k-means, over the
-    held-out rows when training saw some labels, else over every row; the label-free
-    ones as they are."""
+    held-out rows when training saw some labels (so the tables stay blind), else over
+    every row; the label-free ones as they are."""
     scores = r["scores"][r["model"] if which == "model" else "kmeans"]
-    prefix = HELDOUT if f"{HELDOUT}accuracy" in scores else ""
+    prefix = HELDOUT_PREFIX if saw_labels(scores) else ""
     return {**scores, **{k: scores[prefix + k] for k in KEYS}}
 
 
@@ -285,7 +288,7 @@ def main() -> int:
         for method in args.methods:
             runs = [run_one(dataset, method, s, args, workdir) for s in args.seeds]
             per_run += [(dataset, method, r) for r in runs]
-            heldout |= {f"{HELDOUT}accuracy" in r["scores"][r["model"]] for r in runs}
+            heldout |= {saw_labels(r["scores"][r["model"]]) for r in runs}
             scores = {k: [scored(r, "model")[k] for r in runs] for k in KEYS}
             if runs[0]["som"]:
                 scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})

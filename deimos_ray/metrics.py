@@ -18,8 +18,9 @@ from sklearn import metrics as skm
 INTERNAL = ("silhouette", "davies_bouldin", "calinski_harabasz", "dunn", "size_entropy", "n_clusters")
 EXTERNAL = ("accuracy", "nmi", "ari", "purity")
 # The external scores over only the rows whose label training did not see (DAC with
-# labelled pairs), beside the same scores over every row.
-HELDOUT = tuple(f"heldout_{name}" for name in EXTERNAL)
+# labelled pairs), beside the same scores over every row: ``heldout_accuracy``, ...
+HELDOUT_PREFIX = "heldout_"
+HELDOUT = tuple(HELDOUT_PREFIX + name for name in EXTERNAL)
 
 
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
@@ -112,6 +113,13 @@ def external_scores(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[st
         "ari": float(skm.adjusted_rand_score(t, p)),
         "purity": purity(t, p),
     }
+
+
+def heldout_scores(labels_true: np.ndarray, labels_pred: np.ndarray, seen: np.ndarray) -> dict[str, float]:
+    """:func:`external_scores` over the rows training did not see the label of (``seen``
+    False), named ``heldout_accuracy``, ``heldout_nmi``, ..."""
+    unseen = np.where(seen, -1, labels_true)  # -1: left out, as an unknown label is
+    return {HELDOUT_PREFIX + name: value for name, value in external_scores(unseen, labels_pred).items()}
 
 
 def all_scores(features, labels_pred, labels_true=None, sample_size: int = 2000, seed: int = 0) -> dict[str, float]:

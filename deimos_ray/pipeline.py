@@ -44,7 +44,7 @@ from deimos_ray.data.preprocess import (
     split_rejected,
 )
 from deimos_ray.data.sources import load_source
-from deimos_ray.metrics import all_scores, external_scores, format_table, internal_scores
+from deimos_ray.metrics import all_scores, format_table, heldout_scores, internal_scores
 from deimos_ray.models.dac import DACConfig, reassign_small_clusters
 from deimos_ray.models.dec import DECConfig
 from deimos_ray.models.desom import (
@@ -245,10 +245,9 @@ def score_run(
     km = kmeans_baseline(features, k, seed=seed, n_init=n_init)
     kmeans_scores = all_scores(features, km, labels, sample_size, seed)
     if labels is not None and labels_seen is not None:
-        unseen = np.where(labels_seen(ids, labels), -1, labels)  # -1: left out of the scores
-        for scores, predicted in ((model_scores, clusters), (kmeans_scores, km)):
-            scores.update({f"heldout_{name}": value
-                           for name, value in external_scores(unseen, predicted).items()})
+        seen = labels_seen(ids, labels)
+        model_scores.update(heldout_scores(labels, clusters, seen))
+        kmeans_scores.update(heldout_scores(labels, km, seen))
     return {model_name: model_scores, "kmeans": kmeans_scores}
 
 

@@ -1,6 +1,6 @@
 """``bench/quality.py`` builds each run's config from the dataset's, the method's and the
-command line's settings, ``--set`` last, and refuses a bad ``--set`` before Ray starts.
-No run is trained here."""
+command line's settings, ``--set`` last, and refuses a bad ``--set`` before Ray starts;
+its tables show held-out scores when training saw labels. No run is trained here."""
 
 from __future__ import annotations
 

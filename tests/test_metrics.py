@@ -11,6 +11,7 @@ from deimos_ray.metrics import (
     dunn_index,
     external_scores,
     format_table,
+    heldout_scores,
     internal_scores,
     purity,
     size_entropy,
@@ -39,6 +40,19 @@ def test_external_scores_of_a_relabelled_perfect_clustering():
 def test_external_scores_ignore_unknown_labels():
     s = external_scores(np.array([0, 0, -1, 1]), np.array([1, 1, 0, 0]))
     assert s["accuracy"] == pytest.approx(1.0)
+
+
+def test_heldout_scores_leave_out_the_seen_rows():
+    truth = np.array([0, 0, 1, 1, 2, -1])
+    pred = np.array([5, 5, 5, 7, 7, 7])
+    seen = np.array([False, True, True, False, False, False])
+    # Left: rows 0, 3, 4 (row 5 has no label); each in its own class, two clusters.
+    scores = heldout_scores(truth, pred, seen)
+    assert scores["heldout_accuracy"] == pytest.approx(2 / 3)
+    assert scores["heldout_purity"] == pytest.approx(2 / 3)
+    assert set(scores) == {"heldout_accuracy", "heldout_nmi", "heldout_ari", "heldout_purity"}
+    # Over every labelled row the same clustering scores differently: the seen rows count.
+    assert external_scores(truth, pred)["accuracy"] == pytest.approx(3 / 5)
 
 
 def test_dunn_index_by_hand():
