@@ -109,13 +109,15 @@ def test_chunk_targets_come_from_the_clean_chunk_and_steps_learn_them():
     assert stats["candidates"] == 20
 
 
-def test_chunk_selection_settings_are_checked():
+def test_training_settings_are_checked():
     with pytest.raises(ValueError, match="gather_pairs"):
         DACConfig(selection="chunk", gather_pairs=True)
     with pytest.raises(ValueError, match="chunk_size"):
         DACConfig(selection="chunk", chunk_size=64, batch_size=128)
     with pytest.raises(ValueError, match="pair_loss"):
         DACConfig(pair_loss="l1")
+    with pytest.raises(ValueError, match="rmsprop_alpha"):
+        DACConfig(rmsprop_alpha=1.0)
 
 
 def test_labeled_masks_link_equal_labels_and_ignore_unknown():

@@ -218,7 +218,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     net = DACNet(cfg, input_shape).to(device)
     ddp = C.wrap_ddp(net, device)
-    opt = torch.optim.RMSprop(ddp.parameters(), lr=cfg.lr)
+    opt = torch.optim.RMSprop(ddp.parameters(), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
 
     epoch, lam, history, resumed_at = 0, 0.0, [], None
