@@ -22,7 +22,7 @@ improves (u falls, l rises) until u <= l. Three schedules (``schedule``):
   when sim >= th and "different" otherwise (u = l = th), for all ``epochs``. Its
   auxiliary self-labelling loss is not reproduced.
 
-Two more departures of the reference code are options, off by default:
+Three more settings of the reference code are options, off by default:
 
 - ``selection="chunk"`` (reference MNIST script): instead of selecting within each
   training batch, the current network labels the pairs of a chunk of ``chunk_size``
@@ -33,6 +33,9 @@ Two more departures of the reference code are options, off by default:
   makes the targets more stable than per-batch selection.
 - ``pair_loss="mse"`` (reference code): squared error between the similarity and the
   0/1 target instead of the paper's binary cross-entropy.
+- ``rmsprop_alpha=0.9`` (reference code): Keras's RMSprop default for the decay of the
+  squared gradients' running mean. The paper names RMSprop and its learning rate only;
+  the default here is PyTorch's 0.99.
 
 The pair loss here leaves out the diagonal (sim_ii = 1 exactly, so its loss and gradient
 are zero; counting it would only dilute the average).
