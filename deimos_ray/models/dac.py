@@ -66,10 +66,9 @@ EPS = 1e-7
 # clusters apart better on the digits (the last epochs at 0.5-0.7 merged clusters) and
 # is level with 0.5 in accuracy on USPS (bench/RESULTS.md).
 # Its augmentation: rotations up to 10 degrees, shifts up to 10 %, zoom 0.95-1.05 and a
-# small intensity shift. Its optimiser is Keras's RMSprop with the defaults, whose decay
-# of the squared gradients is 0.9 (PyTorch's default: 0.99). (Its network's narrow end
-# is ``model.head=narrow``, not part of the recipe: on the digits it did not score
-# clearly better; bench/RESULTS.md.)
+# small intensity shift. Its optimiser: Keras's RMSprop defaults (``rmsprop_alpha``).
+# (Its network's narrow end is ``model.head=narrow``, not part of the recipe: on the
+# digits it did not score clearly better; bench/RESULTS.md.)
 REFERENCE_RECIPE = {
     "model.schedule": "official", "model.official_upper": 0.9, "model.official_lower": 0.7,
     "model.epochs": 20, "model.selection": "chunk", "model.chunk_size": 1000,
