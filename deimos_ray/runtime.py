@@ -48,6 +48,12 @@ def configure_data_context(quiet: bool = False) -> None:
     (the same benchmark streams the file list 10 times over: 1.07x the peak of once).
     Set ``DEIMOS_RAY_DATA_RESERVATION=1`` to keep Ray's default.
 
+    Rows keep their order (``preserve_order``): Ray Data otherwise hands blocks on as
+    their tasks finish, so the rows reached a training worker in a different order from
+    run to run, its batches and chunks differed, and a seed did not reproduce a training
+    on a source decoded by several tasks (three HiRISE runs of one seed scored NMI 0.090
+    and 0.082 before this). The ingest benchmark measures the cost (bench/RESULTS.md).
+
     ``quiet`` also keeps Ray Data's INFO lines ("Dataset ... execution finished") off
     the terminal; they still reach Ray's session log file.
     """
@@ -63,6 +69,7 @@ def configure_data_context(quiet: bool = False) -> None:
         # here they are off on purpose (no terminal, or quiet), so the advice is noise.
         logging.getLogger("ray.data._internal.progress").addFilter(_drop_progress_bar_advice)
     ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True
     ctx.verbose_progress = False
     if os.environ.get("DEIMOS_RAY_DATA_RESERVATION", "0") != "1" and hasattr(ctx, "op_resource_reservation_enabled"):
         ctx.op_resource_reservation_enabled = False
