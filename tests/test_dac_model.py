@@ -118,6 +118,8 @@ def test_training_settings_are_checked():
         DACConfig(pair_loss="l1")
     with pytest.raises(ValueError, match="rmsprop_alpha"):
         DACConfig(rmsprop_alpha=1.0)
+    with pytest.raises(ValueError, match="weight_init"):
+        DACConfig(weight_init="glorot")
 
 
 def test_labeled_masks_link_equal_labels_and_ignore_unknown():
@@ -209,6 +211,26 @@ def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(b
     square = DACNet(DACConfig(n_clusters=4, conv_widths=(4, 4), head="narrow"), (1, 12, 12))
     first = next(m for m in square.head if isinstance(m, torch.nn.Linear))
     assert first.weight.shape == (4, 4) and not torch.equal(first.weight, torch.eye(4))
+
+
+def test_he_normal_start_has_the_reference_scale_and_keeps_identity_starts():
+    def stds(init):
+        torch.manual_seed(0)
+        cfg = DACConfig(n_clusters=4, conv_widths=(64, 128), head="narrow", weight_init=init)
+        net = DACNet(cfg, (1, 8, 8))
+        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        fan_in = [m.weight[0].numel() for m in layers]
+        return net, [m.weight.std().item() for m in layers], fan_in
+
+    he, he_stds, fan_in = stds("he_normal")
+    _, default_stds, _ = stds("pytorch")
+    # Convolutions with tens of thousands of weights: the sample deviation is within 2 %.
+    for std, default, n in list(zip(he_stds, default_stds, fan_in, strict=True))[1:4]:
+        assert std == pytest.approx((2 / n) ** 0.5, rel=0.02)
+        assert default == pytest.approx((1 / (3 * n)) ** 0.5, rel=0.02)  # PyTorch's start
+    linears = [m for m in he.head if isinstance(m, torch.nn.Linear)]
+    assert not torch.equal(linears[0].weight, torch.eye(4, 128))
+    assert all(torch.equal(m.weight, torch.eye(4)) for m in linears[1:])
 
 
 def test_resnet18_loads_weights_from_a_named_file(tmp_path):

@@ -36,6 +36,11 @@ Three more settings of the reference code are options, off by default:
 - ``rmsprop_alpha=0.9`` (reference code): Keras's RMSprop default for the decay of the
   squared gradients' running mean. The paper names RMSprop and its learning rate only;
   the default here is PyTorch's 0.99.
+- ``weight_init="he_normal"`` (reference code): convolutions and dense layers start
+  from a normal of standard deviation sqrt(2 / fan_in), as the reference network's
+  ``init='he_normal'``; PyTorch's default start is about 2.4 times smaller. Every such
+  layer is followed by batch norm, so the scale does not change what the network
+  computes, but RMSprop's steps have a fixed size, so larger weights turn more slowly.
 
 The pair loss here leaves out the diagonal (sim_ii = 1 exactly, so its loss and gradient
 are zero; counting it would only dilute the average).
@@ -57,6 +62,7 @@ HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
 PAIR_LOSSES = ("bce", "mse")
+WEIGHT_INITS = ("pytorch", "he_normal")
 PAPER_U0, PAPER_L0, PAPER_U_COEFF, PAPER_L_COEFF = 0.95, 0.455, 1.0, 0.1
 PAPER_LAMBDA_STEP = 0.0099  # 1.1 x 0.009
 EPS = 1e-7
@@ -125,6 +131,10 @@ class DACConfig:
             0.9: the step adapts faster to the gradient's scale and, from the zero
             start, the first steps are about three times smaller (``--recipe
             reference`` uses 0.9).
+        weight_init: ``pytorch`` (default: PyTorch's own start) or ``he_normal`` (the
+            reference code's: normal, standard deviation sqrt(2 / fan_in)) for the VGG
+            convolutions and the head's dense layers, except the narrow head's layers
+            started at the identity. The paper does not say.
         augment: Train on two random views of every image, an image and its view being a
             "same" pair (the reference code also trains on augmented images).
         augmentation: Which augmentations make the views. The default keeps orientation
@@ -175,6 +185,7 @@ class DACConfig:
     batch_size: int = 128
     lr: float = 1e-3
     rmsprop_alpha: float = 0.99
+    weight_init: str = "pytorch"
     augment: bool = True
     augmentation: AugmentConfig = field(default_factory=digit_safe_augmentation)
     labeled_fraction: float = 0.0
@@ -201,6 +212,8 @@ class DACConfig:
                 raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"model.weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.labeled_fraction <= 1:
@@ -396,6 +409,7 @@ class DACNet(nn.Module):
         else:
             self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
         k = cfg.n_clusters
+        identity_started: list[nn.Module] = []
         if cfg.head == "dense":
             self.head = nn.Sequential(
                 nn.Linear(self.backbone.out_dim, cfg.hidden_dim, bias=False),
@@ -410,8 +424,23 @@ class DACNet(nn.Module):
                 linear = nn.Linear(width_in, k, bias=False)
                 if i > 0:
                     nn.init.eye_(linear.weight)  # the reference's identity start
+                    identity_started.append(linear)
                 layers += [linear, nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
             self.head = nn.Sequential(*layers)
+        if cfg.weight_init == "he_normal":
+            self._he_normal_start(skip=identity_started)
+
+    def _he_normal_start(self, skip: list[nn.Module]) -> None:
+        """Keras's ``he_normal`` for the VGG convolutions and the head's dense layers.
+
+        The layers in ``skip`` (the narrow head's identity starts) keep their start, and
+        ResNet-18 keeps torchvision's (already He's, by fan-out)."""
+        layers = [m for m in self.head.modules() if all(m is not s for s in skip)]
+        if isinstance(self.backbone, VGGBackbone):
+            layers += list(self.backbone.modules())
+        for layer in layers:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
