@@ -127,13 +127,13 @@ def test_chunk_selection_trains_on_two_workers(ray_session, tmp_path):
 def test_rerun_resumes_the_threshold_schedule(ray_session, tmp_path):
     x, labels = bars(n=48)
     scaling = ScalingConfig(num_workers=1, cpus_per_worker=1)
-    # The reference code's RMSprop decay, to check that the optimiser is built with it.
-    full = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.9})
+    # PyTorch's RMSprop decay instead of the default, to check that the optimiser is built with it.
+    full = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.99})
     short = DACConfig(**{**to_dict(full), "conv_widths": (8, 16), "epochs": 2})
     first = fit(dac_loop.train_loop_per_worker, loop_config(short), dataset(x, labels), scaling, tmp_path, name="run")
     assert first.return_value["epochs"] == 2 and first.return_value["resumed_at_epoch"] is None
     optimizer = torch.load(f"{first.checkpoint.path}/state.pt", weights_only=True)["optimizer"]
-    assert optimizer["param_groups"][0]["alpha"] == 0.9
+    assert optimizer["param_groups"][0]["alpha"] == 0.99
     second = fit(dac_loop.train_loop_per_worker, loop_config(full), dataset(x, labels), scaling, tmp_path, name="run")
     assert second.return_value["resumed_at_epoch"] == 2
     lambdas = [h["lambda"] for h in second.return_value["history"]]
@@ -146,7 +146,7 @@ def test_resume_refuses_other_settings():
     with pytest.raises(ValueError, match="schedule"):
         dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "schedule": "paper"}), SHAPE)
     with pytest.raises(ValueError, match="rmsprop_alpha"):
-        dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.9}),
+        dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.99}),
                                  SHAPE)
     with pytest.raises(ValueError, match="another algorithm"):
         dac_loop.check_resumable({**state, "algorithm": "dec"}, TINY, SHAPE)
