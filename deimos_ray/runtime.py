@@ -51,7 +51,7 @@ def configure_data_context(quiet: bool = False) -> None:
     Rows keep their order (``preserve_order``): Ray Data otherwise hands blocks on as
     their tasks finish, so the rows reached a training worker in a different order from
     run to run, its batches and chunks differed, and a seed did not reproduce a training
-    on a source decoded by several tasks (three HiRISE runs of one seed scored NMI 0.090
+    on a source decoded by several tasks (two HiRISE runs of one seed scored NMI 0.090
     and 0.082 before this). The ingest benchmark measures the cost (bench/RESULTS.md).
 
     ``quiet`` also keeps Ray Data's INFO lines ("Dataset ... execution finished") off

@@ -24,8 +24,8 @@ improves (u falls, l rises) until u <= l. Three schedules (``schedule``):
 
 The paper names RMSprop and its learning rate (0.001) but not the decay of the squared
 gradients' running mean; the default, ``rmsprop_alpha=0.9``, is the reference code's
-(Keras's RMSprop default). PyTorch's own default, 0.99, is an option; on every labelled
-set measured it scored lower (bench/RESULTS.md).
+(Keras's RMSprop default). PyTorch's own default, 0.99, is an option; it scored lower in
+every comparison measured (bench/RESULTS.md).
 
 Three more settings of the reference code are options, off by default:
 
