@@ -77,9 +77,9 @@ def ray_pipeline(files: list[Path], spec: ImageSpec, times: int = 1, keep_order:
     t = time.perf_counter()
     # A dataset takes a copy of the context when it is made; the jobs' setting is restored after.
     options = ray.data.DataContext.get_current().execution_options
-    options.preserve_order = keep_order
+    jobs_setting, options.preserve_order = options.preserve_order, keep_order
     ds = preprocess(ray_source(files, times).dataset, spec)
-    options.preserve_order = True
+    options.preserve_order = jobs_setting
     rows = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # blocks as they come
         rows += int(batch["ok"].sum())

@@ -410,7 +410,6 @@ class DACNet(nn.Module):
         else:
             self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
         k = cfg.n_clusters
-        identity_started: list[nn.Module] = []
         if cfg.head == "dense":
             self.head = nn.Sequential(
                 nn.Linear(self.backbone.out_dim, cfg.hidden_dim, bias=False),
@@ -421,27 +420,19 @@ class DACNet(nn.Module):
             )
         else:
             layers: list[nn.Module] = []
-            for i, width_in in enumerate((self.backbone.out_dim, k, k)):
-                linear = nn.Linear(width_in, k, bias=False)
-                if i > 0:
-                    nn.init.eye_(linear.weight)  # the reference's identity start
-                    identity_started.append(linear)
-                layers += [linear, nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
+            for width_in in (self.backbone.out_dim, k, k):
+                layers += [nn.Linear(width_in, k, bias=False), nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
             self.head = nn.Sequential(*layers)
+        # The narrow head's k-to-k layers start at the identity, as the reference's do.
+        identity = [m for m in self.head if isinstance(m, nn.Linear)][1:] if cfg.head == "narrow" else []
+        for linear in identity:
+            nn.init.eye_(linear.weight)
         if cfg.weight_init == "he_normal":
-            self._he_normal_start(skip=identity_started)
-
-    def _he_normal_start(self, skip: list[nn.Module]) -> None:
-        """Keras's ``he_normal`` for the VGG convolutions and the head's dense layers.
-
-        The layers in ``skip`` (the narrow head's identity starts) keep their start, and
-        ResNet-18 keeps torchvision's (already He's, by fan-out)."""
-        layers = [m for m in self.head.modules() if all(m is not s for s in skip)]
-        if isinstance(self.backbone, VGGBackbone):
-            layers += list(self.backbone.modules())
-        for layer in layers:
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            # ResNet-18 keeps torchvision's start (already He's, by fan-out).
+            parts = [self.head] + ([self.backbone] if cfg.backbone == "vgg" else [])
+            for layer in (m for part in parts for m in part.modules()):
+                if isinstance(layer, (nn.Conv2d, nn.Linear)) and all(layer is not m for m in identity):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
