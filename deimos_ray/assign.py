@@ -201,6 +201,70 @@ def write_assignments(
     return destination
 
 
+def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: int = 0) -> list[float]:
+    """Write the consensus of several DAC trainings' assignments of the same rows.
+
+    Each source's label features give its cluster probabilities (the label features are
+    the probabilities divided by their norm); :func:`deimos_ray.consensus.
+    combine_probabilities` matches the trainings' clusters and averages. The rows keep the
+    first source's order and every column but the model's: ``cluster``, ``confidence``,
+    ``topk_clusters`` and ``topk_probs`` come from the averaged probabilities, and
+    ``embedding`` is their label feature (divided by its norm). Written as
+    :func:`write_assignments` writes, staged and renamed into place.
+
+    Returns:
+        Each source's agreement with the combined clusters (share of rows).
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from deimos_ray.consensus import combine_probabilities
+
+    tables = [pq.read_table(source) for source in sources]
+    ids = tables[0].column("id").to_numpy(zero_copy_only=False)
+    index = pd.Index(ids)
+    if not index.is_unique:
+        raise ValueError(f"{sources[0]}: row ids are not unique")
+    probabilities = []
+    for source, table in zip(sources, tables, strict=True):
+        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
+        if table.num_rows != len(ids) or (position < 0).any():
+            raise ValueError(f"{source} does not assign the same rows as {sources[0]}")
+        features = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[position]
+        probabilities.append(features / features.sum(axis=1, keepdims=True))
+    mean, agreement = combine_probabilities(probabilities, seed)
+
+    top_c = np.argsort(-mean, axis=1, kind="stable")[:, :min(TOPK, mean.shape[1])]
+    top_p = np.take_along_axis(mean, top_c, axis=1)
+    features = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    columns = {
+        "cluster": pa.array(top_c[:, 0].astype(np.int32), pa.int32()),
+        "confidence": pa.array(top_p[:, 0].astype(np.float32), pa.float32()),
+        "topk_clusters": _fixed_list(top_c.astype(np.int32), pa.int32()),
+        "topk_probs": _fixed_list(top_p.astype(np.float32), pa.float32()),
+        "embedding": _fixed_list(features.astype(np.float32), pa.float32()),
+    }
+    table = tables[0]
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, values)
+    metadata = read_metadata(sources[0])
+    metadata["restart_combine"] = {"method": "consensus", "sources": [str(s) for s in sources],
+                                   "agreement": agreement}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+
+    destination = Path(destination).resolve()
+    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
+            pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
+        _replace_dir(staging, destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return agreement
+
+
 def remap_clusters(assignments_dir: str | Path, mapping: dict[int, int]) -> None:
     """Rewrite the ``cluster`` column of every assignments file through ``mapping``
     (old -> new; clusters not in it stay), file by file, each replaced by a rename."""

@@ -17,6 +17,7 @@ Steps of :func:`run_training_job`, which every job follows:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 import zlib
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from deimos_ray.assign import load_desom, remap_clusters, write_assignments
+from deimos_ray.assign import combine_dac_assignments, load_desom, remap_clusters, write_assignments
 from deimos_ray.baselines import kmeans_baseline
 from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
 from deimos_ray.data.metadata import join_metadata
@@ -270,7 +271,9 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
     Beyond the common steps: the rows drawn by ``model.labeled_fraction`` carry their
     label into training (column ``known``) and are left out of the ``heldout_*`` scores,
     and after assignment clusters smaller than ``model.min_cluster_size`` are merged into
-    their most similar cluster.
+    their most similar cluster. With ``model.restarts`` > 1 and ``model.restart_combine``
+    ``consensus``, every restart's model assigns the rows and the assignments are their
+    consensus (:func:`deimos_ray.assign.combine_dac_assignments`).
     """
     if cfg.data.metadata_features:
         raise ValueError("DAC trains on images; metadata_features apply to dense models (train_dec)")
@@ -301,9 +304,13 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
     def labels_seen(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return known_label_mask(ids, labels, model.labeled_fraction, cfg.seed)
 
+    def consensus(sources: list[Path], destination: Path) -> list[float]:
+        return combine_dac_assignments(sources, destination, seed=cfg.seed)
+
     return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
                             training_rows=training_rows, after_assign=merge_small_clusters,
                             restarts=model.restarts, objective=dac_loop.final_pair_loss,
+                            combine=consensus if model.restart_combine == "consensus" else None,
                             labels_seen=labels_seen if model.labeled_fraction > 0 else None)
 
 
@@ -480,16 +487,17 @@ def fit_restarts(
     restarts: int,
     objective: Callable[[dict[str, Any]], float] | None,
     job: str,
-) -> tuple[ray.train.Result, list[dict[str, Any]] | None]:
+) -> tuple[list[ray.train.Result], list[dict[str, Any]] | None, int]:
     """Train once, or ``restarts`` times from seeds ``seed + 1000 r``, one after another.
 
-    Returns the kept result (the lowest ``objective`` of the loop's return value) and a
-    record per restart (``None`` for a single training). Restart 0 is the Ray Train run
-    ``train``, the others ``train-restart{r}``, so a rerun resumes each where it stopped.
+    Returns every result, a record per restart (``None`` for a single training) and the
+    index of the kept result: the lowest ``objective`` of the loop's return value. Restart
+    0 is the Ray Train run ``train``, the others ``train-restart{r}``, so a rerun resumes
+    each where it stopped.
     """
     if restarts == 1:
-        return fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
-                   max_failures=cfg.max_failures), None
+        return [fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
+                    max_failures=cfg.max_failures)], None, 0
     if objective is None:
         raise ValueError("restarts need an objective to choose the kept training by")
     results, records = [], []
@@ -503,7 +511,7 @@ def fit_restarts(
     best = min(range(restarts), key=lambda r: records[r]["objective"])
     records[best]["kept"] = True
     print(f"[{job}] kept restart {best + 1} of {restarts} (seed {records[best]['seed']}, lowest objective)")
-    return results[best], records
+    return results, records, best
 
 
 def run_training_job(
@@ -517,6 +525,7 @@ def run_training_job(
     k: int | None = None,
     restarts: int = 1,
     objective: Callable[[dict[str, Any]], float] | None = None,
+    combine: Callable[[list[Path], Path], list[float]] | None = None,
     labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The job contract (module docstring) for any algorithm.
@@ -533,7 +542,13 @@ def run_training_job(
         k: Number of clusters the model outputs (default ``cfg.model.n_clusters``); the
             k-means baseline uses the same.
         restarts, objective: Train ``restarts`` times and keep the training whose
-            return value has the lowest ``objective`` (:func:`fit_restarts`).
+            return value has the lowest ``objective`` (:func:`fit_restarts`): its model
+            is ``checkpoint/`` and its return value the reported training.
+        combine: With restarts, assign the rows with every restart's model (each into
+            ``restarts/R/``, with its checkpoint) and make ``assignments/`` of them:
+            ``combine(restart_assignment_dirs, destination)`` writes it and returns each
+            restart's agreement with it, recorded beside the restart. Without it, the
+            kept training's model assigns the rows.
         labels_seen: Marks the rows whose label training used, given (ids, labels);
             the scores then add held-out ones over the others (:func:`score_run`).
     """
@@ -565,17 +580,30 @@ def run_training_job(
         "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
     rows = training_rows(data) if training_rows else data.good.select_columns(["x"])
-    result, restart_records = fit_restarts(train_loop, loop_config, rows, cfg, out, restarts, objective, job)
+    results, restart_records, kept = fit_restarts(train_loop, loop_config, rows, cfg, out, restarts, objective, job)
+    result = results[kept]
     checkpoint = export_checkpoint(result, out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     metadata = {"job": job, "config": to_dict(cfg)}
-    columns = output_columns(data.good.columns())
-    write_assignments(
-        data.good.select_columns([*columns, "x"]), checkpoint,
-        out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu,
-    )
+    to_assign = data.good.select_columns([*output_columns(data.good.columns()), "x"])
+    shutil.rmtree(out / "restarts", ignore_errors=True)  # an earlier run's, made again below if needed
+    if combine is not None and restart_records:
+        sources = []
+        for record, restart_result in zip(restart_records, results, strict=True):
+            where = out / "restarts" / str(record["restart"])
+            write_assignments(to_assign, export_checkpoint(restart_result, where / "checkpoint"),
+                              where / "assignments", {**metadata, "restart": record},
+                              use_gpu=cfg.scaling.use_gpu)
+            sources.append(where / "assignments")
+        agreement = combine(sources, out / "assignments")
+        for record, share in zip(restart_records, agreement, strict=True):
+            record["agreement"] = share
+        print(f"[{job}] combined {len(sources)} restarts; each one's agreement with the result: "
+              + ", ".join(f"{share:.3f}" for share in agreement))
+    else:
+        write_assignments(to_assign, checkpoint, out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu)
     assignments = pq.read_table(out / "assignments").to_pandas()
     extra: dict[str, Any] = {}
     if after_assign is not None:

@@ -13,7 +13,8 @@ On a Ray cluster (the script joins the cluster it is submitted to):
 
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
 (cluster, confidence, topk_clusters, topk_probs, embedding = label features),
-rejected.parquet. Rerunning with the same --out resumes, schedule included.
+rejected.parquet; with --restarts, restarts/R/ holds each restart's checkpoint and
+assignments. Rerunning with the same --out resumes, schedule included.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import sys
 
 from deimos_ray import cli
 from deimos_ray.cli import add_common_args
-from deimos_ray.models.dac import BACKBONES, PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS
+from deimos_ray.models.dac import (
+    BACKBONES,
+    PAIR_LOSSES,
+    RECIPES,
+    RESTART_COMBINES,
+    SCHEDULES,
+    SELECTIONS,
+)
 from deimos_ray.pipeline import DACJobConfig, run_dac_job
 
 JOB = "train_dac"
@@ -64,9 +72,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-weight", type=float, help="weight of the labelled pairs' loss (default 1)")
     p.add_argument("--min-cluster-size", type=int, help="after training, merge clusters smaller "
                    "than this into their most similar cluster (default 0: off)")
-    p.add_argument("--restarts", type=int, help="train this many times from different seeds and "
-                   "keep the training with the lowest final pair loss, as k-means' n_init "
+    p.add_argument("--restarts", type=int, help="train this many times from different seeds "
                    "(default 1; each restart costs a full training)")
+    p.add_argument("--restart-combine", choices=RESTART_COMBINES, help="with restarts: "
+                   "'consensus' (default) combines every restart's clustering; 'lowest_loss' "
+                   "keeps the training with the lowest final pair loss")
     p.add_argument("--gather-pairs", action="store_true", help="with several workers, select "
                    "pairs across the global batch (all-gathers the label features)")
     return p
@@ -81,7 +91,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
-        "model.restarts": args.restarts,
+        "model.restarts": args.restarts, "model.restart_combine": args.restart_combine,
     }, preset=RECIPES[args.recipe])
 
 

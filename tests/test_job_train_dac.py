@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
 from deimos_ray.pipeline import known_label_mask
 from deimos_ray.train.checkpoint import load_state
@@ -82,23 +83,46 @@ def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_pa
 
 
 @smoke_may_collapse
-def test_restarts_keep_the_training_with_the_lowest_final_pair_loss(ray_session, tmp_path):
+def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_session, tmp_path):
     out = tmp_path / "run"
     job = load_job("train_dac")
-    args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2"])
-    assert job.main(args) == 0
+    parser = job.get_args_parser()
+    assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2"])) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     records = metrics["restarts"]
     assert [r["seed"] for r in records] == [0, 1000]
     kept = [r for r in records if r["kept"]]
     assert len(kept) == 1 and kept[0]["objective"] == min(r["objective"] for r in records)
-    # The reported training, the exported checkpoint and the objective are the kept run's.
+    # The reported training and the exported checkpoint are the lowest-loss run's ...
     assert metrics["training"]["history"][-1]["pair_loss"] == pytest.approx(kept[0]["objective"])
     assert load_state(out / "checkpoint")["seed"] == kept[0]["seed"]
     assert (out / "ray" / "train").is_dir() and (out / "ray" / "train-restart1").is_dir()
-    assert pq.read_table(out / "assignments").num_rows == 60
     assert not any(k.startswith("heldout_") for k in metrics["scores"]["dac"])  # no labels were seen
+    # ... and the assignments are the consensus of both restarts' own assignments.
+    restart_rows = [pq.read_table(out / "restarts" / str(r) / "assignments").to_pandas().set_index("id")
+                    for r in range(2)]
+    assert [load_state(out / "restarts" / str(r) / "checkpoint")["seed"] for r in range(2)] == [0, 1000]
+    final = pq.read_table(out / "assignments").to_pandas()
+    assert len(final) == 60
+    probabilities = []
+    for rows in restart_rows:
+        features = np.stack(rows.loc[final["id"], "embedding"].to_numpy())
+        probabilities.append(features / features.sum(axis=1, keepdims=True))
+    mean, agreement = combine_probabilities(probabilities, seed=0)
+    assert (final["cluster"].to_numpy() == mean.argmax(axis=1)).all()
+    assert [r["agreement"] for r in records] == pytest.approx(agreement)
+    assert read_metadata(out / "assignments")["restart_combine"]["method"] == "consensus"
+
+    # The same trainings, resumed where they finished, with the lowest-loss restart assigning.
+    assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2",
+                                       "--restart-combine", "lowest_loss"])) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["objective"] for r in metrics["restarts"]] == [r["objective"] for r in records]
+    assert "agreement" not in metrics["restarts"][0] and not (out / "restarts").exists()
+    final = pq.read_table(out / "assignments").to_pandas().set_index("id")
+    own = restart_rows[records.index(kept[0])]
+    assert (final["cluster"] == own.loc[final.index, "cluster"]).all()
 
 
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
@@ -127,5 +151,8 @@ def test_recipe_sits_under_smoke_test_flags_and_set():
     assert smoke.epochs == 2 and smoke.selection == "chunk"
     assert job.build_config(parser.parse_args([])).model.selection == "batch"
     assert job.build_config(parser.parse_args(["--restarts", "3"])).model.restarts == 3
+    assert job.build_config(parser.parse_args([])).model.restart_combine == "consensus"
+    assert job.build_config(parser.parse_args(["--restart-combine", "lowest_loss"])).model.restart_combine \
+        == "lowest_loss"
     with pytest.raises(ValueError, match="restarts must be >= 1"):
         job.build_config(parser.parse_args(["--restarts", "0"]))

@@ -64,6 +64,7 @@ HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
 PAIR_LOSSES = ("bce", "mse")
+RESTART_COMBINES = ("consensus", "lowest_loss")
 WEIGHT_INITS = ("pytorch", "he_normal")
 PAPER_U0, PAPER_L0, PAPER_U_COEFF, PAPER_L_COEFF = 0.95, 0.455, 1.0, 0.1
 PAPER_LAMBDA_STEP = 0.0099  # 1.1 x 0.009
@@ -157,14 +158,19 @@ class DACConfig:
             (reference: 1,000). Their targets come from one forward pass.
         inner_passes: Passes over each chunk's augmented images (reference: 5).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
-        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...; the
-            one whose last epoch ends with the lowest mean pair loss is kept, as k-means
-            keeps its lowest-inertia start (``n_init``). Not in the paper, which trains
-            once; DAC's result varies much from seed to seed, and the final pair loss
-            (the objective, at the same final thresholds for every restart) uses no
-            label. Costs ``restarts`` times the training. A network that put every image
-            in one cluster would also score a low loss; none was seen, but the kept
-            run's cluster count is checked as for any run.
+        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...
+            Not in the paper, which trains once; DAC's result varies much from seed to
+            seed. Costs ``restarts`` times the training. How they make one clustering is
+            ``restart_combine``.
+        restart_combine: ``consensus`` (default): every restart's network assigns the
+            rows and the assignments are their consensus: the restarts' clusters
+            matched to a reference partition and their probabilities averaged
+            (:mod:`deimos_ray.consensus`). ``lowest_loss``: the restart whose last epoch
+            ends with the lowest mean pair loss assigns them, as k-means keeps its
+            lowest-inertia start; between good trainings that loss does not rank the
+            clusterings (``bench/RESULTS.md``). Neither uses a label. The exported
+            ``checkpoint/`` is the lowest-loss restart's either way; with ``consensus``
+            every restart's model is in ``restarts/R/checkpoint``.
     """
 
     n_clusters: int = 10
@@ -198,12 +204,16 @@ class DACConfig:
     inner_passes: int = 5
     pair_loss: str = "bce"
     restarts: int = 1
+    restart_combine: str = "consensus"
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
         if self.restarts < 1:
             raise ValueError(f"model.restarts must be >= 1, got {self.restarts}")
+        if self.restart_combine not in RESTART_COMBINES:
+            raise ValueError(f"model.restart_combine must be one of {RESTART_COMBINES}, "
+                             f"got {self.restart_combine!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone_weights is not None:

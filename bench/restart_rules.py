@@ -1,0 +1,98 @@
+"""How DAC's ways of making one clustering of several trainings compare, on finished runs.
+
+    python bench/restart_rules.py runs/bench-digits --name digits-dac-reference \\
+        --groups 0,1000,2000,3000 1,1001,2001,3001 2,1002,2002,3002
+
+Reads single trainings that ``bench/quality.py --per-run --workdir DIR`` finished (run
+directories ``DIR/NAME-SEED``) and treats each group of seeds as the restarts of one
+run: restart r of seed s trains from seed s + 1000 r, so the group 0,1000,2000,3000 is
+what ``--restarts 4`` with seed 0 trains. Per group it prints accuracy / NMI / ARI of
+
+- the group's first training (one training, no restarts);
+- the training with the lowest final pair loss (``model.restart_combine=lowest_loss``);
+- the consensus of all of them (``consensus``, the default: :mod:`deimos_ray.consensus`
+  on the runs' label features, as the job combines its restarts' assignments);
+- the training with the best accuracy, which only the labels can pick (a ceiling for
+  any rule that keeps one training);
+
+and the median of each over the groups. No training runs here; the labels are used
+only to score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deimos_ray.consensus import combine_probabilities  # noqa: E402
+from deimos_ray.metrics import external_scores  # noqa: E402
+from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
+
+RULES = ("first training", "lowest final pair loss", "consensus", "best accuracy (labels pick)")
+
+
+def load_run(run: Path) -> tuple[pd.DataFrame, float]:
+    """A finished DAC run's rows (id, label, embedding), in its order, and final pair loss."""
+    rows = pq.read_table(run / "assignments", columns=["id", "label", "embedding"]).to_pandas()
+    return rows, final_pair_loss(json.loads((run / "metrics.json").read_text())["training"])
+
+
+def score_group(runs: list[Path], seed: int) -> dict[str, dict[str, float]]:
+    """Each rule's external scores for one group of trainings of the same rows, the
+    rows in the first run's order, as the job combines them."""
+    loaded = [load_run(run) for run in runs]
+    first = loaded[0][0]
+    probabilities = []
+    for run, (rows, _) in zip(runs, loaded, strict=True):
+        rows = rows.set_index("id").reindex(first["id"])
+        if len(rows) != len(first) or rows["label"].isna().any():
+            raise ValueError(f"{run} did not assign the same rows as {runs[0]}")
+        features = np.stack(rows["embedding"].to_numpy())
+        probabilities.append(features / features.sum(axis=1, keepdims=True))
+    labels = first["label"].to_numpy()
+    per_run = [external_scores(labels, p.argmax(axis=1)) for p in probabilities]
+    mean, _ = combine_probabilities(probabilities, seed)
+    lowest = min(range(len(runs)), key=lambda i: loaded[i][1])
+    return {
+        RULES[0]: per_run[0],
+        RULES[1]: per_run[lowest],
+        RULES[2]: external_scores(labels, mean.argmax(axis=1)),
+        RULES[3]: max(per_run, key=lambda s: s["accuracy"]),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workdir", type=Path, help="bench/quality.py's --workdir with the finished runs")
+    p.add_argument("--name", required=True, help="run directories are WORKDIR/NAME-SEED, e.g. digits-dac-reference")
+    p.add_argument("--groups", nargs="+", required=True, metavar="S,S,...",
+                   help="seeds of the trainings combined, one group per simulated run")
+    args = p.parse_args()
+    groups = [[int(s) for s in group.split(",")] for group in args.groups]
+    if any(len(group) < 2 for group in groups):
+        p.error("every group needs at least two seeds")
+
+    results = [score_group([args.workdir / f"{args.name}-{s}" for s in group], seed=group[0]) for group in groups]
+    print(f"\n{args.name}: {len(groups)} group(s) of {', '.join(str(len(g)) for g in groups)} trainings\n")
+    print("| rule | " + " | ".join(f"seeds {','.join(map(str, g))}" for g in groups) + " | median |")
+    print("|---|" + "---|" * (len(groups) + 1))
+    for rule in RULES:
+        cells = [f"{r[rule]['accuracy']:.3f} / {r[rule]['nmi']:.3f} / {r[rule]['ari']:.3f}" for r in results]
+        median = [statistics.median(r[rule][key] for r in results) for key in ("accuracy", "nmi", "ari")]
+        print(f"| {rule} | " + " | ".join(cells) + " | " + " / ".join(f"{m:.3f}" for m in median) + " |")
+    print("\n(accuracy / NMI / ARI)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
