@@ -9,7 +9,9 @@ Steps of :func:`run_training_job`, which every job follows:
 3. train with a TorchTrainer (``DIR/ray/`` holds Ray's run; rerunning with the same
    ``DIR`` resumes from its latest checkpoint) and copy the final checkpoint to
    ``DIR/checkpoint/``;
-4. assign every readable image with Ray Data model actors and write ``DIR/assignments/``;
+4. assign every readable image with Ray Data model actors and write ``DIR/assignments/``
+   (with restarts and a ``combine``: every restart's model assigns into
+   ``DIR/restarts/R/``, and ``DIR/assignments/`` combines them);
 5. score the model and k-means on the same input, check inputs = assigned + rejected,
    and write ``DIR/metrics.json``.
 """
@@ -510,7 +512,8 @@ def fit_restarts(
         print(f"[{job}] restart {r + 1}/{restarts}, seed {seed}: objective {records[-1]['objective']:.5g}", flush=True)
     best = min(range(restarts), key=lambda r: records[r]["objective"])
     records[best]["kept"] = True
-    print(f"[{job}] kept restart {best + 1} of {restarts} (seed {records[best]['seed']}, lowest objective)")
+    print(f"[{job}] lowest objective: restart {best + 1} of {restarts} (seed {records[best]['seed']}), "
+          "whose model is checkpoint/")
     return results, records, best
 
 
