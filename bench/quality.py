@@ -315,9 +315,10 @@ def main() -> int:
              "they existed: rerun them), so the rows mix two kinds of score" if len(heldout) == 2 else "")
           + "\n")
     # DESOM's map errors get columns when a DESOM run is listed.
-    columns = KEYS + (SOM_KEYS if any(SOM_KEYS[0] in scores for _, _, scores, _ in rows) else ())
+    with_som = any(SOM_KEYS[0] in scores for _, _, scores, _ in rows)
+    columns = KEYS + (SOM_KEYS if with_som else ())
     heading = ["dataset", "method", "accuracy", "NMI", "ARI", "purity",
-               *(["QE", "TE"] if len(columns) > len(KEYS) else []), "median run time"]
+               *(["QE", "TE"] if with_som else []), "median run time"]
     print("| " + " | ".join(heading) + " |")
     print("|" + "---|" * len(heading))
     for dataset, method, scores, seconds in rows:

@@ -28,12 +28,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deimos_ray.assign import read_dac_probabilities  # noqa: E402
 from deimos_ray.consensus import combine_probabilities  # noqa: E402
 from deimos_ray.metrics import external_scores  # noqa: E402
 from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
@@ -41,31 +40,17 @@ from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
 RULES = ("first training", "lowest final pair loss", "consensus", "best accuracy (labels pick)")
 
 
-def load_run(run: Path) -> tuple[pd.DataFrame, float]:
-    """A finished DAC run's rows (id, label, embedding), in its order, and final pair loss."""
-    rows = pq.read_table(run / "assignments", columns=["id", "label", "embedding"]).to_pandas()
-    return rows, final_pair_loss(json.loads((run / "metrics.json").read_text())["training"])
-
-
 def score_group(runs: list[Path], seed: int) -> dict[str, dict[str, float]]:
     """Each rule's external scores for one group of trainings of the same rows, the
     rows in the first run's order, as the job combines them."""
-    loaded = [load_run(run) for run in runs]
-    first = loaded[0][0]
-    probabilities = []
-    for run, (rows, _) in zip(runs, loaded, strict=True):
-        rows = rows.set_index("id").reindex(first["id"])
-        if len(rows) != len(first) or rows["label"].isna().any():
-            raise ValueError(f"{run} did not assign the same rows as {runs[0]}")
-        features = np.stack(rows["embedding"].to_numpy())
-        probabilities.append(features / features.sum(axis=1, keepdims=True))
-    labels = first["label"].to_numpy()
+    table, probabilities = read_dac_probabilities([run / "assignments" for run in runs])
+    labels = table.column("label").to_numpy()
     per_run = [external_scores(labels, p.argmax(axis=1)) for p in probabilities]
     mean, _ = combine_probabilities(probabilities, seed)
-    lowest = min(range(len(runs)), key=lambda i: loaded[i][1])
+    losses = [final_pair_loss(json.loads((run / "metrics.json").read_text())["training"]) for run in runs]
     return {
         RULES[0]: per_run[0],
-        RULES[1]: per_run[lowest],
+        RULES[1]: per_run[int(np.argmin(losses))],
         RULES[2]: external_scores(labels, mean.argmax(axis=1)),
         RULES[3]: max(per_run, key=lambda s: s["accuracy"]),
     }

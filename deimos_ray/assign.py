@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
+import torch.nn.functional as F
 
 from deimos_ray import __version__
 from deimos_ray.config import from_dict
-from deimos_ray.models.dac import DACConfig, DACNet, label_features
+from deimos_ray.models.dac import DACConfig, DACNet
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.models.desom import DESOM, DESOMConfig
 from deimos_ray.train.checkpoint import load_state
@@ -75,15 +76,20 @@ def _dec_columns(model: DEC, x: torch.Tensor) -> dict[str, pa.Array]:
 
 
 def _dac_columns(net: DACNet, x: torch.Tensor) -> dict[str, pa.Array]:
-    logits = net(x)
-    probs = torch.softmax(logits, dim=1)
+    return _dac_probability_columns(torch.softmax(net(x), dim=1))
+
+
+def _dac_probability_columns(probs: torch.Tensor) -> dict[str, pa.Array]:
+    """DAC's columns from (rows, k) cluster probabilities: one network's, or the
+    restarts' averaged ones (:func:`combine_dac_assignments`)."""
     top_p, top_c = probs.topk(min(TOPK, probs.shape[1]), dim=1)
     return {
         "cluster": pa.array(top_c[:, 0].cpu().numpy(), pa.int32()),
-        "confidence": pa.array(top_p[:, 0].cpu().numpy(), pa.float32()),
+        "confidence": pa.array(top_p[:, 0].cpu().numpy().astype(np.float32), pa.float32()),
         "topk_clusters": _fixed_list(top_c.cpu().numpy().astype(np.int32), pa.int32()),
         "topk_probs": _fixed_list(top_p.cpu().numpy().astype(np.float32), pa.float32()),
-        "embedding": _fixed_list(label_features(logits).cpu().numpy().astype(np.float32), pa.float32()),
+        # The label features, as models.dac.label_features: the probabilities over their L2 norm.
+        "embedding": _fixed_list(F.normalize(probs, p=2, dim=1).cpu().numpy().astype(np.float32), pa.float32()),
     }
 
 
@@ -180,8 +186,6 @@ def write_assignments(
     Returns:
         The destination path.
     """
-    destination = Path(destination).resolve()
-    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     metadata = {**metadata, "package_version": __version__}
     assigned = ds.map_batches(
         Assigner,
@@ -191,9 +195,18 @@ def write_assignments(
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
         num_gpus=1 if use_gpu else 0,
     )
+    # Few, large files: Ray Data writes one file per block unless given a minimum.
+    return _write_staged(destination, lambda staging: assigned.write_parquet(
+        str(staging), min_rows_per_file=ROWS_PER_FILE))
+
+
+def _write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(staging)`` into a hidden folder beside ``destination``, then rename it into
+    place, so a crash never leaves a half-written folder."""
+    destination = Path(destination).resolve()
+    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        # Few, large files: Ray Data writes one file per block unless given a minimum.
-        assigned.write_parquet(str(staging), min_rows_per_file=ROWS_PER_FILE)
+        write(staging)
         _replace_dir(staging, destination)
     finally:
         if staging.exists():
@@ -201,11 +214,35 @@ def write_assignments(
     return destination
 
 
+def read_dac_probabilities(sources: list[Path]) -> tuple[pa.Table, list[np.ndarray]]:
+    """The first source's assignments table and every source's (rows, k) cluster
+    probabilities in that table's row order, from DAC assignments of the same rows.
+
+    The label features are the probabilities over their L2 norm, so dividing them by
+    their sum gives the probabilities back.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(sources[0])
+    ids = pd.Index(first.column("id").to_numpy(zero_copy_only=False))
+    if not ids.is_unique:
+        raise ValueError(f"{sources[0]}: row ids are not unique")
+    probabilities = []
+    for i, source in enumerate(sources):
+        table = first if i == 0 else pq.read_table(source, columns=["id", "embedding"])
+        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
+        if table.num_rows != len(ids) or (position < 0).any():
+            raise ValueError(f"{source} does not assign the same rows as {sources[0]}")
+        features = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[position]
+        probabilities.append(features / features.sum(axis=1, keepdims=True))
+    return first, probabilities
+
+
 def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: int = 0) -> list[float]:
     """Write the consensus of several DAC trainings' assignments of the same rows.
 
-    Each source's label features give its cluster probabilities (the label features are
-    the probabilities divided by their norm); :func:`deimos_ray.consensus.
+    :func:`read_dac_probabilities` reads the sources; :func:`deimos_ray.consensus.
     combine_probabilities` matches the trainings' clusters and averages. The rows keep the
     first source's order and every column but the model's: ``cluster``, ``confidence``,
     ``topk_clusters`` and ``topk_probs`` come from the averaged probabilities, and
@@ -215,53 +252,25 @@ def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: 
     Returns:
         Each source's agreement with the combined clusters (share of rows).
     """
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from deimos_ray.consensus import combine_probabilities
 
-    tables = [pq.read_table(source) for source in sources]
-    ids = tables[0].column("id").to_numpy(zero_copy_only=False)
-    index = pd.Index(ids)
-    if not index.is_unique:
-        raise ValueError(f"{sources[0]}: row ids are not unique")
-    probabilities = []
-    for source, table in zip(sources, tables, strict=True):
-        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
-        if table.num_rows != len(ids) or (position < 0).any():
-            raise ValueError(f"{source} does not assign the same rows as {sources[0]}")
-        features = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[position]
-        probabilities.append(features / features.sum(axis=1, keepdims=True))
+    table, probabilities = read_dac_probabilities(sources)
     mean, agreement = combine_probabilities(probabilities, seed)
-
-    top_c = np.argsort(-mean, axis=1, kind="stable")[:, :min(TOPK, mean.shape[1])]
-    top_p = np.take_along_axis(mean, top_c, axis=1)
-    features = mean / np.linalg.norm(mean, axis=1, keepdims=True)
-    columns = {
-        "cluster": pa.array(top_c[:, 0].astype(np.int32), pa.int32()),
-        "confidence": pa.array(top_p[:, 0].astype(np.float32), pa.float32()),
-        "topk_clusters": _fixed_list(top_c.astype(np.int32), pa.int32()),
-        "topk_probs": _fixed_list(top_p.astype(np.float32), pa.float32()),
-        "embedding": _fixed_list(features.astype(np.float32), pa.float32()),
-    }
-    table = tables[0]
-    for name, values in columns.items():
+    for name, values in _dac_probability_columns(torch.from_numpy(mean)).items():
         table = table.set_column(table.schema.get_field_index(name), name, values)
     metadata = read_metadata(sources[0])
     metadata["restart_combine"] = {"method": "consensus", "sources": [str(s) for s in sources],
                                    "agreement": agreement}
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
 
-    destination = Path(destination).resolve()
-    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    def write(staging: Path) -> None:
         staging.mkdir(parents=True)
         for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
             pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
-        _replace_dir(staging, destination)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+
+    _write_staged(destination, write)
     return agreement
 
 
