@@ -24,6 +24,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,12 @@ class DACJobConfig(JobConfig):
     """Everything ``jobs/train_dac.py`` needs: :class:`JobConfig` and the DAC model."""
 
     model: DACConfig = field(default_factory=DACConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model.concurrent_restarts > 1 and self.scaling.num_workers == 0:
+            raise ValueError("model.concurrent_restarts > 1 needs scaling.num_workers >= 1: each restart "
+                             "trains in Ray Train workers of its own, not in the driver")
 
 
 @dataclass(frozen=True)
@@ -313,7 +320,8 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
                             training_rows=training_rows, after_assign=merge_small_clusters,
                             restarts=model.restarts, objective=dac_loop.final_pair_loss,
                             combine=consensus if model.restart_combine == "consensus" else None,
-                            labels_seen=labels_seen if model.labeled_fraction > 0 else None)
+                            labels_seen=labels_seen if model.labeled_fraction > 0 else None,
+                            concurrent_restarts=model.concurrent_restarts)
 
 
 def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_desom",
@@ -489,32 +497,78 @@ def fit_restarts(
     restarts: int,
     objective: Callable[[dict[str, Any]], float] | None,
     job: str,
+    concurrent: int = 1,
 ) -> tuple[list[ray.train.Result], list[dict[str, Any]] | None, int]:
-    """Train once, or ``restarts`` times from seeds ``seed + 1000 r``, one after another.
+    """Train once, or ``restarts`` times from seeds ``seed + 1000 r``, ``concurrent`` at a time.
 
-    Returns every result, a record per restart (``None`` for a single training) and the
-    index of the kept result: the lowest ``objective`` of the loop's return value. Restart
-    0 is the Ray Train run ``train``, the others ``train-restart{r}``, so a rerun resumes
-    each where it stopped.
+    Returns every result (in restart order), a record per restart (``None`` for a single
+    training) and the index of the kept result: the lowest ``objective`` of the loop's
+    return value. Restart 0 is the Ray Train run ``train``, the others
+    ``train-restart{r}``, so a rerun resumes each where it stopped. Concurrent restarts
+    are separate Ray Train runs started from threads of this driver; each record's
+    ``started_s`` and ``finished_s`` (seconds after the first start) show how they
+    overlapped. If one fails, restarts not yet started are cancelled, the running ones
+    finish (their checkpoints let a rerun resume them), and the error is raised.
     """
     if restarts == 1:
         return [fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
                     max_failures=cfg.max_failures)], None, 0
     if objective is None:
         raise ValueError("restarts need an objective to choose the kept training by")
-    results, records = [], []
-    for r in range(restarts):
-        seed = loop_config["seed"] + RESTART_SEED_STRIDE * r
-        result = fit(train_loop, {**loop_config, "seed": seed}, rows, cfg.scaling, out / "ray",
+    concurrent = min(concurrent, restarts)
+    if concurrent > 1:
+        _warn_if_cluster_too_small(cfg.scaling, concurrent)
+    records = [{"restart": r, "seed": loop_config["seed"] + RESTART_SEED_STRIDE * r, "kept": False}
+               for r in range(restarts)]
+    t0 = time.perf_counter()
+
+    def train(record: dict[str, Any]) -> ray.train.Result:
+        record["started_s"] = round(time.perf_counter() - t0, 3)
+        r = record["restart"]
+        result = fit(train_loop, {**loop_config, "seed": record["seed"]}, rows, cfg.scaling, out / "ray",
                      name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures)
-        results.append(result)
-        records.append({"restart": r, "seed": seed, "objective": objective(result.return_value), "kept": False})
-        print(f"[{job}] restart {r + 1}/{restarts}, seed {seed}: objective {records[-1]['objective']:.5g}", flush=True)
+        record["finished_s"] = round(time.perf_counter() - t0, 3)
+        return result
+
+    results: list[ray.train.Result | None] = [None] * restarts
+    pool = ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="restart")
+    try:
+        futures = {pool.submit(train, record): record for record in records}
+        for future in as_completed(futures):
+            record = futures[future]
+            try:
+                results[record["restart"]] = future.result()
+            except Exception:
+                running = sum(f.running() for f in futures)
+                if running:
+                    print(f"[{job}] restart {record['restart'] + 1} failed; waiting for the {running} "
+                          "restart(s) still training (a rerun resumes them from their checkpoints)", flush=True)
+                raise
+            record["objective"] = objective(results[record["restart"]].return_value)
+            print(f"[{job}] restart {record['restart'] + 1}/{restarts}, seed {record['seed']}: "
+                  f"objective {record['objective']:.5g}", flush=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     best = min(range(restarts), key=lambda r: records[r]["objective"])
     records[best]["kept"] = True
     print(f"[{job}] lowest objective: restart {best + 1} of {restarts} (seed {records[best]['seed']}), "
           "whose model is checkpoint/")
     return results, records, best
+
+
+def _warn_if_cluster_too_small(scaling: ScalingConfig, concurrent: int) -> None:
+    """Concurrent trainings the cluster cannot hold at once do not fail: they wait for
+    resources (or for an autoscaler). Say so, since the wall time then does not shrink."""
+    have = ray.cluster_resources()
+    workers = scaling.num_workers * concurrent
+    need = {"CPU": workers * scaling.cpus_per_worker + 1}  # one CPU beyond the workers for Ray Data
+    if scaling.use_gpu:
+        need["GPU"] = workers
+    short = {k: (have.get(k, 0), v) for k, v in need.items() if have.get(k, 0) < v}
+    if short:
+        warnings.warn(f"{concurrent} restarts at once need " + ", ".join(f"{v:g} {k}" for k, (_, v) in short.items())
+                      + " but the cluster has " + ", ".join(f"{h:g}" for h, _ in short.values())
+                      + "; the others wait for resources", stacklevel=3)
 
 
 def run_training_job(
@@ -530,6 +584,7 @@ def run_training_job(
     objective: Callable[[dict[str, Any]], float] | None = None,
     combine: Callable[[list[Path], Path], list[float]] | None = None,
     labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    concurrent_restarts: int = 1,
 ) -> dict[str, Any]:
     """The job contract (module docstring) for any algorithm.
 
@@ -554,6 +609,8 @@ def run_training_job(
             kept training's model assigns the rows.
         labels_seen: Marks the rows whose label training used, given (ids, labels);
             the scores then add held-out ones over the others (:func:`score_run`).
+        concurrent_restarts: Restarts trained at the same time (:func:`fit_restarts`);
+            a local Ray instance gets the CPUs for all of their workers.
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -563,7 +620,8 @@ def run_training_job(
     save_yaml(cfg, out / "config.yaml")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker))
+    at_once = min(concurrent_restarts, restarts)
+    init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
 
     data = prepare_data(cfg.data)
     write_rejected(data.rejected, out / "rejected.parquet")
@@ -583,7 +641,8 @@ def run_training_job(
         "checkpoint_interval_s": cfg.checkpoint_interval_s,
     }
     rows = training_rows(data) if training_rows else data.good.select_columns(["x"])
-    results, restart_records, kept = fit_restarts(train_loop, loop_config, rows, cfg, out, restarts, objective, job)
+    results, restart_records, kept = fit_restarts(train_loop, loop_config, rows, cfg, out, restarts, objective, job,
+                                                  concurrent=concurrent_restarts)
     result = results[kept]
     checkpoint = export_checkpoint(result, out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t

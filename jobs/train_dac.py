@@ -10,6 +10,8 @@ Locally (starts a private Ray instance):
 On a Ray cluster (the script joins the cluster it is submitted to):
     ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/tiles \\
         --num-workers 4 --use-gpu --gather-pairs --out /shared/runs/dac-tiles
+    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/usps.npz \
+        --recipe reference --restarts 8 --concurrent-restarts 8 --num-workers 1 --use-gpu
 
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
 (cluster, confidence, topk_clusters, topk_probs, embedding = label features),
@@ -77,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-combine", choices=RESTART_COMBINES, help="with restarts: "
                    "'consensus' (default) combines every restart's clustering; 'lowest_loss' "
                    "keeps the training with the lowest final pair loss")
+    p.add_argument("--concurrent-restarts", type=int, help="train this many restarts at the same "
+                   "time, each with --num-workers workers of its own (default 1; the results "
+                   "are the same, the wall time shorter where the cluster has room)")
     p.add_argument("--gather-pairs", action="store_true", help="with several workers, select "
                    "pairs across the global batch (all-gathers the label features)")
     return p
@@ -92,6 +97,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
         "model.restarts": args.restarts, "model.restart_combine": args.restart_combine,
+        "model.concurrent_restarts": args.concurrent_restarts,
     }, preset=RECIPES[args.recipe])
 
 

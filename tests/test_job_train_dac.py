@@ -4,15 +4,17 @@ the small-cluster merge."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
+from deimos_ray.config import ScalingConfig
 from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
-from deimos_ray.pipeline import known_label_mask
+from deimos_ray.pipeline import _warn_if_cluster_too_small, known_label_mask
 from deimos_ray.train.checkpoint import load_state
 from tests.helpers import load_job, smoke_may_collapse
 from tests.test_sources import write_bad_files, write_image_folder
@@ -113,6 +115,18 @@ def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_
     assert (final["cluster"].to_numpy() == mean.argmax(axis=1)).all()
     assert [r["agreement"] for r in records] == pytest.approx(agreement)
     assert read_metadata(out / "assignments")["restart_combine"]["method"] == "consensus"
+    assert records[1]["started_s"] >= records[0]["finished_s"]  # one after another by default
+
+    # Trained at the same time, the restarts overlap and give the same trainings and clusters.
+    at_once = tmp_path / "at-once"
+    assert job.main(parser.parse_args(["--out", str(at_once), "--smoke-test", "--limit", "60", "--restarts", "2",
+                                       "--concurrent-restarts", "2"])) == 0
+    concurrent = json.loads((at_once / "metrics.json").read_text())["restarts"]
+    assert concurrent[1]["started_s"] < concurrent[0]["finished_s"]
+    assert concurrent[0]["started_s"] < concurrent[1]["finished_s"]
+    assert [r["objective"] for r in concurrent] == [r["objective"] for r in records]
+    at_once_rows = pq.read_table(at_once / "assignments").to_pandas()
+    assert (at_once_rows["id"] == final["id"]).all() and (at_once_rows["cluster"] == final["cluster"]).all()
 
     # The same trainings, resumed where they finished, with the lowest-loss restart assigning.
     assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2",
@@ -123,6 +137,18 @@ def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_
     final = pq.read_table(out / "assignments").to_pandas().set_index("id")
     own = restart_rows[records.index(kept[0])]
     assert (final["cluster"] == own.loc[final.index, "cluster"]).all()
+
+
+def test_concurrent_restarts_the_cluster_cannot_hold_are_announced(ray_session):
+    # The test session's Ray has 4 CPUs and no GPU: 2 trainings of 1 worker fit (2 + 1 for
+    # Ray Data), 3 trainings of 2 workers do not, nor do 2 one-GPU trainings.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_cluster_too_small(ScalingConfig(num_workers=1), 2)
+    with pytest.warns(UserWarning, match="3 restarts at once need 7 CPU but the cluster has 4; the others wait"):
+        _warn_if_cluster_too_small(ScalingConfig(num_workers=2), 3)
+    with pytest.warns(UserWarning, match="2 restarts at once need 2 GPU but the cluster has 0"):
+        _warn_if_cluster_too_small(ScalingConfig(num_workers=1, use_gpu=True), 2)
 
 
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
@@ -156,3 +182,6 @@ def test_recipe_sits_under_smoke_test_flags_and_set():
         == "lowest_loss"
     with pytest.raises(ValueError, match="restarts must be >= 1"):
         job.build_config(parser.parse_args(["--restarts", "0"]))
+    assert job.build_config(parser.parse_args(["--concurrent-restarts", "2"])).model.concurrent_restarts == 2
+    with pytest.raises(ValueError, match="needs scaling.num_workers >= 1"):
+        job.build_config(parser.parse_args(["--restarts", "2", "--concurrent-restarts", "2", "--num-workers", "0"]))

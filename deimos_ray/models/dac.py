@@ -171,6 +171,11 @@ class DACConfig:
             clusterings (``bench/RESULTS.md``). Neither uses a label. The exported
             ``checkpoint/`` is the lowest-loss restart's either way; with ``consensus``
             every restart's model is in ``restarts/R/checkpoint``.
+        concurrent_restarts: Restarts trained at the same time, each a Ray Train run
+            of ``scaling.num_workers`` workers of its own (so at least one worker, not
+            the driver's local mode). The trainings and their results are the same as
+            one after another; only the wall time changes. On a cluster set it to the
+            trainings its GPUs (or CPUs) can hold at once; more wait for resources.
     """
 
     n_clusters: int = 10
@@ -205,12 +210,15 @@ class DACConfig:
     pair_loss: str = "bce"
     restarts: int = 1
     restart_combine: str = "consensus"
+    concurrent_restarts: int = 1
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
         if self.restarts < 1:
             raise ValueError(f"model.restarts must be >= 1, got {self.restarts}")
+        if self.concurrent_restarts < 1:
+            raise ValueError(f"model.concurrent_restarts must be >= 1, got {self.concurrent_restarts}")
         if self.restart_combine not in RESTART_COMBINES:
             raise ValueError(f"model.restart_combine must be one of {RESTART_COMBINES}, "
                              f"got {self.restart_combine!r}")

@@ -47,7 +47,7 @@ from deimos_ray.train.common import Batches, CheckpointClock, global_count, load
 KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
 
 # Fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "min_cluster_size", "restarts", "restart_combine"}
+RESUMABLE_CHANGES = {"epochs", "min_cluster_size", "restarts", "restart_combine", "concurrent_restarts"}
 
 
 def _log(message: str) -> None:
