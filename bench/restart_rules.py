@@ -2,6 +2,8 @@
 
     python bench/restart_rules.py runs/bench-digits --name digits-dac-reference \\
         --groups 0,1000,2000,3000 1,1001,2001,3001 2,1002,2002,3002
+    python bench/restart_rules.py runs/bench-usps --name usps-dac-reference --trim 2 \\
+        --groups 0,1000,2000,3000,1,1001,2001,3001,2,1002,2002,3002
 
 Reads single trainings that ``bench/quality.py --per-run --workdir DIR`` finished (run
 directories ``DIR/NAME-SEED``) and treats each group of seeds as the restarts of one
@@ -14,6 +16,9 @@ what ``--restarts 4`` with seed 0 trains. Per group it prints accuracy / NMI / A
   on the runs' label features, as the job combines its restarts' assignments);
 - the training with the best accuracy, which only the labels can pick (a ceiling for
   any rule that keeps one training);
+- with ``--trim RATIO`` (repeatable), the consensus of only the trainings whose final
+  pair loss is at most RATIO times the group's lowest (failed trainings left out; one
+  left is that training itself);
 
 and the median of each over the groups. No training runs here; the labels are used
 only to score.
@@ -40,7 +45,7 @@ from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
 RULES = ("first training", "lowest final pair loss", "consensus", "best accuracy (labels pick)")
 
 
-def score_group(runs: list[Path], seed: int) -> dict[str, dict[str, float]]:
+def score_group(runs: list[Path], seed: int, trims: list[float]) -> dict[str, dict[str, float]]:
     """Each rule's external scores for one group of trainings of the same rows, the
     rows in the first run's order, as the job combines them."""
     table, probabilities = read_dac_probabilities([run / "assignments" for run in runs])
@@ -48,12 +53,22 @@ def score_group(runs: list[Path], seed: int) -> dict[str, dict[str, float]]:
     per_run = [external_scores(labels, p.argmax(axis=1)) for p in probabilities]
     mean, _ = combine_probabilities(probabilities, seed)
     losses = [final_pair_loss(json.loads((run / "metrics.json").read_text())["training"]) for run in runs]
-    return {
+    scores = {
         RULES[0]: per_run[0],
         RULES[1]: per_run[int(np.argmin(losses))],
         RULES[2]: external_scores(labels, mean.argmax(axis=1)),
         RULES[3]: max(per_run, key=lambda s: s["accuracy"]),
     }
+    for ratio in trims:
+        kept = [i for i, loss in enumerate(losses) if loss <= ratio * min(losses)]
+        trimmed = probabilities[kept[0]] if len(kept) == 1 else \
+            combine_probabilities([probabilities[i] for i in kept], seed)[0]
+        scores[trim_rule(ratio)] = external_scores(labels, trimmed.argmax(axis=1))
+    return scores
+
+
+def trim_rule(ratio: float) -> str:
+    return f"consensus, final loss within {ratio:g}x the lowest"
 
 
 def main() -> int:
@@ -62,16 +77,20 @@ def main() -> int:
     p.add_argument("--name", required=True, help="run directories are WORKDIR/NAME-SEED, e.g. digits-dac-reference")
     p.add_argument("--groups", nargs="+", required=True, metavar="S,S,...",
                    help="seeds of the trainings combined, one group per simulated run")
+    p.add_argument("--trim", nargs="+", type=float, default=[], metavar="RATIO",
+                   help="also the consensus of the trainings whose final pair loss is at most "
+                        "RATIO times the group's lowest")
     args = p.parse_args()
     groups = [[int(s) for s in group.split(",")] for group in args.groups]
     if any(len(group) < 2 for group in groups):
         p.error("every group needs at least two seeds")
 
-    results = [score_group([args.workdir / f"{args.name}-{s}" for s in group], seed=group[0]) for group in groups]
+    results = [score_group([args.workdir / f"{args.name}-{s}" for s in group], group[0], args.trim)
+               for group in groups]
     print(f"\n{args.name}: {len(groups)} group(s) of {', '.join(str(len(g)) for g in groups)} trainings\n")
     print("| rule | " + " | ".join(f"seeds {','.join(map(str, g))}" for g in groups) + " | median |")
     print("|---|" + "---|" * (len(groups) + 1))
-    for rule in RULES:
+    for rule in [*RULES, *map(trim_rule, args.trim)]:
         cells = [f"{r[rule]['accuracy']:.3f} / {r[rule]['nmi']:.3f} / {r[rule]['ari']:.3f}" for r in results]
         median = [statistics.median(r[rule][key] for r in results) for key in ("accuracy", "nmi", "ari")]
         print(f"| {rule} | " + " | ".join(cells) + " | " + " / ".join(f"{m:.3f}" for m in median) + " |")
