@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import warnings
 import zlib
@@ -507,8 +508,8 @@ def fit_restarts(
     ``train-restart{r}``, so a rerun resumes each where it stopped. Concurrent restarts
     are separate Ray Train runs started from threads of this driver; each record's
     ``started_s`` and ``finished_s`` (seconds after the first start) show how they
-    overlapped. If one fails, restarts not yet started are cancelled, the running ones
-    finish (their checkpoints let a rerun resume them), and the error is raised.
+    overlapped. If one fails, no further restart starts, the running ones finish (their
+    checkpoints let a rerun resume them), and the error is raised.
     """
     if restarts == 1:
         return [fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
@@ -521,12 +522,19 @@ def fit_restarts(
     records = [{"restart": r, "seed": loop_config["seed"] + RESTART_SEED_STRIDE * r, "kept": False}
                for r in range(restarts)]
     t0 = time.perf_counter()
+    failed = threading.Event()  # set by a failing restart, so no further one starts
 
-    def train(record: dict[str, Any]) -> ray.train.Result:
+    def train(record: dict[str, Any]) -> ray.train.Result | None:
+        if failed.is_set():
+            return None
         record["started_s"] = round(time.perf_counter() - t0, 3)
         r = record["restart"]
-        result = fit(train_loop, {**loop_config, "seed": record["seed"]}, rows, cfg.scaling, out / "ray",
-                     name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures)
+        try:
+            result = fit(train_loop, {**loop_config, "seed": record["seed"]}, rows, cfg.scaling, out / "ray",
+                         name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures)
+        except BaseException:
+            failed.set()
+            raise
         record["finished_s"] = round(time.perf_counter() - t0, 3)
         return result
 
@@ -544,6 +552,8 @@ def fit_restarts(
                     print(f"[{job}] restart {record['restart'] + 1} failed; waiting for the {running} "
                           "restart(s) still training (a rerun resumes them from their checkpoints)", flush=True)
                 raise
+            if results[record["restart"]] is None:  # not started: another restart failed
+                continue
             record["objective"] = objective(results[record["restart"]].return_value)
             print(f"[{job}] restart {record['restart'] + 1}/{restarts}, seed {record['seed']}: "
                   f"objective {record['objective']:.5g}", flush=True)

@@ -4,17 +4,25 @@ the small-cluster merge."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from deimos_ray import pipeline
 from deimos_ray.assign import read_metadata
 from deimos_ray.config import ScalingConfig
 from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
-from deimos_ray.pipeline import _warn_if_cluster_too_small, known_label_mask
+from deimos_ray.pipeline import (
+    DACJobConfig,
+    _warn_if_cluster_too_small,
+    fit_restarts,
+    known_label_mask,
+)
 from deimos_ray.train.checkpoint import load_state
 from tests.helpers import load_job, smoke_may_collapse
 from tests.test_sources import write_bad_files, write_image_folder
@@ -149,6 +157,31 @@ def test_concurrent_restarts_the_cluster_cannot_hold_are_announced(ray_session):
         _warn_if_cluster_too_small(ScalingConfig(num_workers=2), 3)
     with pytest.warns(UserWarning, match="2 restarts at once need 2 GPU but the cluster has 0"):
         _warn_if_cluster_too_small(ScalingConfig(num_workers=1, use_gpu=True), 2)
+
+
+def test_a_failing_concurrent_restart_stops_the_ones_not_started(monkeypatch, tmp_path):
+    # Only the threading is under test here, so the Ray Train run is replaced: restart 1
+    # fails while restart 0 is still training; restarts 2-5 must never start, restart 0
+    # must finish, and the failure must reach the caller.
+    started, finished = [], []
+    zero_running = threading.Event()
+
+    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures):
+        started.append(name)
+        if name == "train":
+            zero_running.set()
+            time.sleep(0.5)
+            finished.append(name)
+            return None
+        zero_running.wait()
+        raise RuntimeError(f"{name} failed")
+
+    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    monkeypatch.setattr(pipeline, "_warn_if_cluster_too_small", lambda scaling, concurrent: None)
+    with pytest.raises(RuntimeError, match="train-restart1 failed"):
+        fit_restarts(lambda config: None, {"seed": 0}, None, DACJobConfig(), tmp_path, 6,
+                     lambda value: 0.0, "test", concurrent=2)
+    assert sorted(started) == ["train", "train-restart1"] and finished == ["train"]
 
 
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
