@@ -60,7 +60,7 @@ from deimos_ray.models.desom import (
     topographic_error,
 )
 from deimos_ray.report import draw_desom_pictures, draw_members
-from deimos_ray.runtime import init_ray, local_cpus_needed
+from deimos_ray.runtime import init_ray, local_cpus_needed, training_cpus
 from deimos_ray.train import dac_loop, dec_loop, desom_loop
 from deimos_ray.train.driver import export_checkpoint, fit
 
@@ -545,16 +545,17 @@ def fit_restarts(
         for future in as_completed(futures):
             record = futures[future]
             try:
-                results[record["restart"]] = future.result()
+                result = future.result()
             except Exception:
                 running = sum(f.running() for f in futures)
                 if running:
                     print(f"[{job}] restart {record['restart'] + 1} failed; waiting for the {running} "
                           "restart(s) still training (a rerun resumes them from their checkpoints)", flush=True)
                 raise
-            if results[record["restart"]] is None:  # not started: another restart failed
+            if result is None:  # not started: another restart failed
                 continue
-            record["objective"] = objective(results[record["restart"]].return_value)
+            results[record["restart"]] = result
+            record["objective"] = objective(result.return_value)
             print(f"[{job}] restart {record['restart'] + 1}/{restarts}, seed {record['seed']}: "
                   f"objective {record['objective']:.5g}", flush=True)
     finally:
@@ -571,7 +572,7 @@ def _warn_if_cluster_too_small(scaling: ScalingConfig, concurrent: int) -> None:
     resources (or for an autoscaler). Say so, since the wall time then does not shrink."""
     have = ray.cluster_resources()
     workers = scaling.num_workers * concurrent
-    need = {"CPU": workers * scaling.cpus_per_worker + 1}  # one CPU beyond the workers for Ray Data
+    need = {"CPU": training_cpus(workers, scaling.cpus_per_worker)}
     if scaling.use_gpu:
         need["GPU"] = workers
     short = {k: (have.get(k, 0), v) for k, v in need.items() if have.get(k, 0) < v}

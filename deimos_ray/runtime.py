@@ -79,8 +79,13 @@ def _drop_progress_bar_advice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Progress bars disabled")
 
 
+def training_cpus(num_workers: int, cpus_per_worker: float) -> float:
+    """Logical CPUs that training needs on a cluster: the workers', and one more so Ray
+    Data tasks can run beside them (otherwise they wait forever)."""
+    return num_workers * cpus_per_worker + 1
+
+
 def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:
-    """Logical CPUs for a local instance: the machine's, and at least one beyond the
-    training workers so Ray Data tasks can run beside them (otherwise they wait forever).
-    """
-    return max(os.cpu_count() or 1, math.ceil(num_workers * cpus_per_worker + 1))
+    """Logical CPUs for a local instance: the machine's, and at least
+    :func:`training_cpus`."""
+    return max(os.cpu_count() or 1, math.ceil(training_cpus(num_workers, cpus_per_worker)))

@@ -10,7 +10,7 @@ Locally (starts a private Ray instance):
 On a Ray cluster (the script joins the cluster it is submitted to):
     ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/tiles \\
         --num-workers 4 --use-gpu --gather-pairs --out /shared/runs/dac-tiles
-    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/usps.npz \
+    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/usps.npz \\
         --recipe reference --restarts 8 --concurrent-restarts 8 --num-workers 1 --use-gpu
 
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
