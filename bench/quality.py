@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_desom  # noqa: E402
-from deimos_ray.config import load_yaml, override, parse_override, stored_settings, to_dict  # noqa: E402
+from deimos_ray.config import load_yaml, override_all, parse_override, stored_settings, to_dict  # noqa: E402
 from deimos_ray.metrics import HELDOUT_PREFIX, external_scores  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
 from deimos_ray.models.desom import node_clusters  # noqa: E402
@@ -140,9 +140,7 @@ def build_config(dataset: str, method: str, seed: int, args):
     if algorithm == "desom":
         settings["model.iterations"] = args.desom_iterations
     settings.update(args.overrides)
-    for key, value in settings.items():
-        cfg = override(cfg, key, value)
-    return cfg
+    return override_all(cfg, settings)
 
 
 def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:

@@ -214,6 +214,27 @@ def _write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path
     return destination
 
 
+def read_aligned(sources: list[Path], column: str, base: int = 0) -> tuple[pa.Table, list[np.ndarray]]:
+    """``sources[base]``'s assignments table and every source's ``column`` in that
+    table's row order, from assignments of the same rows (matched by ``id``)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(sources[base])
+    ids = pd.Index(first.column("id").to_numpy(zero_copy_only=False))
+    if not ids.is_unique:
+        raise ValueError(f"{sources[base]}: row ids are not unique")
+    values = []
+    for i, source in enumerate(sources):
+        table = first if i == base else pq.read_table(source, columns=["id", column])
+        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
+        if table.num_rows != len(ids) or (position < 0).any():
+            raise ValueError(f"{source} does not assign the same rows as {sources[base]}")
+        column_values = table.column(column).to_numpy(zero_copy_only=False)
+        values.append((np.stack(column_values) if column_values.dtype == object else column_values)[position])
+    return first, values
+
+
 def read_dac_probabilities(sources: list[Path]) -> tuple[pa.Table, list[np.ndarray]]:
     """The first source's assignments table and every source's (rows, k) cluster
     probabilities in that table's row order, from DAC assignments of the same rows.
@@ -221,22 +242,26 @@ def read_dac_probabilities(sources: list[Path]) -> tuple[pa.Table, list[np.ndarr
     The label features are the probabilities over their L2 norm, so dividing them by
     their sum gives the probabilities back.
     """
-    import pandas as pd
+    first, features = read_aligned(sources, "embedding")
+    return first, [f / f.sum(axis=1, keepdims=True) for f in features]
+
+
+def _write_combined(table: pa.Table, sources: list[Path], base: int, destination: str | Path,
+                    combine: dict[str, Any]) -> None:
+    """Write a combined assignments table, its metadata ``sources[base]``'s plus
+    ``restart_combine``, staged and renamed into place as :func:`write_assignments` does."""
     import pyarrow.parquet as pq
 
-    first = pq.read_table(sources[0])
-    ids = pd.Index(first.column("id").to_numpy(zero_copy_only=False))
-    if not ids.is_unique:
-        raise ValueError(f"{sources[0]}: row ids are not unique")
-    probabilities = []
-    for i, source in enumerate(sources):
-        table = first if i == 0 else pq.read_table(source, columns=["id", "embedding"])
-        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
-        if table.num_rows != len(ids) or (position < 0).any():
-            raise ValueError(f"{source} does not assign the same rows as {sources[0]}")
-        features = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))[position]
-        probabilities.append(features / features.sum(axis=1, keepdims=True))
-    return first, probabilities
+    metadata = read_metadata(sources[base])
+    metadata["restart_combine"] = {**combine, "sources": [str(s) for s in sources]}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
+            pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
+
+    _write_staged(destination, write)
 
 
 def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: int = 0) -> list[float]:
@@ -252,25 +277,39 @@ def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: 
     Returns:
         Each source's agreement with the combined clusters (share of rows).
     """
-    import pyarrow.parquet as pq
-
     from deimos_ray.consensus import combine_probabilities
 
     table, probabilities = read_dac_probabilities(sources)
     mean, agreement = combine_probabilities(probabilities, seed)
     for name, values in _dac_probability_columns(torch.from_numpy(mean)).items():
         table = table.set_column(table.schema.get_field_index(name), name, values)
-    metadata = read_metadata(sources[0])
-    metadata["restart_combine"] = {"method": "consensus", "sources": [str(s) for s in sources],
-                                   "agreement": agreement}
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+    _write_combined(table, sources, 0, destination, {"method": "consensus", "agreement": agreement})
+    return agreement
 
-    def write(staging: Path) -> None:
-        staging.mkdir(parents=True)
-        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
-            pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
 
-    _write_staged(destination, write)
+def combine_desom_assignments(sources: list[Path], destination: str | Path, k: int, kept: int,
+                              seed: int = 0) -> list[float]:
+    """Write the consensus of several DESOM trainings' groupings of the same rows.
+
+    Each training's ``cluster`` (its k groups of map nodes) votes
+    (:func:`deimos_ray.consensus.combine_labelings`). The maps themselves cannot be
+    combined, so every other column (``som_row``, ``som_col``, ``bmu_distance``,
+    ``embedding``) and the row order are those of ``sources[kept]``, the training whose
+    checkpoint the run exports; ``cluster`` is the consensus, and ``confidence`` (added)
+    the share of trainings that gave the row that cluster.
+
+    Returns:
+        Each source's agreement with the combined clusters (share of rows).
+    """
+    from deimos_ray.consensus import combine_labelings
+
+    table, labelings = read_aligned(sources, "cluster", base=kept)
+    combined, share, agreement = combine_labelings(labelings, k, seed)
+    table = table.set_column(table.schema.get_field_index("cluster"), "cluster",
+                             pa.array(combined, pa.int32()))
+    table = table.append_column("confidence", pa.array(share, pa.float32()))
+    _write_combined(table, sources, kept, destination, {"method": "consensus", "kept": kept,
+                                                       "agreement": agreement})
     return agreement
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deimos_ray.config import from_dict, load_yaml, override, parse_override
+from deimos_ray.config import RESTART_COMBINES, from_dict, load_yaml, override_all, parse_override
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
@@ -50,6 +50,25 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
                    "images with tiny epochs: checks an installation in about a minute")
 
 
+def add_restart_args(p: argparse.ArgumentParser, objective: str) -> None:
+    """Flags of the jobs that can train several times and combine the results (DAC,
+    DESOM); ``objective`` names the loss that ``lowest_loss`` compares."""
+    p.add_argument("--restarts", type=int, help="train this many times from different seeds "
+                   "(default 1; each restart costs a full training)")
+    p.add_argument("--restart-combine", choices=RESTART_COMBINES, help="with restarts: "
+                   "'consensus' (default) combines every restart's clustering; 'lowest_loss' "
+                   f"keeps the training with the lowest {objective}")
+    p.add_argument("--concurrent-restarts", type=int, help="train this many restarts at the same "
+                   "time, each with --num-workers workers of its own (default 1; the results "
+                   "are the same, the wall time shorter where the cluster has room)")
+
+
+def restart_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config paths set by :func:`add_restart_args`'s flags."""
+    return {"model.restarts": args.restarts, "model.restart_combine": args.restart_combine,
+            "model.concurrent_restarts": args.concurrent_restarts}
+
+
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config paths set by the common flags (only those given)."""
     flags = {
@@ -78,9 +97,7 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
     overrides.update(common_overrides(args))
     overrides.update({k: v for k, v in extra.items() if v is not None})
     overrides.update(parse_override(s) for s in args.set)
-    for key, value in overrides.items():
-        cfg = override(cfg, key, value)
-    return cfg
+    return override_all(cfg, overrides)
 
 
 def main(job: str, build: Callable[[argparse.Namespace], Any], run: Callable[..., Any],

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 ON_ERROR_CHOICES = ("skip", "fail")
+RESTART_COMBINES = ("consensus", "lowest_loss")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,17 @@ class ScalingConfig:
         return max(1, int(self.cpus_per_worker))
 
 
+def check_restarts(restarts: int, restart_combine: str, concurrent_restarts: int) -> None:
+    """Validate a model's restart settings (``restarts``, ``restart_combine``,
+    ``concurrent_restarts``; DAC and DESOM take them)."""
+    if restarts < 1:
+        raise ValueError(f"model.restarts must be >= 1, got {restarts}")
+    if concurrent_restarts < 1:
+        raise ValueError(f"model.concurrent_restarts must be >= 1, got {concurrent_restarts}")
+    if restart_combine not in RESTART_COMBINES:
+        raise ValueError(f"model.restart_combine must be one of {RESTART_COMBINES}, got {restart_combine!r}")
+
+
 def _resolve_type(tp: Any) -> Any:
     """Return the dataclass inside ``X``, ``X | None`` or ``Optional[X]``, else ``tp``."""
     origin = typing.get_origin(tp)
@@ -209,6 +221,26 @@ def override(cfg: Any, path: str, value: Any) -> Any:
     return dataclasses.replace(cfg, **{head: value})
 
 
+def override_all(cfg: Any, settings: dict[str, Any]) -> Any:
+    """Return a copy of ``cfg`` with every dotted field of ``settings`` set, validated
+    once, after all of them: rules that tie two fields together (DESOM's restart
+    consensus needs ``n_clusters``) must not depend on the order the settings come in.
+
+    Raises:
+        ValueError: A path names no field, or the result is not a valid config.
+    """
+    data = to_dict(cfg)
+    for path, value in settings.items():
+        *heads, leaf = path.split(".")
+        node = data
+        for head in heads:
+            node = node.get(head) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ValueError(f"{type(cfg).__name__} has no field {path!r}")
+        node[leaf] = value
+    return from_dict(type(cfg), data)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key.path=value`` into the path and a YAML-typed value."""
     if "=" not in text:
@@ -257,9 +289,12 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 __all__ = [
     "DataConfig",
     "ScalingConfig",
+    "RESTART_COMBINES",
+    "check_restarts",
     "from_dict",
     "to_dict",
     "override",
+    "override_all",
     "parse_override",
     "load_yaml",
     "save_yaml",

@@ -1,4 +1,4 @@
-"""One clustering from several trainings of the same rows (DAC's restart consensus).
+"""One clustering from several trainings of the same rows (the restarts' consensus).
 
 Cluster ids are arbitrary in every training, so the trainings' outputs cannot simply be
 averaged. The combination has three steps:
@@ -14,8 +14,10 @@ averaged. The combination has three steps:
    the confidence and the top-k, as one network's probabilities would.
 
 Averaging matched memberships is soft voting, as in Dimitriadou, Weingessel & Hornik,
-"A combination scheme for fuzzy clustering" (IJPRAI 16(7), 2002). Everything is linear
-in the number of rows: there is no row-by-row co-association matrix.
+"A combination scheme for fuzzy clustering" (IJPRAI 16(7), 2002). Members that give
+only a cluster per row (DESOM's groups of map nodes) vote with one-hot memberships
+(:func:`combine_labelings`). Everything is linear in the number of rows: there is no
+row-by-row co-association matrix.
 """
 
 from __future__ import annotations
@@ -95,3 +97,36 @@ def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0,
     combined = mean.argmax(axis=1)
     agreement = [float(np.mean(labels == combined)) for labels in matched_labels]
     return mean, agreement
+
+
+def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0,
+                      n_init: int = 10) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The module docstring's steps for members that give one cluster per row: a vote.
+
+    Each member's clusters are matched to the reference partition's; every row takes
+    the cluster most members give it, and where clusters tie, the reference's when it
+    is among them (else the lowest id).
+
+    Args:
+        labelings: Each member's cluster per row (0 .. k-1), rows in one order.
+        k: Number of clusters.
+        seed, n_init: For the reference partition's k-means.
+
+    Returns:
+        The combined cluster per row, the share of members that gave each row that
+        cluster, and per member its agreement: the share of rows where its matched
+        cluster is the combined one.
+    """
+    labelings = [np.asarray(labels, dtype=np.int64) for labels in labelings]
+    reference = one_hot_consensus(labelings, k, seed, n_init)
+    rows = np.arange(len(reference))
+    votes = np.zeros((len(reference), k), dtype=np.int64)
+    matched_labels = []
+    for labels in labelings:
+        matched = match_clusters(labels, reference, k)[labels]
+        votes[rows, matched] += 1
+        matched_labels.append(matched)
+    top = votes.max(axis=1)
+    combined = np.where(votes[rows, reference] == top, reference, votes.argmax(axis=1))
+    agreement = [float(np.mean(labels == combined)) for labels in matched_labels]
+    return combined, top / len(labelings), agreement

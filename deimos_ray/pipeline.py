@@ -37,7 +37,13 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from deimos_ray.assign import combine_dac_assignments, load_desom, remap_clusters, write_assignments
+from deimos_ray.assign import (
+    combine_dac_assignments,
+    combine_desom_assignments,
+    load_desom,
+    remap_clusters,
+    write_assignments,
+)
 from deimos_ray.baselines import kmeans_baseline
 from deimos_ray.config import DataConfig, ScalingConfig, save_yaml, to_dict
 from deimos_ray.data.metadata import join_metadata
@@ -116,9 +122,13 @@ class DACJobConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model.concurrent_restarts > 1 and self.scaling.num_workers == 0:
-            raise ValueError("model.concurrent_restarts > 1 needs scaling.num_workers >= 1: each restart "
-                             "trains in Ray Train workers of its own, not in the driver")
+        _check_concurrent_restarts(self.model.concurrent_restarts, self.scaling)
+
+
+def _check_concurrent_restarts(concurrent_restarts: int, scaling: ScalingConfig) -> None:
+    if concurrent_restarts > 1 and scaling.num_workers == 0:
+        raise ValueError("model.concurrent_restarts > 1 needs scaling.num_workers >= 1: each restart "
+                         "trains in Ray Train workers of its own, not in the driver")
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,9 @@ class DESOMJobConfig(JobConfig):
         super().__post_init__()
         if not 0 < self.histo_clip_quantile <= 1:
             raise ValueError("histo_clip_quantile must be in (0, 1]")
+        _check_concurrent_restarts(self.model.concurrent_restarts, self.scaling)
+        if self.level2.restarts != 1:
+            raise ValueError("level2.restarts must be 1: restarts apply to DESOM-1 (model.restarts)")
 
 
 @dataclass
@@ -314,7 +327,7 @@ def run_dac_job(cfg: DACJobConfig, out_dir: str | Path, job: str = "train_dac") 
     def labels_seen(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return known_label_mask(ids, labels, model.labeled_fraction, cfg.seed)
 
-    def consensus(sources: list[Path], destination: Path) -> list[float]:
+    def consensus(sources: list[Path], destination: Path, _kept: int) -> list[float]:
         return combine_dac_assignments(sources, destination, seed=cfg.seed)
 
     return run_training_job(cfg, out_dir, job, dac_loop.train_loop_per_worker, "dac",
@@ -333,6 +346,11 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
     With ``levels=2`` the two-level pipeline follows (:func:`run_desom_level2`): every
     group (exposure, source image) becomes a histo-vector over the DESOM-1 nodes and
     DESOM-2 maps the groups; its results go to ``DIR/groups.parquet`` and ``DIR/level2/``.
+
+    With ``model.restarts`` > 1 the kept map is the restart with the lowest final loss
+    (its checkpoint, pictures, map errors and map columns); with ``model.restart_combine``
+    ``consensus`` every restart's map assigns the rows and ``cluster`` is the vote of
+    their groupings (:func:`deimos_ray.assign.combine_desom_assignments`).
     """
     _require_dense_for_metadata(cfg)
     if levels not in (1, 2):
@@ -356,9 +374,15 @@ def run_desom_job(cfg: DESOMJobConfig, out_dir: str | Path, job: str = "train_de
             require_groups(data.good.select_columns(["group"]).to_pandas()["group"])
         return data.good.select_columns(["x"])
 
+    def consensus(sources: list[Path], destination: Path, kept: int) -> list[float]:
+        return combine_desom_assignments(sources, destination, cfg.model.clusters, kept, seed=cfg.seed)
+
+    som = cfg.model
     metrics = run_training_job(cfg, out_dir, job, desom_loop.train_loop_per_worker, "desom",
                                training_rows=training_rows, after_assign=map_errors_and_pictures,
-                               k=cfg.model.clusters)
+                               k=som.clusters, restarts=som.restarts, objective=desom_loop.final_loss,
+                               combine=consensus if som.restart_combine == "consensus" else None,
+                               concurrent_restarts=som.concurrent_restarts)
     if levels == 2:
         out = Path(out_dir).resolve()
         metrics["level2"] = run_desom_level2(cfg, out, representatives, job)
@@ -593,7 +617,7 @@ def run_training_job(
     k: int | None = None,
     restarts: int = 1,
     objective: Callable[[dict[str, Any]], float] | None = None,
-    combine: Callable[[list[Path], Path], list[float]] | None = None,
+    combine: Callable[[list[Path], Path, int], list[float]] | None = None,
     labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     concurrent_restarts: int = 1,
 ) -> dict[str, Any]:
@@ -615,9 +639,10 @@ def run_training_job(
             is ``checkpoint/`` and its return value the reported training.
         combine: With restarts, assign the rows with every restart's model (each into
             ``restarts/R/``, with its checkpoint) and make ``assignments/`` of them:
-            ``combine(restart_assignment_dirs, destination)`` writes it and returns each
-            restart's agreement with it, recorded beside the restart. Without it, the
-            kept training's model assigns the rows.
+            ``combine(restart_assignment_dirs, destination, kept)`` writes it and
+            returns each restart's agreement with it, recorded beside the restart
+            (``kept``: the index of the restart whose model is ``checkpoint/``).
+            Without it, the kept training's model assigns the rows.
         labels_seen: Marks the rows whose label training used, given (ids, labels);
             the scores then add held-out ones over the others (:func:`score_run`).
         concurrent_restarts: Restarts trained at the same time (:func:`fit_restarts`);
@@ -670,7 +695,7 @@ def run_training_job(
                               where / "assignments", {**metadata, "restart": record},
                               use_gpu=cfg.scaling.use_gpu)
             sources.append(where / "assignments")
-        agreement = combine(sources, out / "assignments")
+        agreement = combine(sources, out / "assignments", kept)
         for record, share in zip(restart_records, agreement, strict=True):
             record["agreement"] = share
         print(f"[{job}] combined {len(sources)} restarts; each one's agreement with the result: "

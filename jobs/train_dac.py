@@ -25,15 +25,8 @@ import argparse
 import sys
 
 from deimos_ray import cli
-from deimos_ray.cli import add_common_args
-from deimos_ray.models.dac import (
-    BACKBONES,
-    PAIR_LOSSES,
-    RECIPES,
-    RESTART_COMBINES,
-    SCHEDULES,
-    SELECTIONS,
-)
+from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
+from deimos_ray.models.dac import BACKBONES, PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS
 from deimos_ray.pipeline import DACJobConfig, run_dac_job
 
 JOB = "train_dac"
@@ -74,14 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-weight", type=float, help="weight of the labelled pairs' loss (default 1)")
     p.add_argument("--min-cluster-size", type=int, help="after training, merge clusters smaller "
                    "than this into their most similar cluster (default 0: off)")
-    p.add_argument("--restarts", type=int, help="train this many times from different seeds "
-                   "(default 1; each restart costs a full training)")
-    p.add_argument("--restart-combine", choices=RESTART_COMBINES, help="with restarts: "
-                   "'consensus' (default) combines every restart's clustering; 'lowest_loss' "
-                   "keeps the training with the lowest final pair loss")
-    p.add_argument("--concurrent-restarts", type=int, help="train this many restarts at the same "
-                   "time, each with --num-workers workers of its own (default 1; the results "
-                   "are the same, the wall time shorter where the cluster has room)")
+    add_restart_args(p, "final pair loss")
     p.add_argument("--gather-pairs", action="store_true", help="with several workers, select "
                    "pairs across the global batch (all-gathers the label features)")
     return p
@@ -96,8 +82,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "model.min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
-        "model.restarts": args.restarts, "model.restart_combine": args.restart_combine,
-        "model.concurrent_restarts": args.concurrent_restarts,
+        **restart_overrides(args),
     }, preset=RECIPES[args.recipe])
 
 

@@ -4,6 +4,7 @@ image placed on a map, and the map drawn as pictures.
 Locally (starts a private Ray instance):
     python jobs/train_desom.py                                # built-in digits, 8x8 map
     python jobs/train_desom.py --data ../shared/data/usps.npz --map-size 8 8 --k 10
+    python jobs/train_desom.py --data ../shared/data/usps.npz --k 10 --restarts 4
     python jobs/train_desom.py --data /path/to/exposures --tile 32 --map-size 25 25 --levels 2
 
 On a Ray cluster:
@@ -12,7 +13,8 @@ On a Ray cluster:
 
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
 (som_row, som_col, bmu_distance, cluster, embedding), rejected.parquet, report/
-(prototypes.png, hits.png, umatrix.png). With --levels 2 also groups.parquet (one row
+(prototypes.png, hits.png, umatrix.png); with --restarts and the consensus, restarts/R/
+holds each restart's checkpoint and assignments. With --levels 2 also groups.parquet (one row
 per group: group, som_row, som_col, cluster, members) and level2/report/ (hits,
 U-matrix, members.png). Redraw the pictures with jobs/desom_report.py DIR.
 """
@@ -23,7 +25,7 @@ import argparse
 import sys
 
 from deimos_ray import cli
-from deimos_ray.cli import add_common_args
+from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
 from deimos_ray.pipeline import DESOMJobConfig, run_desom_job
 
 JOB = "train_desom"
@@ -50,6 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="training steps (default 10000)")
     p.add_argument("--autoencoder", choices=["dense", "conv"], help="dense (default) or conv")
     p.add_argument("--gamma", type=float, help="SOM loss weight (default 1e-3)")
+    add_restart_args(p, "final loss (reconstruction + gamma x SOM); the consensus needs --k")
     p.add_argument("--levels", type=int, choices=[1, 2], default=1,
                    help="2: also map the groups (exposures, source images) with DESOM-2 over "
                    "histo-vectors of their members' DESOM-1 nodes")
@@ -64,7 +67,7 @@ def build_config(args: argparse.Namespace) -> DESOMJobConfig:
     return cli.build_config(DESOMJobConfig, args, SMOKE, {
         "model.map_size": args.map_size, "model.iterations": args.iterations,
         "model.autoencoder": args.autoencoder, "model.gamma": args.gamma,
-        "level2.map_size": args.level2_map_size,
+        "level2.map_size": args.level2_map_size, **restart_overrides(args),
     })
 
 

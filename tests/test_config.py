@@ -10,6 +10,7 @@ from deimos_ray.config import (
     from_dict,
     load_yaml,
     override,
+    override_all,
     parse_override,
     save_yaml,
     stored_settings,
@@ -58,6 +59,25 @@ def test_override_validates_eagerly():
         override(DECJobConfig(), "model.nope", 1)
     with pytest.raises(ValueError, match="channels"):
         DataConfig(channels=2)
+
+
+def test_override_all_validates_once_whatever_the_order():
+    # DESOM's restart consensus needs n_clusters: one setting at a time, restarts=2 alone
+    # would be refused before restart_combine=lowest_loss arrives.
+    settings = {"model.restarts": 2, "model.restart_combine": "lowest_loss", "model.map_size": [3, 3]}
+    cfg = override_all(DESOMJobConfig(), settings)
+    assert (cfg.model.restarts, cfg.model.restart_combine, cfg.model.map_size) == (2, "lowest_loss", (3, 3))
+    with pytest.raises(ValueError, match="needs model.n_clusters"):
+        override_all(DESOMJobConfig(), {"model.restarts": 2})
+    assert override_all(DESOMJobConfig(), {"model.restarts": 2, "model.n_clusters": 10}).model.n_clusters == 10
+    with pytest.raises(ValueError, match="level2.restarts must be 1"):
+        override_all(DESOMJobConfig(), {"level2.restarts": 2, "level2.restart_combine": "lowest_loss"})
+    with pytest.raises(ValueError, match="needs scaling.num_workers >= 1"):
+        override_all(DESOMJobConfig(), {"model.concurrent_restarts": 2, "scaling.num_workers": 0})
+    with pytest.raises(ValueError, match="has no field 'modle.restarts'"):
+        override_all(DESOMJobConfig(), {"modle.restarts": 2})
+    with pytest.raises(ValueError, match="has no field 'model.nope'"):
+        override_all(DESOMJobConfig(), {"model.nope": 2})
 
 
 def test_parse_override_types_values():

@@ -1,5 +1,5 @@
 """The restart consensus: reference partition, cluster matching, averaged probabilities,
-and the combined assignments table."""
+the vote of hard clusterings, and the combined assignments tables (DAC and DESOM)."""
 
 import json
 
@@ -9,8 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from deimos_ray.assign import METADATA_KEY, combine_dac_assignments
-from deimos_ray.consensus import combine_probabilities, match_clusters, one_hot_consensus
+from deimos_ray.assign import METADATA_KEY, combine_dac_assignments, combine_desom_assignments
+from deimos_ray.consensus import (
+    combine_labelings,
+    combine_probabilities,
+    match_clusters,
+    one_hot_consensus,
+)
 
 
 def test_one_hot_consensus_outvotes_each_members_mistakes():
@@ -121,3 +126,70 @@ def test_combine_dac_assignments_refuses_different_rows(tmp_path):
     with pytest.raises(ValueError, match="same rows"):
         combine_dac_assignments([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_combine_labelings_votes_after_matching():
+    truth = np.repeat(np.arange(3), 4)  # 12 rows, clusters 0, 1, 2
+    a = truth.copy()
+    b = np.array([2, 0, 1])[truth]  # a relabelling of the truth
+    c = np.array([1, 2, 0])[truth]
+    b[0] = 0  # b's cluster 0 is the truth's 1: row 0 outvoted by a and c
+    c[5] = 0  # c's cluster 0 is the truth's 2: row 5 outvoted by a and b
+    combined, share, agreement = combine_labelings([a, b, c], 3, seed=0)
+    assert adjusted_rand_score(truth, combined) == 1.0
+    expected_share = np.ones(12)
+    expected_share[[0, 5]] = 2 / 3
+    np.testing.assert_allclose(share, expected_share)
+    assert agreement == [1.0, 11 / 12, 11 / 12]
+
+
+def test_combine_labelings_breaks_ties_by_the_reference():
+    # Two members that disagree on rows 3 and 4: every vote there ties one to one, and
+    # the reference partition (k-means over both memberships) decides, whichever ids
+    # its seed happens to give the two clusters (lowest-id-wins would follow the ids).
+    a = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    b = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    for seed in range(10):
+        combined, share, _ = combine_labelings([a, b], 2, seed=seed)
+        reference = one_hot_consensus([a, b], 2, seed=seed)
+        assert (combined == reference).all(), seed
+        np.testing.assert_allclose(share, [1, 1, 1, 0.5, 0.5, 1, 1, 1, 1, 1])
+
+
+def _desom_table(ids, clusters, som_row):
+    n = len(ids)
+    return pa.table({
+        "id": pa.array(ids), "label": pa.array(np.zeros(n, np.int64)),
+        "cluster": pa.array(np.asarray(clusters, np.int32)),
+        "som_row": pa.array(np.asarray(som_row, np.int32)),
+        "som_col": pa.array(np.zeros(n, np.int32)),
+        "bmu_distance": pa.array(np.arange(n, dtype=np.float32)),
+    }).replace_schema_metadata({METADATA_KEY: json.dumps({"job": "t"}).encode()})
+
+
+def test_combine_desom_assignments_keeps_the_kept_map_and_votes_the_clusters(tmp_path):
+    ids = np.array([f"img-{i:02d}" for i in range(12)])
+    truth = np.repeat(np.arange(3), 4)
+    members = [truth.copy(), np.array([2, 0, 1])[truth], np.array([1, 2, 0])[truth]]
+    members[0][0] = 1
+    shuffled = np.random.default_rng(0).permutation(12)
+    sources = []
+    for m, clusters in enumerate(members):
+        order = shuffled if m == 1 else np.arange(12)  # the kept source's row order is kept
+        (tmp_path / str(m)).mkdir()
+        pq.write_table(_desom_table(ids[order], clusters[order], 10 * m + np.arange(12)[order]),
+                       tmp_path / str(m) / "part.parquet")
+        sources.append(tmp_path / str(m))
+
+    agreement = combine_desom_assignments(sources, tmp_path / "out", k=3, kept=1, seed=0)
+    out = pq.read_table(tmp_path / "out")
+    assert out.column("id").to_pylist() == ids[shuffled].tolist()
+    assert out.column("som_row").to_pylist() == (10 + shuffled).tolist()  # restart 1's map
+    combined = np.asarray(out.column("cluster").to_pylist())
+    assert adjusted_rand_score(truth[shuffled], combined) == 1.0  # row 0's mistake outvoted
+    confidence = out.column("confidence").to_numpy()
+    assert confidence[shuffled.tolist().index(0)] == pytest.approx(2 / 3)
+    assert (np.delete(confidence, shuffled.tolist().index(0)) == 1).all()
+    assert agreement == [11 / 12, 1.0, 1.0]
+    metadata = json.loads(pq.read_schema(next((tmp_path / "out").glob("*.parquet"))).metadata[METADATA_KEY])
+    assert metadata["restart_combine"]["kept"] == 1 and metadata["restart_combine"]["agreement"] == agreement

@@ -1,5 +1,5 @@
 """jobs/train_desom.py end to end on tiny data: map columns, pictures, redrawing, the
-two-level pipeline, and resuming the schedule through Ray Train."""
+restarts' consensus, the two-level pipeline, and resuming the schedule through Ray Train."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from deimos_ray.assign import read_metadata
 from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.consensus import combine_labelings
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
+from deimos_ray.train.checkpoint import load_state
 from deimos_ray.train.driver import fit
 from tests.helpers import ROOT, load_job, smoke_may_collapse
 
@@ -54,6 +57,43 @@ def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_
     assert done.returncode == 0, done.stderr
     for name in ("prototypes.png", "hits.png", "umatrix.png"):
         assert_png(out / "report" / name)
+
+
+@smoke_may_collapse
+def test_restarts_vote_the_clusters_and_keep_the_lowest_loss_map(ray_session, tmp_path):
+    out = tmp_path / "run"
+    job = load_job("train_desom")
+    parser = job.get_args_parser()
+    assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4",
+                                       "--k", "3", "--restarts", "2"])) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = metrics["restarts"]
+    assert [r["seed"] for r in records] == [0, 1000]
+    kept = next(r for r in records if r["kept"])
+    assert kept["objective"] == min(r["objective"] for r in records)
+    assert metrics["training"]["loss"] == pytest.approx(kept["objective"])
+    assert load_state(out / "checkpoint")["seed"] == kept["seed"]
+    restart_rows = [pq.read_table(out / "restarts" / str(r) / "assignments").to_pandas().set_index("id")
+                    for r in range(2)]
+    final = pq.read_table(out / "assignments").to_pandas()
+    assert len(final) == 120
+    # The map columns are the kept restart's, in its row order; the clusters the vote.
+    own = restart_rows[kept["restart"]]
+    assert (final["id"].to_numpy() == own.index.to_numpy()).all()
+    assert (final["som_row"].to_numpy() == own["som_row"].to_numpy()).all()
+    combined, share, agreement = combine_labelings(
+        [rows.loc[final["id"], "cluster"].to_numpy() for rows in restart_rows], 3, seed=0)
+    assert (final["cluster"].to_numpy() == combined).all()
+    np.testing.assert_allclose(final["confidence"].to_numpy(), share)
+    assert [r["agreement"] for r in records] == pytest.approx(agreement)
+    assert read_metadata(out / "assignments")["restart_combine"]["kept"] == kept["restart"]
+    assert_png(out / "report" / "prototypes.png")
+
+    # Without --k every node is a cluster, and nodes of two maps do not correspond.
+    assert job.main(parser.parse_args(["--out", str(tmp_path / "no-k"), "--smoke-test", "--restarts", "2"])) == 2
+    cfg = job.build_config(parser.parse_args(["--restarts", "2", "--restart-combine", "lowest_loss"]))
+    assert cfg.model.restarts == 2 and cfg.model.n_clusters is None
 
 
 @smoke_may_collapse

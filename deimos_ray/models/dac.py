@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deimos_ray.config import check_restarts
 from deimos_ray.data.augment import AugmentConfig
 
 BACKBONES = ("vgg", "resnet18")
@@ -64,7 +65,6 @@ HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
 PAIR_LOSSES = ("bce", "mse")
-RESTART_COMBINES = ("consensus", "lowest_loss")
 WEIGHT_INITS = ("pytorch", "he_normal")
 PAPER_U0, PAPER_L0, PAPER_U_COEFF, PAPER_L_COEFF = 0.95, 0.455, 1.0, 0.1
 PAPER_LAMBDA_STEP = 0.0099  # 1.1 x 0.009
@@ -215,13 +215,7 @@ class DACConfig:
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
-        if self.restarts < 1:
-            raise ValueError(f"model.restarts must be >= 1, got {self.restarts}")
-        if self.concurrent_restarts < 1:
-            raise ValueError(f"model.concurrent_restarts must be >= 1, got {self.concurrent_restarts}")
-        if self.restart_combine not in RESTART_COMBINES:
-            raise ValueError(f"model.restart_combine must be one of {RESTART_COMBINES}, "
-                             f"got {self.restart_combine!r}")
+        check_restarts(self.restarts, self.restart_combine, self.concurrent_restarts)
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone_weights is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deimos_ray.config import check_restarts
 from deimos_ray.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 
 KERNELS = ("gaussian", "window")
@@ -61,6 +62,18 @@ class DESOMConfig:
             Neither the paper nor its reference code fixes this step. On the same
             trained 8x8 maps (three seeds), ``hits`` gave the higher median NMI and ARI
             on digits and USPS, and the higher accuracy on digits but not on USPS.
+        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...
+            Not in the paper, which trains once; the grouping of the nodes varies
+            from seed to seed. Costs ``restarts`` times the training.
+        restart_combine: ``consensus`` (default; needs ``n_clusters``): every
+            restart's map assigns the rows and ``cluster`` is the vote of the
+            restarts' groupings, matched to a reference partition
+            (:func:`deimos_ray.assign.combine_desom_assignments`); the map columns,
+            the pictures and ``checkpoint/`` are the lowest-loss restart's.
+            ``lowest_loss``: the restart with the lowest final loss (reconstruction +
+            gamma x SOM) is the result. Neither uses a label.
+        concurrent_restarts: Restarts trained at the same time, each a Ray Train run
+            of ``scaling.num_workers`` workers of its own (as DAC's).
     """
 
     map_size: tuple[int, int] = (8, 8)
@@ -79,8 +92,17 @@ class DESOMConfig:
     grid_metric: str = "manhattan"
     kmeans_n_init: int = 10
     node_weights: str = "hits"
+    restarts: int = 1
+    restart_combine: str = "consensus"
+    concurrent_restarts: int = 1
 
     def __post_init__(self) -> None:
+        check_restarts(self.restarts, self.restart_combine, self.concurrent_restarts)
+        if self.restarts > 1 and self.restart_combine == "consensus" and self.n_clusters is None:
+            raise ValueError("model.restart_combine=consensus combines the restarts' groupings of "
+                             "the nodes: it needs model.n_clusters (--k); without it every node is a "
+                             "cluster and one map's nodes do not correspond to another's "
+                             "(or use model.restart_combine=lowest_loss)")
         if len(self.map_size) != 2 or min(self.map_size) < 1:
             raise ValueError(f"model.map_size must be two positive numbers, got {self.map_size}")
         if self.n_clusters is not None and not 2 <= self.n_clusters <= self.nodes:

@@ -24,10 +24,10 @@ from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
 
-# Fields that may change between a run and its resumption (to train longer). Not
-# n_clusters: the node -> cluster table is made once, at the last iteration, so a
-# finished run would keep its old grouping.
-RESUMABLE_CHANGES = {"iterations"}
+# Fields that may change between a run and its resumption (to train longer, or to add
+# restarts). Not n_clusters: the node -> cluster table is made once, at the last
+# iteration, so a finished run would keep its old grouping.
+RESUMABLE_CHANGES = {"iterations", "restarts", "restart_combine", "concurrent_restarts"}
 
 
 def _log(message: str) -> None:
@@ -55,6 +55,12 @@ def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, s
     if cfg.n_clusters is not None and cfg.node_weights == "hits":
         weights = C.all_reduce_sum(node_hits(model, x_local))
     return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
+
+
+def final_loss(summary: dict[str, Any]) -> float:
+    """A finished run's objective for choosing among restarts: the mean training loss
+    (reconstruction + gamma x SOM) of its last epoch (from the loop's return value)."""
+    return float(summary["loss"])
 
 
 def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
