@@ -4,7 +4,7 @@ image placed on a map, and the map drawn as pictures.
 Locally (starts a private Ray instance):
     python jobs/train_desom.py                                # built-in digits, 8x8 map
     python jobs/train_desom.py --data ../shared/data/usps.npz --map-size 8 8 --k 10
-    python jobs/train_desom.py --data ../shared/data/usps.npz --k 10 --restarts 4
+    python jobs/train_desom.py --data ../shared/data/usps.npz --k 10 --iterations 2000 --restarts 8
     python jobs/train_desom.py --data /path/to/exposures --tile 32 --map-size 25 25 --levels 2
 
 On a Ray cluster:
