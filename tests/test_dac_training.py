@@ -108,19 +108,25 @@ def test_one_and_two_workers_follow_the_same_schedule_to_the_same_quality(ray_se
 
 
 @pytest.mark.slow
-def test_chunk_selection_trains_on_two_workers(ray_session, tmp_path):
-    # Shards of 36 and 36 rows, chunks of 24 per worker: every rank must take the same
+def test_chunk_selection_trains_on_two_workers_and_recomputes_batch_norm(ray_session, tmp_path):
+    # Shards of 36 and 36 rows, chunks of 18 per worker: every rank must take the same
     # number of steps, or DDP would hang.
     x, labels = bars(n=72)
-    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "selection": "chunk", "chunk_size": 48,
+    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "selection": "chunk", "chunk_size": 36,
                        "inner_passes": 2, "batch_size": 16, "pair_loss": "mse", "schedule": "official",
-                       "official_upper": 0.9, "official_lower": 0.7, "epochs": 6})
+                       "official_upper": 0.9, "official_lower": 0.7, "epochs": 6,
+                       "recompute_bn_stats": True})
     result = fit(dac_loop.train_loop_per_worker, loop_config(cfg), dataset(x, labels),
                  ScalingConfig(num_workers=2, cpus_per_worker=1), tmp_path, name="chunk")
     history = result.return_value["history"]
     assert [h["upper"] for h in history] == pytest.approx([0.9 - 0.2 * e / 6 for e in range(6)])
     assert all(h["selected_fraction"] == 1.0 for h in history)  # one threshold: every pair
     assert cluster_accuracy(labels, assignments_of(result, x)) >= 0.9
+    # Each worker passed its 36 clean rows in two chunks of 18, so the first batch norm's
+    # running mean is the mean of the first convolution's output over all 72 images.
+    state = torch.load(f"{result.checkpoint.path}/state.pt", weights_only=True)
+    conv = torch.nn.functional.conv2d(torch.as_tensor(x), state["model"]["backbone.features.0.weight"], padding=1)
+    torch.testing.assert_close(state["model"]["backbone.features.1.running_mean"], conv.mean(dim=(0, 2, 3)))
 
 
 @pytest.mark.slow

@@ -262,7 +262,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(record)
         _log(common.format_metrics(record, 4))
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
-        if not clock.due(final=schedule_done(cfg, lam, epoch)):
+        finished = schedule_done(cfg, lam, epoch)
+        if finished and cfg.recompute_bn_stats:
+            # The checkpoint of the last epoch is the model that assigns the images.
+            clean = Batches(len(x_local), n_global, batches.local_batch * C.world_size(), seed)
+            layers = common.recompute_batch_norm(net, (x_local[idx].to(device) for idx in clean.epoch(epoch)))
+            _log(f"batch-norm statistics of {layers} layers recomputed on the clean images")
+        if not clock.due(final=finished):
             continue
         report_epoch(
             {"phase": "dac", **record},
