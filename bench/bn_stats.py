@@ -39,6 +39,7 @@ from deimos_ray.models.dac import label_features  # noqa: E402
 from deimos_ray.pipeline import DACJobConfig, prepare_data  # noqa: E402
 from deimos_ray.runtime import init_ray  # noqa: E402
 from deimos_ray.train.common import Batches, batched, recompute_batch_norm  # noqa: E402
+from deimos_ray.train.dac_loop import selection_size  # noqa: E402
 
 KEYS = ("accuracy", "nmi", "ari")
 
@@ -69,10 +70,10 @@ def compare(run: Path) -> dict[str, dict[str, float]]:
     epochs = json.loads((run / "metrics.json").read_text())["training"]["epochs"]
     x, labels = clean_images(cfg)
     n = len(x)
-    size = min(cfg.model.chunk_size, n) if cfg.model.selection == "chunk" else cfg.model.batch_size
     running = load_dac(run / "checkpoint")
     recomputed = copy.deepcopy(running)
-    recompute_batch_norm(recomputed, (x[idx] for idx in Batches(n, n, size, cfg.seed).epoch(epochs)))
+    clean = Batches(n, n, selection_size(cfg.model, n), cfg.seed)  # the loop's batches, one worker
+    recompute_batch_norm(recomputed, (x[idx] for idx in clean.epoch(epochs)))
     before, after = clusters(running, x), clusters(recomputed, x)
     print(f"{run.name}: {float(np.mean(before != after)):.3f} of the images change cluster", flush=True)
     return {"running averages": external_scores(labels, before), "recomputed": external_scores(labels, after)}

@@ -137,6 +137,11 @@ def step_loss(
     return _loss_and_stats(sim, same, different, valid, rows_known, cols_known, cfg, gather)
 
 
+def selection_size(cfg: DACConfig, n_global: int) -> int:
+    """Images per selection (global): a chunk, at most the whole set, or a training batch."""
+    return min(cfg.chunk_size, n_global) if cfg.selection == "chunk" else cfg.batch_size
+
+
 def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
     """(n, n) mask of the pairs of distinct images (an image with itself says nothing)."""
     return ~torch.eye(n, dtype=torch.bool, device=device)
@@ -204,13 +209,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if len(x_local) == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
     n_global = int(global_count(len(x_local)))
+    batches = Batches(len(x_local), n_global, selection_size(cfg, n_global), seed)
     if cfg.selection == "chunk":
-        batches = Batches(len(x_local), n_global, min(cfg.chunk_size, n_global), seed)
         # The same number of mini-batches per chunk on every rank (DDP steps together).
         minis = math.ceil(batches.local_batch / max(1, cfg.batch_size // C.world_size()))
         steps = f"{batches.steps} chunks x {cfg.inner_passes} passes x {minis} steps per epoch"
     else:
-        batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
         steps = f"{batches.steps} steps per epoch"
     _log(f"{n_global} images, {C.world_size()} worker(s), {steps}, schedule {cfg.schedule}, "
          f"{cfg.selection} selection, {cfg.pair_loss} loss"
@@ -265,7 +269,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         finished = schedule_done(cfg, lam, epoch)
         if finished and cfg.recompute_bn_stats:
             # The checkpoint of the last epoch is the model that assigns the images.
-            clean = Batches(len(x_local), n_global, batches.local_batch * C.world_size(), seed)
+            clean = Batches(len(x_local), n_global, selection_size(cfg, n_global), seed)
             layers = common.recompute_batch_norm(net, (x_local[idx].to(device) for idx in clean.epoch(epoch)))
             _log(f"batch-norm statistics of {layers} layers recomputed on the clean images")
         if not clock.due(final=finished):
