@@ -1,20 +1,19 @@
 """DAC's batch-norm statistics at assignment, on finished runs: PyTorch's running averages
 against the statistics recomputed from the clean images (``model.recompute_bn_stats``).
 
-    python bench/bn_stats.py runs/bench-bn/digits-dac-reference-running-bn-{0,1,2}
-    python bench/bn_stats.py runs/bench-hirise/hirise-dac-reference-running-bn-*
+    python bench/bn_stats.py runs/bench-bn/digits-dac-reference-{0,1,2}
+    python bench/bn_stats.py runs/bench-hirise/hirise-dac-reference-*
 
-Takes run directories of DAC trained without the recomputation (``bench/quality.py
---methods dac-reference-running-bn --per-run --workdir DIR``, or a job run with ``--set
-model.recompute_bn_stats=false``). Each run's network is rebuilt from its checkpoint, a
-copy gets its batch-norm statistics recomputed from the run's preprocessed images as the
-training loop does after its last epoch (the same batches, through
-:func:`deimos_ray.train.common.recompute_batch_norm`), and both assign every image. So
-the two columns share one training and differ only in the statistics; a run trained
-with the recomputation scores what the second column says. Prints accuracy / NMI / ARI
-per run and their medians, and the share of images whose cluster changed. No training
-runs here; the labels are used only to score. Runs of one worker (or the driver) only:
-with several, which rows each worker held is not on record.
+Takes run directories of DAC trained without the recomputation (the default; e.g.
+``bench/quality.py --methods dac-reference --per-run --workdir DIR``). Each run's network
+is rebuilt from its checkpoint, a copy gets its batch-norm statistics recomputed from the
+run's preprocessed images as the training loop does after its last epoch (the same
+batches, through :func:`deimos_ray.train.common.recompute_batch_norm`), and both assign
+every image. So the two columns share one training and differ only in the statistics; a
+run trained with the recomputation scores what the second column says. Prints accuracy /
+NMI / ARI per run and their medians, and the share of images whose cluster changed. No
+training runs here; the labels are used only to score. Runs of one worker (or the
+driver) only: with several, which rows each worker held is not on record.
 """
 
 from __future__ import annotations

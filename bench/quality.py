@@ -32,9 +32,9 @@ ACC .9775, NMI .9351.
 beside it the same trained maps are grouped again with every node weighted equally, and
 ``desom-8x8-equal`` trains with that grouping. ``desom-8x8-conv`` is the 8x8 map on the
 convolutional autoencoder (``model.autoencoder=conv``). ``dac-reference`` is ``--recipe
-reference``; ``dac-reference-running-bn`` the recipe assigning with batch norm's running averages
-(``model.recompute_bn_stats=false``, as every recipe row measured before that setting
-joined the recipe); ``dac-reference-narrow`` the same recipe with the reference network's
+reference``; ``dac-reference-recomputed-bn`` the recipe with the batch-norm statistics
+recomputed on the clean images after training (``model.recompute_bn_stats``);
+``dac-reference-narrow`` the same recipe with the reference network's
 narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
 times per seed and combines the four clusterings (``model.restart_combine``, by default
 their consensus; ``--set model.restart_combine=lowest_loss`` keeps the lowest final pair
@@ -107,7 +107,7 @@ METHODS = {
     "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
     "dac-official": ("dac", {"model.schedule": "official", "model.epochs": 46}),
     "dac-reference": ("dac", REFERENCE_RECIPE),
-    "dac-reference-running-bn": ("dac", {**REFERENCE_RECIPE, "model.recompute_bn_stats": False}),
+    "dac-reference-recomputed-bn": ("dac", {**REFERENCE_RECIPE, "model.recompute_bn_stats": True}),
     "dac-reference-narrow": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow"}),
     "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "model.restarts": 4}),
     "dac-reference-narrow-restarts4": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 4}),

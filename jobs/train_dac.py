@@ -45,8 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=list(RECIPES), default="paper", help="paper (default: the "
                    "paper's algorithm) or reference (the reference MNIST code's training: one "
                    "threshold 0.9 to 0.7 over 20 epochs, chunk selection, squared-error loss, "
-                   "small rotations/shifts/zooms, batch-norm statistics recomputed on the clean "
-                   "images for the assignment); the flags below and --set override it")
+                   "small rotations/shifts/zooms); the flags below and --set override it")
     p.add_argument("--schedule", choices=SCHEDULES, help="threshold schedule: paper (default; "
                    "stops when u <= l, 46 epochs), deimos (u0/l0/u_coeff/l_coeff/lambda_step "
                    "via --set model.*), official (the reference code's single threshold)")

@@ -203,8 +203,10 @@ def test_recipe_sits_under_smoke_test_flags_and_set():
     assert (reference.selection, reference.pair_loss, reference.epochs) == ("chunk", "mse", 20)
     # The reference code's RMSprop decay (Keras's default) is the default of both recipes.
     assert reference.rmsprop_alpha == job.build_config(parser.parse_args([])).model.rmsprop_alpha == 0.9
-    # Batch-norm statistics from the clean images: the recipe's, not the paper default's.
-    assert reference.recompute_bn_stats and not job.build_config(parser.parse_args([])).model.recompute_bn_stats
+    # Batch-norm statistics from the clean images: an option outside both recipes.
+    assert not reference.recompute_bn_stats
+    assert job.build_config(parser.parse_args(["--recipe", "reference", "--set", "model.recompute_bn_stats=true"])) \
+        .model.recompute_bn_stats
     flagged = job.build_config(parser.parse_args(["--recipe", "reference", "--pair-loss", "bce",
                                                    "--set", "model.inner_passes=2"])).model
     assert (flagged.selection, flagged.pair_loss, flagged.inner_passes) == ("chunk", "bce", 2)

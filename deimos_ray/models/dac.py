@@ -44,10 +44,11 @@ Four more settings of the reference code are options, off by default:
   layer is followed by batch norm, so the scale does not change what the network
   computes, but RMSprop's steps have a fixed size, so larger weights turn more slowly.
 
-- ``recompute_bn_stats=True``: the final network's batch-norm statistics are recomputed
-  on the un-augmented images after training, so the assignment normalises as the
-  reference's batch norm does when it predicts (by clean batches' statistics), not by
-  PyTorch's running averages over augmented training batches.
+- ``recompute_bn_stats=True`` (not in ``--recipe reference``): the final network's
+  batch-norm statistics are recomputed on the un-augmented images after training, so
+  the assignment normalises as the reference's batch norm does when it predicts (by
+  clean batches' statistics), not by PyTorch's running averages over augmented training
+  batches.
 
 The pair loss here leaves out the diagonal (sim_ii = 1 exactly, so its loss and gradient
 are zero; counting it would only dilute the average).
@@ -90,7 +91,6 @@ REFERENCE_RECIPE = {
     "model.augmentation.rotate_degrees": 10.0, "model.augmentation.shift": 0.1,
     "model.augmentation.zoom": [0.95, 1.05], "model.augmentation.crop_scale": [1.0, 1.0],
     "model.augmentation.brightness": 0.05, "model.augmentation.contrast": 0.0,
-    "model.recompute_bn_stats": True,
 }
 RECIPES = {"paper": {}, "reference": REFERENCE_RECIPE}
 
@@ -170,9 +170,12 @@ class DACConfig:
             batches; without it the assignment uses PyTorch's running averages over the
             last augmented training batches. Neither the paper nor PyTorch's default; the
             reference code's Keras batch norm normalises every prediction batch by its
-            own statistics, which this approximates. Part of ``--recipe reference``: on
-            the digits it moves 0.2-3 % of the images and lifts the median scores a
-            little, not every seed's (bench/RESULTS.md).
+            own statistics, which this approximates. Off by default, also in ``--recipe
+            reference``: batch norm's statistics over a clean chunk standardise the k
+            logits over the chunk, which pulls the clusters towards equal sizes. On the
+            digits (equal classes) it lifted the median scores a little; on the HiRISE
+            landmarks (mostly one class) it moved about half the images and lowered
+            accuracy (bench/RESULTS.md).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
         restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...
             Not in the paper, which trains once; DAC's result varies much from seed to
