@@ -11,9 +11,10 @@ run's preprocessed images as the training loop does after its last epoch (the sa
 batches, through :func:`deimos_ray.train.common.recompute_batch_norm`), and both assign
 every image. So the two columns share one training and differ only in the statistics; a
 run trained with the recomputation scores what the second column says. Prints accuracy /
-NMI / ARI per run and their medians, and the share of images whose cluster changed. No
-training runs here; the labels are used only to score. Runs of one worker (or the
-driver) only: with several, which rows each worker held is not on record.
+NMI / ARI per run and their medians, the share of images whose cluster changed and the
+cluster-size entropy before and after. No training runs here; the labels are used only
+to score. Runs of one worker (or the driver) only: with several, which rows each worker
+held is not on record.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from deimos_ray.assign import load_dac  # noqa: E402
 from deimos_ray.config import from_dict, load_yaml  # noqa: E402
-from deimos_ray.metrics import external_scores  # noqa: E402
+from deimos_ray.metrics import external_scores, size_entropy  # noqa: E402
 from deimos_ray.models.dac import label_features  # noqa: E402
 from deimos_ray.pipeline import DACJobConfig, prepare_data  # noqa: E402
 from deimos_ray.runtime import init_ray  # noqa: E402
@@ -74,7 +75,10 @@ def compare(run: Path) -> dict[str, dict[str, float]]:
     clean = Batches(n, n, selection_size(cfg.model, n), cfg.seed)  # the loop's batches, one worker
     recompute_batch_norm(recomputed, (x[idx] for idx in clean.epoch(epochs)))
     before, after = clusters(running, x), clusters(recomputed, x)
-    print(f"{run.name}: {float(np.mean(before != after)):.3f} of the images change cluster", flush=True)
+    print(f"{run.name}: {float(np.mean(before != after)):.3f} of the images change cluster; cluster-size "
+          f"entropy {size_entropy(before):.3f} -> {size_entropy(after):.3f} (equal sizes: "
+          f"{np.log(cfg.model.n_clusters):.3f})",
+          flush=True)
     return {"running averages": external_scores(labels, before), "recomputed": external_scores(labels, after)}
 
 
