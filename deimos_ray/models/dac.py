@@ -174,7 +174,7 @@ class DACConfig:
             reference``: batch norm's statistics over a clean chunk standardise the k
             logits over the chunk, which pulls the clusters towards equal sizes. On the
             digits (equal classes) it lifted the median scores a little; on the HiRISE
-            landmarks (mostly one class) it moved about half the images and lowered
+            landmarks (mostly one class) it moved 28-49 % of the images and lowered
             accuracy (bench/RESULTS.md).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
         restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...

@@ -268,9 +268,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
         finished = schedule_done(cfg, lam, epoch)
         if finished and cfg.recompute_bn_stats:
-            # The checkpoint of the last epoch is the model that assigns the images.
-            clean = Batches(len(x_local), n_global, selection_size(cfg, n_global), seed)
-            layers = common.recompute_batch_norm(net, (x_local[idx].to(device) for idx in clean.epoch(epoch)))
+            # The checkpoint of the last epoch is the model that assigns the images; the
+            # clean images pass in batches of the selection's size, as the targets saw them.
+            layers = common.recompute_batch_norm(net, (x_local[idx].to(device) for idx in batches.epoch(epoch)))
             _log(f"batch-norm statistics of {layers} layers recomputed on the clean images")
         if not clock.due(final=finished):
             continue
