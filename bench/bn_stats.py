@@ -55,6 +55,7 @@ def clean_images(cfg: DACJobConfig) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def clusters(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Each image's most probable cluster under ``net`` in evaluation mode."""
     with torch.no_grad():
         return torch.cat([label_features(net(part)) for part in batched(x)]).argmax(dim=1).numpy()
 
