@@ -4,7 +4,7 @@
     python bench/concurrent_restarts.py --datasets usps --restarts 8 --concurrent 8 --use-gpu
 
 For each seed the DAC job (``bench/quality.py``'s method, ``dac-reference`` by default)
-runs twice with ``model.restarts`` R: with ``model.concurrent_restarts`` 1 and then C,
+runs twice with ``restarts.count`` R: with ``restarts.concurrent`` 1 and then C,
 each Ray Train run with ``--num-workers`` workers (default 1). Prints per seed the
 training time (the restarts' Ray Train runs) and the whole job's time of both, the
 speed-up of training, whether every restart ended with the same final pair loss, and the
@@ -30,19 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import DATASETS, JOBS, METHODS, build_config  # noqa: E402
+from quality import DATASETS, METHODS, build_config  # noqa: E402
 
-from deimos_ray.config import override  # noqa: E402
+from deimos_ray.algorithms import get_algorithm  # noqa: E402
+from deimos_ray.config import override_all  # noqa: E402
+from deimos_ray.job import run_training_job  # noqa: E402
 from deimos_ray.runtime import init_ray, local_cpus_needed  # noqa: E402
 
 
 def run(dataset: str, method: str, seed: int, concurrent: int, args: argparse.Namespace, out: Path) -> dict:
     """One whole DAC job with ``concurrent`` restarts at a time, trained from scratch."""
     cfg = build_config(dataset, method, seed, args)
-    cfg = override(cfg, "model.restarts", args.restarts)
-    cfg = override(cfg, "model.concurrent_restarts", concurrent)
+    cfg = override_all(cfg, {"restarts.count": args.restarts, "restarts.concurrent": concurrent})
     shutil.rmtree(out, ignore_errors=True)
-    metrics = JOBS[METHODS[method][0]][1](cfg, out, job="bench_concurrent_restarts")
+    metrics = run_training_job(get_algorithm("dac"), cfg, out)
     clusters = pq.read_table(out / "assignments", columns=["id", "cluster"]).to_pandas()
     return {"train_s": metrics["timings_s"]["train_s"], "total_s": metrics["timings_s"]["total_s"],
             "losses": [r["objective"] for r in metrics["restarts"]], "clusters": clusters}

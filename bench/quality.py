@@ -1,52 +1,36 @@
 """Clustering quality of DAC, DEC / IDEC and DESOM beside k-means, median over seeds.
 
-    python bench/quality.py                         # digits, and USPS when present
+    python bench/quality.py                         # DAC, DEC, IDEC on the digits, and USPS when present
     python bench/quality.py --datasets digits --seeds 0 1 2 --methods dec idec
-    python bench/quality.py --datasets digits usps hirise --methods dac
-    python bench/quality.py --datasets digits usps --methods desom-8x8 desom-line
+    python bench/quality.py --datasets digits usps hirise --methods dac-reference
+    python bench/quality.py --datasets digits usps --methods desom-8x8 desom-8x8-restarts8
     python bench/quality.py --datasets usps --methods dac-reference --num-workers 1 --use-gpu
-    python bench/quality.py --datasets digits --methods dac-reference dac-reference-narrow
-    python bench/quality.py --datasets digits usps --methods desom-8x8 desom-8x8-equal
-    python bench/quality.py --datasets digits hirise --methods desom-8x8-conv
-    python bench/quality.py --datasets digits --methods dac-reference-narrow --per-run
     python bench/quality.py --datasets hirise --methods dac-reference --set data.image_size=64
     python bench/quality.py --datasets hirise --methods dac-reference --set model.labeled_fraction=0.1
 
-Each (dataset, method, seed) is one full run of the job pipeline (Ray Data in, Ray
-Train training, Parquet out) in its own run directory; the k-means baseline is fitted on
-the same preprocessed pixels in the same run. Prints a Markdown table of median
-accuracy / NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE
-and TE) over the seeds, with the range, and the median run time (the
-whole job: data, training, assignment, scores). With ``--workdir``, runs finished
-earlier with the same config are read back instead of rerun. ``--set KEY=VALUE`` changes
-any config field of every run, after the dataset's and the method's settings (the job
-scripts' ``--set``), for variants that have no method name of their own. With DAC's
+Each (dataset, method, seed) is one full run of the job spine (Ray Data in, Ray Train
+training, Parquet out) in its own run directory; the k-means baseline is fitted on the
+same preprocessed pixels in the same run. Prints a Markdown table of median accuracy /
+NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE and TE)
+over the seeds, with the range, and the median run time (the whole job: data, training,
+assignment, scores). With ``--workdir``, runs finished earlier with the same config are
+read back instead of rerun. ``--set KEY=VALUE`` changes any config field of every run,
+after the dataset's and the method's settings (the job scripts' ``--set``). With DAC's
 labelled pairs (``--set model.labeled_fraction=0.1``) the external scores of the model
 and of k-means are over the labelled rows whose label training did not see.
+
+Methods: ``dac`` is the paper's algorithm (the job's default), ``dac-reference`` the
+reference code's training (``--recipe reference``), ``dac-reference-restarts4`` four
+trainings of it combined by consensus; ``dec`` and ``idec``; ``desom-8x8`` the paper's
+8x8 map grouped into as many clusters as the data set has classes, and
+``desom-8x8-restarts8`` eight of them voting. ``hirise`` is the 1,096 original HiRISE
+landmarks (augmented copies dropped, 8 classes, of which "other" is most) at 32x32; DAC
+there adds rotations and flips to its views, since orbital images have no preferred
+orientation.
 
 Published figures on USPS (ACC / NMI): k-means .67 / .63 (IDEC paper), DEC .764 / .787
 (DEC-DA paper's rerun of DEC), IDEC .761 / .785 (IDEC paper). DAC on MNIST (paper):
 ACC .9775, NMI .9351.
-
-``desom-8x8`` groups the nodes by k-means weighted by their hit counts (the default);
-beside it the same trained maps are grouped again with every node weighted equally, and
-``desom-8x8-equal`` trains with that grouping. ``desom-8x8-conv`` is the 8x8 map on the
-convolutional autoencoder (``model.autoencoder=conv``). ``dac-reference`` is ``--recipe
-reference``; ``dac-reference-recomputed-bn`` the recipe with the batch-norm statistics
-recomputed on the clean images after training (``model.recompute_bn_stats``);
-``dac-reference-narrow`` the same recipe with the reference network's
-narrow head (``model.head=narrow``); ``dac-reference-restarts4`` trains the recipe four
-times per seed and combines the four clusterings (``model.restart_combine``, by default
-their consensus; ``--set model.restart_combine=lowest_loss`` keeps the lowest final pair
-loss, as every restarts row measured before the consensus did),
-``dac-reference-narrow-restarts4`` does the same with the narrow head, and
-``dac-reference-narrow-restarts8`` with eight.
-``dac-reference-mnistnet`` is the recipe on the reference code's MNIST network: the
-narrow head after stages of three convolutions of 64 and 128 channels.
-
-``hirise`` is the 1,096 original HiRISE landmarks (augmented copies dropped, 8 classes,
-of which "other" is most) at 32x32; DAC there adds rotations and flips to its views,
-since orbital images have no preferred orientation.
 """
 
 from __future__ import annotations
@@ -58,27 +42,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deimos_ray.assign import load_desom  # noqa: E402
+from deimos_ray.algorithms import get_algorithm  # noqa: E402
 from deimos_ray.config import load_yaml, override_all, parse_override, stored_settings, to_dict  # noqa: E402
-from deimos_ray.metrics import HELDOUT_PREFIX, external_scores  # noqa: E402
+from deimos_ray.job import run_training_job  # noqa: E402
+from deimos_ray.metrics import HELDOUT_PREFIX  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
-from deimos_ray.models.desom import node_clusters  # noqa: E402
-from deimos_ray.pipeline import (  # noqa: E402
-    DACJobConfig,
-    DECJobConfig,
-    DESOMJobConfig,
-    run_dac_job,
-    run_dec_job,
-    run_desom_job,
-)
 from deimos_ray.runtime import init_ray  # noqa: E402
-from deimos_ray.train.dac_loop import final_pair_loss  # noqa: E402
 
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
@@ -97,30 +69,14 @@ PER_ALGORITHM = {
 }
 # method -> (algorithm, settings); "{k}" is the dataset's number of classes.
 METHODS = {
-    "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
-    "desom-8x8-equal": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}",
-                                  "model.node_weights": "none"}),
-    "desom-8x8-conv": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}",
-                                 "model.autoencoder": "conv"}),
-    "desom-line": ("desom", {"model.map_size": ("{k}", 1)}),
     "dac": ("dac", {}),
-    "dac-slow": ("dac", {"model.schedule": "deimos", "model.lambda_step": 0.005, "model.epochs": 200}),
-    "dac-official": ("dac", {"model.schedule": "official", "model.epochs": 46}),
     "dac-reference": ("dac", REFERENCE_RECIPE),
-    "dac-reference-recomputed-bn": ("dac", {**REFERENCE_RECIPE, "model.recompute_bn_stats": True}),
-    "dac-reference-narrow": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow"}),
-    "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "model.restarts": 4}),
-    "dac-reference-narrow-restarts4": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 4}),
-    "dac-reference-narrow-restarts8": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.restarts": 8}),
-    # The reference code's MNIST network: 64 and 128 channels, three convolutions a stage.
-    "dac-reference-mnistnet": ("dac", {**REFERENCE_RECIPE, "model.head": "narrow", "model.conv_widths": (64, 128),
-                                       "model.convs_per_stage": 3}),
+    "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "restarts.count": 4}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
-    "dec-layerwise": ("dec", {"model.variant": "dec", "model.pretrain": "layerwise"}),
+    "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
+    "desom-8x8-restarts8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}", "restarts.count": 8}),
 }
-JOBS = {"dac": (DACJobConfig, run_dac_job), "dec": (DECJobConfig, run_dec_job),
-        "desom": (DESOMJobConfig, run_desom_job)}
 KEYS = ("accuracy", "nmi", "ari", "purity")
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
@@ -129,7 +85,7 @@ def build_config(dataset: str, method: str, seed: int, args):
     """The job config of one run: the dataset's, the method's and the command line's
     settings, ``--set`` last; a bad key or value raises ``ValueError``."""
     algorithm, method_settings = METHODS[method]
-    cfg = JOBS[algorithm][0]()
+    cfg = get_algorithm(algorithm).config_class()
     k = CLASSES[dataset]
     settings = {**DATASETS[dataset], "model.n_clusters": k, **PER_ALGORITHM.get((algorithm, dataset), {}),
                 "seed": seed, "scaling.num_workers": args.num_workers, "scaling.use_gpu": args.use_gpu,
@@ -148,8 +104,7 @@ def build_config(dataset: str, method: str, seed: int, args):
 
 def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
     """One full run, or the finished run already in ``workdir`` with the same config."""
-    algorithm = METHODS[method][0]
-    run_job = JOBS[algorithm][1]
+    algorithm = get_algorithm(METHODS[method][0])
     cfg = build_config(dataset, method, seed, args)
     out = workdir / f"{dataset}-{method}-{seed}"
     done = out / "metrics.json"
@@ -157,14 +112,10 @@ def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
         metrics = json.loads(done.read_text())
         print(f"reusing the finished run in {out}")
     else:
-        metrics = run_job(cfg, out, job="bench_quality")
+        metrics = run_training_job(algorithm, cfg, out)
     model_name = next(name for name in metrics["scores"] if name != "kmeans")
-    equal = None
-    if algorithm == "desom" and cfg.model.n_clusters and cfg.model.node_weights == "hits":
-        equal = equal_weight_scores(out, cfg)
     return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
-            "seconds": metrics["timings_s"]["total_s"], "equal_weights": equal, "seed": seed,
-            "final_pair_loss": final_pair_loss(metrics["training"]) if algorithm == "dac" else None}
+            "seconds": metrics["timings_s"]["total_s"], "seed": seed}
 
 
 def same_config(path: Path, cfg) -> bool:
@@ -174,17 +125,6 @@ def same_config(path: Path, cfg) -> bool:
         return stored_settings(type(cfg), load_yaml(path)) == to_dict(cfg)
     except (OSError, ValueError):  # no config, or a setting that no longer exists
         return False
-
-
-def equal_weight_scores(out: Path, cfg) -> dict[str, float]:
-    """The run's trained map grouped again by k-means over its prototypes with every
-    node weighted equally (``node_weights: none``): the two groupings of the same maps
-    side by side."""
-    model, _ = load_desom(out / "checkpoint")
-    m = cfg.model
-    clusters = np.asarray(node_clusters(model.prototypes, m.n_clusters, m.kmeans_n_init, cfg.seed))
-    rows = pq.read_table(out / "assignments", columns=["som_row", "som_col", "label"]).to_pandas()
-    return external_scores(rows["label"].to_numpy(), clusters[rows["som_row"] * m.map_size[1] + rows["som_col"]])
 
 
 def _fill(value, k: int):
@@ -219,20 +159,15 @@ def scored(r: dict, which: str) -> dict[str, float]:
 
 
 def print_per_run(per_run: list[tuple[str, str, dict]]) -> None:
-    # The final pair loss is DAC's objective; the column appears when a DAC run is listed.
-    with_loss = any(r["final_pair_loss"] is not None for _, _, r in per_run)
     # DESOM's map errors, to see whether either could choose among seeds.
     with_som = any(r["som"] for _, _, r in per_run)
-    extra = (["final pair loss"] if with_loss else []) + (["QE", "TE"] if with_som else [])
+    extra = ["QE", "TE"] if with_som else []
     heading = ["dataset", "method", "seed", "accuracy", "NMI", "ARI", *extra, *LABEL_FREE]
     print("\n| " + " | ".join(heading) + " |")
     print("|" + "---|" * len(heading))
     for dataset, method, r in per_run:
         scores = scored(r, "model")
         cells = [f"{scores[k]:.3f}" for k in ("accuracy", "nmi", "ari")]
-        if with_loss:
-            loss = r["final_pair_loss"]
-            cells.append("-" if loss is None else f"{loss:.5f}")
         if with_som:
             cells += [f"{r['som'][k]:.3f}" if r["som"] else "-" for k in SOM_KEYS]
         cells += [f"{scores[k]:.3f}" if k in scores else "-" for k in LABEL_FREE]
@@ -250,14 +185,11 @@ def main() -> int:
     p.add_argument("--num-workers", type=int, default=0,
                    help="Ray Train workers per run (0: in the driver, least start-up time)")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="PyTorch CPU threads per training process (default: 1, as in a worker); "
-                        "tables measured before this option existed used 2 in the driver: "
-                        "--torch-threads 2 reproduces them")
+                   help="PyTorch CPU threads per training process (default: 1, as in a worker)")
     p.add_argument("--use-gpu", action="store_true",
                    help="one GPU per worker (needs --num-workers 1 or more)")
     p.add_argument("--per-run", action="store_true",
-                   help="also print every run's scores, label-free ones, DAC's final pair loss and "
-                        "DESOM's map errors included")
+                   help="also print every run's scores, label-free ones and DESOM's map errors included")
     p.add_argument("--workdir", help="keep run directories here (default: a temporary folder); "
                    "finished runs found there with the same config are reused, not rerun")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -298,9 +230,6 @@ def main() -> int:
                 scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})
             rows.append((dataset, method, scores,
                          statistics.median(r["seconds"] for r in runs)))
-            if runs[0]["equal_weights"]:
-                rows.append((dataset, f"{method}, same maps, nodes weighted equally",
-                             {k: [r["equal_weights"][k] for r in runs] for k in KEYS}, None))
             for r in runs:
                 for k in KEYS:
                     kmeans[k].append(scored(r, "kmeans")[k])

@@ -76,12 +76,12 @@ def _dec_columns(model: DEC, x: torch.Tensor) -> dict[str, pa.Array]:
 
 
 def _dac_columns(net: DACNet, x: torch.Tensor) -> dict[str, pa.Array]:
-    return _dac_probability_columns(torch.softmax(net(x), dim=1))
+    return dac_probability_columns(torch.softmax(net(x), dim=1))
 
 
-def _dac_probability_columns(probs: torch.Tensor) -> dict[str, pa.Array]:
+def dac_probability_columns(probs: torch.Tensor) -> dict[str, pa.Array]:
     """DAC's columns from (rows, k) cluster probabilities: one network's, or the
-    restarts' averaged ones (:func:`combine_dac_assignments`)."""
+    restarts' averaged ones (:func:`deimos_ray.restarts.combine_dac_assignments`)."""
     top_p, top_c = probs.topk(min(TOPK, probs.shape[1]), dim=1)
     return {
         "cluster": pa.array(top_c[:, 0].cpu().numpy(), pa.int32()),
@@ -196,11 +196,11 @@ def write_assignments(
         num_gpus=1 if use_gpu else 0,
     )
     # Few, large files: Ray Data writes one file per block unless given a minimum.
-    return _write_staged(destination, lambda staging: assigned.write_parquet(
+    return write_staged(destination, lambda staging: assigned.write_parquet(
         str(staging), min_rows_per_file=ROWS_PER_FILE))
 
 
-def _write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path:
+def write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(staging)`` into a hidden folder beside ``destination``, then rename it into
     place, so a crash never leaves a half-written folder."""
     destination = Path(destination).resolve()
@@ -212,105 +212,6 @@ def _write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return destination
-
-
-def read_aligned(sources: list[Path], column: str, base: int = 0) -> tuple[pa.Table, list[np.ndarray]]:
-    """``sources[base]``'s assignments table and every source's ``column`` in that
-    table's row order, from assignments of the same rows (matched by ``id``)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    first = pq.read_table(sources[base])
-    ids = pd.Index(first.column("id").to_numpy(zero_copy_only=False))
-    if not ids.is_unique:
-        raise ValueError(f"{sources[base]}: row ids are not unique")
-    values = []
-    for i, source in enumerate(sources):
-        table = first if i == base else pq.read_table(source, columns=["id", column])
-        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
-        if table.num_rows != len(ids) or (position < 0).any():
-            raise ValueError(f"{source} does not assign the same rows as {sources[base]}")
-        column_values = table.column(column).to_numpy(zero_copy_only=False)
-        values.append((np.stack(column_values) if column_values.dtype == object else column_values)[position])
-    return first, values
-
-
-def read_dac_probabilities(sources: list[Path]) -> tuple[pa.Table, list[np.ndarray]]:
-    """The first source's assignments table and every source's (rows, k) cluster
-    probabilities in that table's row order, from DAC assignments of the same rows.
-
-    The label features are the probabilities over their L2 norm, so dividing them by
-    their sum gives the probabilities back.
-    """
-    first, features = read_aligned(sources, "embedding")
-    return first, [f / f.sum(axis=1, keepdims=True) for f in features]
-
-
-def _write_combined(table: pa.Table, sources: list[Path], base: int, destination: str | Path,
-                    combine: dict[str, Any]) -> None:
-    """Write a combined assignments table, its metadata ``sources[base]``'s plus
-    ``restart_combine``, staged and renamed into place as :func:`write_assignments` does."""
-    import pyarrow.parquet as pq
-
-    metadata = read_metadata(sources[base])
-    metadata["restart_combine"] = {**combine, "sources": [str(s) for s in sources]}
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
-
-    def write(staging: Path) -> None:
-        staging.mkdir(parents=True)
-        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
-            pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
-
-    _write_staged(destination, write)
-
-
-def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: int = 0) -> list[float]:
-    """Write the consensus of several DAC trainings' assignments of the same rows.
-
-    :func:`read_dac_probabilities` reads the sources; :func:`deimos_ray.consensus.
-    combine_probabilities` matches the trainings' clusters and averages. The rows keep the
-    first source's order and every column but the model's: ``cluster``, ``confidence``,
-    ``topk_clusters`` and ``topk_probs`` come from the averaged probabilities, and
-    ``embedding`` is their label feature (divided by its norm). Written as
-    :func:`write_assignments` writes, staged and renamed into place.
-
-    Returns:
-        Each source's agreement with the combined clusters (share of rows).
-    """
-    from deimos_ray.consensus import combine_probabilities
-
-    table, probabilities = read_dac_probabilities(sources)
-    mean, agreement = combine_probabilities(probabilities, seed)
-    for name, values in _dac_probability_columns(torch.from_numpy(mean)).items():
-        table = table.set_column(table.schema.get_field_index(name), name, values)
-    _write_combined(table, sources, 0, destination, {"method": "consensus", "agreement": agreement})
-    return agreement
-
-
-def combine_desom_assignments(sources: list[Path], destination: str | Path, k: int, kept: int,
-                              seed: int = 0) -> list[float]:
-    """Write the consensus of several DESOM trainings' groupings of the same rows.
-
-    Each training's ``cluster`` (its k groups of map nodes) votes
-    (:func:`deimos_ray.consensus.combine_labelings`). The maps themselves cannot be
-    combined, so every other column (``som_row``, ``som_col``, ``bmu_distance``,
-    ``embedding``) and the row order are those of ``sources[kept]``, the training whose
-    checkpoint the run exports; ``cluster`` is the consensus, and ``confidence`` (added)
-    the share of trainings that gave the row that cluster.
-
-    Returns:
-        Each source's agreement with the combined clusters (share of rows).
-    """
-    from deimos_ray.consensus import combine_labelings
-
-    table, labelings = read_aligned(sources, "cluster", base=kept)
-    combined, share, agreement = combine_labelings(labelings, k, seed)
-    table = table.set_column(table.schema.get_field_index("cluster"), "cluster",
-                             pa.array(combined, pa.int32()))
-    table = table.append_column("confidence", pa.array(share, pa.float32()))
-    _write_combined(table, sources, kept, destination, {"method": "consensus", "kept": kept,
-                                                       "agreement": agreement})
-    return agreement
 
 
 def remap_clusters(assignments_dir: str | Path, mapping: dict[int, int]) -> None:

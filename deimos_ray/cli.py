@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deimos_ray.config import RESTART_COMBINES, from_dict, load_yaml, override_all, parse_override
+from deimos_ray.config import from_dict, load_yaml, override_all, parse_override
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
@@ -50,14 +50,12 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
                    "images with tiny epochs: checks an installation in about a minute")
 
 
-def add_restart_args(p: argparse.ArgumentParser, objective: str) -> None:
-    """Flags of the jobs that can train several times and combine the results (DAC,
-    DESOM); ``objective`` names the loss that ``lowest_loss`` compares."""
-    p.add_argument("--restarts", type=int, help="train this many times from different seeds "
-                   "(default 1; each restart costs a full training)")
-    p.add_argument("--restart-combine", choices=RESTART_COMBINES, help="with restarts: "
-                   "'consensus' (default) combines every restart's clustering; 'lowest_loss' "
-                   f"keeps the training with the lowest {objective}")
+def add_restart_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the jobs that can train several times and combine the results by
+    consensus (DAC, DESOM)."""
+    p.add_argument("--restarts", type=int, help="train this many times from seeds seed, seed+1000, "
+                   "... and combine the clusterings by consensus (default 1; each restart costs a "
+                   "full training)")
     p.add_argument("--concurrent-restarts", type=int, help="train this many restarts at the same "
                    "time, each with --num-workers workers of its own (default 1; the results "
                    "are the same, the wall time shorter where the cluster has room)")
@@ -65,8 +63,7 @@ def add_restart_args(p: argparse.ArgumentParser, objective: str) -> None:
 
 def restart_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config paths set by :func:`add_restart_args`'s flags."""
-    return {"model.restarts": args.restarts, "model.restart_combine": args.restart_combine,
-            "model.concurrent_restarts": args.concurrent_restarts}
+    return {"restarts.count": args.restarts, "restarts.concurrent": args.concurrent_restarts}
 
 
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,21 +97,24 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
     return override_all(cfg, overrides)
 
 
-def main(job: str, build: Callable[[argparse.Namespace], Any], run: Callable[..., Any],
-         args: argparse.Namespace, **run_kwargs: Any) -> int:
+def main(algorithm: Any, build: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """A job's ``main``: build and check the config (exit 2 with the reason if it is
-    wrong, before any work), then ``run(cfg, out_dir, job=job, **run_kwargs)``."""
+    wrong, before any work), then run ``algorithm`` through the job spine
+    (:func:`deimos_ray.job.run_training_job`)."""
     from deimos_ray.data.sources import detect_format
+    from deimos_ray.job import run_training_job
 
     try:
         cfg = build(args)
         detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
+        algorithm.check(cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run(cfg, default_out(job, args.out), job=job, **run_kwargs)
+    run_training_job(algorithm, cfg, default_out(algorithm.job, args.out))
     return 0
 
 
 def default_out(job: str, out: str | None) -> Path:
+    """``--out``, or ``runs/<job>-<timestamp>``."""
     return Path(out or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}")

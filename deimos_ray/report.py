@@ -78,7 +78,7 @@ def hit_counts(som_rows: np.ndarray, som_cols: np.ndarray, rows: int, cols: int)
 def draw_desom_pictures(model, som_rows: np.ndarray, som_cols: np.ndarray, out: Path) -> list[Path]:
     """Draw ``prototypes.png`` (image inputs only), ``hits.png`` and ``umatrix.png`` into
     ``out`` from a trained DESOM and the map cell of every assigned row."""
-    from deimos_ray.models.desom import umatrix
+    from deimos_ray.models.som import umatrix
 
     rows, cols = model.cfg.map_size
     out.mkdir(exist_ok=True)

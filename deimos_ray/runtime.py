@@ -42,17 +42,14 @@ def configure_data_context(quiet: bool = False) -> None:
 
     Progress bars appear only on a terminal. Ray Data's per-operator resource
     reservation is switched off: on a 2-CPU node it admitted one decode task at a time,
-    leaving a core idle (bench/ingest.py on the 7,495 HiRISE JPEGs: 1,612 images/s
-    with it, 2,647 without, against 1,648 for a plain single-process loop).
-    deimos_ray's pipelines are short chains, and the memory stays bounded without it
-    (the same benchmark streams the file list 10 times over: 1.07x the peak of once).
-    Set ``DEIMOS_RAY_DATA_RESERVATION=1`` to keep Ray's default.
+    leaving a core idle. deimos_ray's pipelines are short chains, and their memory stays
+    bounded without it (``bench/ingest.py`` measures both). Set
+    ``DEIMOS_RAY_DATA_RESERVATION=1`` to keep Ray's default.
 
     Rows keep their order (``preserve_order``): Ray Data otherwise hands blocks on as
     their tasks finish, so the rows reached a training worker in a different order from
     run to run, its batches and chunks differed, and a seed did not reproduce a training
-    on a source decoded by several tasks (two HiRISE runs of one seed scored NMI 0.090
-    and 0.082 before this). The ingest benchmark measures the cost (bench/RESULTS.md).
+    on a source decoded by several tasks.
 
     ``quiet`` also keeps Ray Data's INFO lines ("Dataset ... execution finished") off
     the terminal; they still reach Ray's session log file.

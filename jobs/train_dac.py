@@ -16,7 +16,8 @@ On a Ray cluster (the script joins the cluster it is submitted to):
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
 (cluster, confidence, topk_clusters, topk_probs, embedding = label features),
 rejected.parquet; with --restarts, restarts/R/ holds each restart's checkpoint and
-assignments. Rerunning with the same --out resumes, schedule included.
+assignments, and assignments/ their consensus. Rerunning with the same --out and the
+same model settings resumes, schedule included.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import argparse
 import sys
 
 from deimos_ray import cli
+from deimos_ray.algorithms import get_algorithm
 from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
+from deimos_ray.config import DACJobConfig
 from deimos_ray.models.dac import BACKBONES, PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS
-from deimos_ray.pipeline import DACJobConfig, run_dac_job
 
 JOB = "train_dac"
 SMOKE = {
@@ -67,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-weight", type=float, help="weight of the labelled pairs' loss (default 1)")
     p.add_argument("--min-cluster-size", type=int, help="after training, merge clusters smaller "
                    "than this into their most similar cluster (default 0: off)")
-    add_restart_args(p, "final pair loss")
+    add_restart_args(p)
     p.add_argument("--gather-pairs", action="store_true", help="with several workers, select "
                    "pairs across the global batch (all-gathers the label features)")
     return p
@@ -80,14 +82,14 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.backbone_weights": args.backbone_weights, "model.batch_size": args.batch_size,
         "model.lr": args.lr, "model.augment": False if args.no_augment else None,
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
-        "model.min_cluster_size": args.min_cluster_size,
+        "min_cluster_size": args.min_cluster_size,
         "model.gather_pairs": True if args.gather_pairs else None,
         **restart_overrides(args),
     }, preset=RECIPES[args.recipe])
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(JOB, build_config, run_dac_job, args)
+    return cli.main(get_algorithm("dac"), build_config, args)
 
 
 if __name__ == "__main__":

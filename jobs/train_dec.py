@@ -19,8 +19,9 @@ import argparse
 import sys
 
 from deimos_ray import cli
+from deimos_ray.algorithms import get_algorithm
 from deimos_ray.cli import add_common_args
-from deimos_ray.pipeline import DECJobConfig, run_dec_job
+from deimos_ray.config import DECJobConfig
 
 JOB = "train_dec"
 SMOKE = {
@@ -55,7 +56,7 @@ def build_config(args: argparse.Namespace) -> DECJobConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(JOB, build_config, run_dec_job, args)
+    return cli.main(get_algorithm("dec"), build_config, args)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ On a Ray cluster:
 
 Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
 (som_row, som_col, bmu_distance, cluster, embedding), rejected.parquet, report/
-(prototypes.png, hits.png, umatrix.png); with --restarts and the consensus, restarts/R/
-holds each restart's checkpoint and assignments. With --levels 2 also groups.parquet (one row
-per group: group, som_row, som_col, cluster, members) and level2/report/ (hits,
-U-matrix, members.png). Redraw the pictures with jobs/desom_report.py DIR.
+(prototypes.png, hits.png, umatrix.png); with --restarts (needs --k), restarts/R/ holds
+each restart's checkpoint and assignments, and cluster is their vote. With --levels 2
+also groups.parquet (one row per group: group, som_row, som_col, cluster, members) and
+level2/report/ (hits, U-matrix, members.png). Redraw the pictures with jobs/desom_report.py DIR.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import argparse
 import sys
 
 from deimos_ray import cli
+from deimos_ray.algorithms import get_algorithm
 from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
-from deimos_ray.pipeline import DESOMJobConfig, run_desom_job
+from deimos_ray.config import DESOMJobConfig
 
 JOB = "train_desom"
 SMOKE = {
@@ -52,10 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="training steps (default 10000)")
     p.add_argument("--autoencoder", choices=["dense", "conv"], help="dense (default) or conv")
     p.add_argument("--gamma", type=float, help="SOM loss weight (default 1e-3)")
-    add_restart_args(p, "final loss (reconstruction + gamma x SOM); the consensus needs --k")
-    p.add_argument("--levels", type=int, choices=[1, 2], default=1,
-                   help="2: also map the groups (exposures, source images) with DESOM-2 over "
-                   "histo-vectors of their members' DESOM-1 nodes")
+    add_restart_args(p)
+    p.add_argument("--levels", type=int, choices=[1, 2],
+                   help="1 (default), or 2: also map the groups (exposures, source images) with "
+                   "DESOM-2 over histo-vectors of their members' DESOM-1 nodes")
     p.add_argument("--level2-map-size", type=int, nargs=2, metavar=("ROWS", "COLS"),
                    help="DESOM-2 grid (default 20 20)")
     return p
@@ -67,12 +68,12 @@ def build_config(args: argparse.Namespace) -> DESOMJobConfig:
     return cli.build_config(DESOMJobConfig, args, SMOKE, {
         "model.map_size": args.map_size, "model.iterations": args.iterations,
         "model.autoencoder": args.autoencoder, "model.gamma": args.gamma,
-        "level2.map_size": args.level2_map_size, **restart_overrides(args),
+        "level2.map_size": args.level2_map_size, "levels": args.levels, **restart_overrides(args),
     })
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(JOB, build_config, run_desom_job, args, levels=args.levels)
+    return cli.main(get_algorithm("desom"), build_config, args)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
-"""Helpers shared by the job tests."""
+"""Helpers shared by the tests: loading scripts, and writing small image folders."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import shutil
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def load_script(path: str) -> ModuleType:
@@ -29,3 +34,48 @@ def load_job(name: str) -> ModuleType:
 # warns that fewer clusters came back than asked. Tests that do not check that warning
 # keep it out of the test log.
 smoke_may_collapse = pytest.mark.filterwarnings("ignore:.* distinct clusters, fewer than:UserWarning")
+
+
+def write_image_folder(root, n_good=6):
+    """Good PNG/JPEG files in nested folders, plus a dotfile and a non-image to skip."""
+    rng = np.random.default_rng(0)
+    (root / "a" / "b").mkdir(parents=True)
+    paths = []
+    for i in range(n_good):
+        sub = root / ("a" if i % 2 else "a/b")
+        ext = ".PNG" if i % 3 == 0 else ".jpg"
+        path = sub / f"img{i}{ext}"
+        Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(path, format="PNG" if ext == ".PNG" else "JPEG")
+        paths.append(path)
+    (root / ".hidden.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    return paths
+
+
+def write_bad_files(root):
+    """The committed zero-byte, text-as-.jpg and truncated files."""
+    for name in ("zero.png", "text.jpg", "truncated.jpg"):
+        shutil.copy(FIXTURES / "bad" / name, root / name)
+
+
+def interrupted_after_two_reports(config):
+    """Ray Train loop: the loop of module ``config["loop_module"]``, stopped by an error
+    right after its second report the first time it runs (the file ``config["marker"]``
+    remembers), as a crash would stop it. A rerun with the same run name resumes."""
+    module = importlib.import_module(config["loop_module"])
+    marker = Path(config["marker"])
+    real = module.report_epoch
+    reports = []
+
+    def report(metrics, state):
+        real(metrics, state)
+        reports.append(metrics)
+        if len(reports) == 2 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("interrupted")
+
+    module.report_epoch = report
+    try:
+        return module.train_loop_per_worker(config)
+    finally:
+        module.report_epoch = real

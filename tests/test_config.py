@@ -6,7 +6,10 @@ import pytest
 import yaml
 
 from deimos_ray.config import (
+    DACJobConfig,
     DataConfig,
+    DECJobConfig,
+    DESOMJobConfig,
     from_dict,
     load_yaml,
     override,
@@ -16,7 +19,6 @@ from deimos_ray.config import (
     stored_settings,
     to_dict,
 )
-from deimos_ray.pipeline import DACJobConfig, DECJobConfig, DESOMJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,22 +64,29 @@ def test_override_validates_eagerly():
 
 
 def test_override_all_validates_once_whatever_the_order():
-    # DESOM's restart consensus needs n_clusters: one setting at a time, restarts=2 alone
-    # would be refused before restart_combine=lowest_loss arrives.
-    settings = {"model.restarts": 2, "model.restart_combine": "lowest_loss", "model.map_size": [3, 3]}
+    # DESOM's restart consensus needs n_clusters: one setting at a time, restarts=2 first
+    # would be refused before n_clusters arrives.
+    settings = {"restarts.count": 2, "model.n_clusters": 4, "model.map_size": [3, 3]}
     cfg = override_all(DESOMJobConfig(), settings)
-    assert (cfg.model.restarts, cfg.model.restart_combine, cfg.model.map_size) == (2, "lowest_loss", (3, 3))
-    with pytest.raises(ValueError, match="needs model.n_clusters"):
-        override_all(DESOMJobConfig(), {"model.restarts": 2})
-    assert override_all(DESOMJobConfig(), {"model.restarts": 2, "model.n_clusters": 10}).model.n_clusters == 10
-    with pytest.raises(ValueError, match="level2.restarts must be 1"):
-        override_all(DESOMJobConfig(), {"level2.restarts": 2, "level2.restart_combine": "lowest_loss"})
-    with pytest.raises(ValueError, match="needs scaling.num_workers >= 1"):
-        override_all(DESOMJobConfig(), {"model.concurrent_restarts": 2, "scaling.num_workers": 0})
-    with pytest.raises(ValueError, match="has no field 'modle.restarts'"):
-        override_all(DESOMJobConfig(), {"modle.restarts": 2})
+    assert (cfg.restarts.count, cfg.model.n_clusters, cfg.model.map_size) == (2, 4, (3, 3))
+    with pytest.raises(ValueError, match="needs --k"):
+        override_all(DESOMJobConfig(), {"restarts.count": 2})
+    with pytest.raises(ValueError, match="needs --num-workers >= 1"):
+        override_all(DACJobConfig(), {"restarts.count": 2, "restarts.concurrent": 2, "scaling.num_workers": 0})
+    with pytest.raises(ValueError, match="DEC trains once"):
+        override_all(DECJobConfig(), {"restarts.count": 2})
+    with pytest.raises(ValueError, match="has no field 'restart.count'"):
+        override_all(DESOMJobConfig(), {"restart.count": 2})
     with pytest.raises(ValueError, match="has no field 'model.nope'"):
         override_all(DESOMJobConfig(), {"model.nope": 2})
+
+
+def test_orchestration_lives_outside_the_model_configs():
+    # What may change on resume is exactly what is not in the model config.
+    for cls in (DACJobConfig, DECJobConfig, DESOMJobConfig):
+        model = to_dict(cls())["model"]
+        assert not {"restarts", "restart_combine", "concurrent_restarts", "min_cluster_size"} & set(model)
+    assert "min_cluster_size" in to_dict(DACJobConfig()) and "levels" in to_dict(DESOMJobConfig())
 
 
 def test_parse_override_types_values():

@@ -24,10 +24,9 @@ improves (u falls, l rises) until u <= l. Three schedules (``schedule``):
 
 The paper names RMSprop and its learning rate (0.001) but not the decay of the squared
 gradients' running mean; the default, ``rmsprop_alpha=0.9``, is the reference code's
-(Keras's RMSprop default). PyTorch's own default, 0.99, is an option; it scored lower in
-every comparison measured (bench/RESULTS.md).
+(Keras's RMSprop default); PyTorch's own default, 0.99, is the other common choice.
 
-Four more settings of the reference code are options, off by default:
+Two more settings of the reference code are options, off by default:
 
 - ``selection="chunk"`` (reference MNIST script): instead of selecting within each
   training batch, the current network labels the pairs of a chunk of ``chunk_size``
@@ -38,20 +37,10 @@ Four more settings of the reference code are options, off by default:
   makes the targets more stable than per-batch selection.
 - ``pair_loss="mse"`` (reference code): squared error between the similarity and the
   0/1 target instead of the paper's binary cross-entropy.
-- ``weight_init="he_normal"`` (reference code): convolutions and dense layers start
-  from a normal of standard deviation sqrt(2 / fan_in), as the reference network's
-  ``init='he_normal'``; PyTorch's default start is about 2.4 times smaller. Every such
-  layer is followed by batch norm, so the scale does not change what the network
-  computes, but RMSprop's steps have a fixed size, so larger weights turn more slowly.
 
-- ``recompute_bn_stats=True`` (not in ``--recipe reference``): the final network's
-  batch-norm statistics are recomputed on the un-augmented images after training, so
-  the assignment normalises as the reference's batch norm does when it predicts (by
-  clean batches' statistics), not by PyTorch's running averages over augmented training
-  batches.
-
-The pair loss here leaves out the diagonal (sim_ii = 1 exactly, so its loss and gradient
-are zero; counting it would only dilute the average).
+The pair loss itself is in :mod:`deimos_ray.losses.dac`; it leaves out the diagonal
+(sim_ii = 1 exactly, so its loss and gradient are zero; counting it would only dilute
+the average).
 """
 
 from __future__ import annotations
@@ -63,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deimos_ray.config import check_restarts
 from deimos_ray.data.augment import AugmentConfig
 
 BACKBONES = ("vgg", "resnet18")
@@ -71,19 +59,15 @@ HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
 PAIR_LOSSES = ("bce", "mse")
-WEIGHT_INITS = ("pytorch", "he_normal")
 PAPER_U0, PAPER_L0, PAPER_U_COEFF, PAPER_L_COEFF = 0.95, 0.455, 1.0, 0.1
 PAPER_LAMBDA_STEP = 0.0099  # 1.1 x 0.009
-EPS = 1e-7
 
-# ``--recipe reference``: the reference MNIST script's training, as settings. Its
-# threshold runs from 0.9 to 0.5 over 20 epochs; this ends at 0.7, which held the
-# clusters apart better on the digits (the last epochs at 0.5-0.7 merged clusters) and
-# is level with 0.5 in accuracy on USPS (bench/RESULTS.md).
+# ``--recipe reference``: the reference MNIST script's training (vector-1127/DAC,
+# ``MNIST/mnist.py``), as settings. Its threshold runs from 0.9 to 0.5 over 20 epochs;
+# this ends at 0.7, as the last epochs below 0.7 merged clusters in trials on the digits.
 # Its augmentation: rotations up to 10 degrees, shifts up to 10 %, zoom 0.95-1.05 and a
-# small intensity shift.
-# (Its network's narrow end is ``model.head=narrow``, not part of the recipe: on the
-# digits it did not score clearly better; bench/RESULTS.md.)
+# small intensity shift. Its network's narrow end is ``model.head=narrow``, kept out of
+# the recipe so the recipe changes the training, not the network.
 REFERENCE_RECIPE = {
     "model.schedule": "official", "model.official_upper": 0.9, "model.official_lower": 0.7,
     "model.epochs": 20, "model.selection": "chunk", "model.chunk_size": 1000,
@@ -139,10 +123,6 @@ class DACConfig:
             RMSprop default, its ``rho``). PyTorch's default, 0.99, adapts the step
             more slowly to the gradient's scale and, from the zero start, makes the
             first steps about three times larger.
-        weight_init: ``pytorch`` (default: PyTorch's own start) or ``he_normal`` (the
-            reference code's: normal, standard deviation sqrt(2 / fan_in)) for the VGG
-            convolutions and the head's dense layers, except the narrow head's layers
-            started at the identity. The paper does not say.
         augment: Train on two random views of every image, an image and its view being a
             "same" pair (the reference code also trains on augmented images).
         augmentation: Which augmentations make the views. The default keeps orientation
@@ -152,9 +132,6 @@ class DACConfig:
             label whose labels supervise training: pairs of them are must-link (same
             label) or cannot-link; 0 uses none.
         labeled_weight: Weight of the labelled-pair loss against the selected-pair loss.
-        min_cluster_size: DeIMOS extension. After training, clusters with fewer members
-            are merged into the most similar remaining cluster (cosine similarity of the
-            clusters' mean label features); 0 disables it.
         gather_pairs: With several workers, all-gather the label features so pairs are
             selected across the global batch, not within each worker's share
             (``selection="batch"`` only).
@@ -163,38 +140,7 @@ class DACConfig:
         chunk_size: Images per chunk (global across workers) with ``selection="chunk"``
             (reference: 1,000). Their targets come from one forward pass.
         inner_passes: Passes over each chunk's augmented images (reference: 5).
-        recompute_bn_stats: After the last epoch, recompute the batch-norm running
-            statistics from the un-augmented images, in batches of the selection's size
-            (``chunk_size`` or ``batch_size``), so the final assignment normalises as
-            :func:`chunk targets <deimos_ray.train.dac_loop.chunk_targets>` did, on clean
-            batches; without it the assignment uses PyTorch's running averages over the
-            last augmented training batches. Neither the paper nor PyTorch's default; the
-            reference code's Keras batch norm normalises every prediction batch by its
-            own statistics, which this approximates. Off by default, also in ``--recipe
-            reference``: batch norm's statistics over a clean chunk standardise the k
-            logits over the chunk, which pulls the clusters towards equal sizes. On the
-            digits (equal classes) it lifted the median scores a little; on the HiRISE
-            landmarks (mostly one class) it moved 28-49 % of the images and lowered
-            accuracy (bench/RESULTS.md).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
-        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...
-            Not in the paper, which trains once; DAC's result varies much from seed to
-            seed. Costs ``restarts`` times the training. How they make one clustering is
-            ``restart_combine``.
-        restart_combine: ``consensus`` (default): every restart's network assigns the
-            rows and the assignments are their consensus: the restarts' clusters
-            matched to a reference partition and their probabilities averaged
-            (:mod:`deimos_ray.consensus`). ``lowest_loss``: the restart whose last epoch
-            ends with the lowest mean pair loss assigns them, as k-means keeps its
-            lowest-inertia start; between good trainings that loss does not rank the
-            clusterings (``bench/RESULTS.md``). Neither uses a label. The exported
-            ``checkpoint/`` is the lowest-loss restart's either way; with ``consensus``
-            every restart's model is in ``restarts/R/checkpoint``.
-        concurrent_restarts: Restarts trained at the same time, each a Ray Train run
-            of ``scaling.num_workers`` workers of its own (so at least one worker, not
-            the driver's local mode). The trainings and their results are the same as
-            one after another; only the wall time changes. On a cluster set it to the
-            trainings its GPUs (or CPUs) can hold at once; more wait for resources.
     """
 
     n_clusters: int = 10
@@ -216,26 +162,19 @@ class DACConfig:
     batch_size: int = 128
     lr: float = 1e-3
     rmsprop_alpha: float = 0.9
-    weight_init: str = "pytorch"
     augment: bool = True
     augmentation: AugmentConfig = field(default_factory=digit_safe_augmentation)
     labeled_fraction: float = 0.0
     labeled_weight: float = 1.0
-    min_cluster_size: int = 0
     gather_pairs: bool = False
     selection: str = "batch"
     chunk_size: int = 1000
     inner_passes: int = 5
-    recompute_bn_stats: bool = False
     pair_loss: str = "bce"
-    restarts: int = 1
-    restart_combine: str = "consensus"
-    concurrent_restarts: int = 1
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
-        check_restarts(self.restarts, self.restart_combine, self.concurrent_restarts)
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone_weights is not None:
@@ -245,8 +184,6 @@ class DACConfig:
                 raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
-        if self.weight_init not in WEIGHT_INITS:
-            raise ValueError(f"model.weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"model.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0 <= self.labeled_fraction <= 1:
@@ -299,65 +236,6 @@ def schedule_done(cfg: DACConfig, lam: float, epoch: int) -> bool:
         return False
     upper, lower = thresholds(cfg, lam, epoch)
     return upper <= lower
-
-
-# --------------------------------------------------------------------------- the loss
-def label_features(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax, then L2 normalisation (paper, section 3.1)."""
-    return F.normalize(torch.softmax(logits, dim=1), p=2, dim=1)
-
-
-def select_pairs(
-    sim: torch.Tensor, upper: float, lower: float, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks of "same" (sim >= upper) and "different" (sim < lower) pairs.
-
-    Args:
-        sim: (R, C) similarities, computed without gradient for the selection.
-        valid: (R, C) pairs that may be selected (e.g. not an image with itself).
-    """
-    same, different = sim >= upper, sim < lower
-    if valid is not None:
-        same, different = same & valid, different & valid
-    return same, different
-
-
-def pair_bce_sum(sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of binary cross-entropies over the selected pairs, and their number (a
-    tensor on ``sim``'s device, so a training step never waits for the GPU).
-
-    A selection with no pair returns a zero that still carries the graph, so
-    ``backward`` runs on every worker (DDP needs every rank to reduce gradients).
-    """
-    s = sim.clamp(EPS, 1 - EPS)
-    loss = -(torch.log(s) * same).sum() - (torch.log1p(-s) * different).sum()
-    return loss, same.sum() + different.sum()
-
-
-def pair_squared_sum(sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of squared errors (sim - r)^2 over the selected pairs (reference code's loss),
-    and their number; like :func:`pair_bce_sum` otherwise."""
-    loss = ((1 - sim) ** 2 * same).sum() + (sim**2 * different).sum()
-    return loss, same.sum() + different.sum()
-
-
-def pair_loss_sum(
-    sim: torch.Tensor, same: torch.Tensor, different: torch.Tensor, kind: str = "bce"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair loss ``kind`` (``bce`` or ``mse``) summed over the selected pairs, and their number."""
-    return (pair_bce_sum if kind == "bce" else pair_squared_sum)(sim, same, different)
-
-
-def labeled_masks(
-    known_rows: torch.Tensor, known_cols: torch.Tensor, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Must-link (equal known labels) and cannot-link (different) masks; -1 is unknown."""
-    known = (known_rows[:, None] >= 0) & (known_cols[None, :] >= 0)
-    equal = known_rows[:, None] == known_cols[None, :]
-    must, cannot = known & equal, known & ~equal
-    if valid is not None:
-        must, cannot = must & valid, cannot & valid
-    return must, cannot
 
 
 # --------------------------------------------------------------------------- networks
@@ -455,16 +333,9 @@ class DACNet(nn.Module):
             for width_in in (self.backbone.out_dim, k, k):
                 layers += [nn.Linear(width_in, k, bias=False), nn.BatchNorm1d(k), nn.ReLU(inplace=True)]
             self.head = nn.Sequential(*layers)
-        # The narrow head's k-to-k layers start at the identity, as the reference's do.
-        identity = [m for m in self.head if isinstance(m, nn.Linear)][1:] if cfg.head == "narrow" else []
-        for linear in identity:
-            nn.init.eye_(linear.weight)
-        if cfg.weight_init == "he_normal":
-            # ResNet-18 keeps torchvision's start (already He's, by fan-out).
-            parts = [self.head] + ([self.backbone] if cfg.backbone == "vgg" else [])
-            for layer in (m for part in parts for m in part.modules()):
-                if isinstance(layer, (nn.Conv2d, nn.Linear)) and all(layer is not m for m in identity):
-                    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            # The k-to-k layers start at the identity, as the reference's do.
+            for linear in [m for m in self.head if isinstance(m, nn.Linear)][1:]:
+                nn.init.eye_(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

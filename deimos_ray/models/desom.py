@@ -1,18 +1,14 @@
 """DESOM: Deep Embedded Self-Organising Map (Forest, Lebbah, Azzag and Lacaille, ESANN 2019).
 
-An autoencoder and a self-organising map trained together:
+An autoencoder and a self-organising map (:class:`deimos_ray.models.som.SOMLayer`)
+trained together:
 
-    z = encoder(x),   d_k = ||z - w_k||^2 for every map node k           (SOM layer)
-    bmu = argmin_k d_k,  h_k = K(delta(bmu, k), T)                       (no gradient)
-    L = ||x - decoder(z)||^2  +  gamma * sum_k h_k d_k                   (gamma 1e-3)
+    z = encoder(x),   d_k = ||z - w_k||^2 for every map node k
+    L = ||x - decoder(z)||^2  +  gamma * SOM loss(d, T)                  (gamma 1e-3)
 
-delta is the distance between two cells on the map grid, K the neighbourhood kernel
-(Gaussian exp(-delta^2 / T^2), or a window 1[delta <= T]), and the temperature T decays
-from Tmax = 10 to Tmin = 0.1 over the training iterations (exponentially by default, as
-in the paper; linear and constant as options). The grid distance is the true
-Manhattan (or Euclidean) distance between (row, column) cells; the reference
-implementation computes the row difference with a formula that is wrong for some pairs
-of cells, which is not reproduced. Prototypes start as encodings of random samples.
+and the temperature T of the SOM's neighbourhood decays from Tmax = 10 to Tmin = 0.1
+over the training iterations (exponentially by default, as in the paper; linear and
+constant as options). Prototypes start as encodings of random samples.
 """
 
 from __future__ import annotations
@@ -25,12 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deimos_ray.config import check_restarts
 from deimos_ray.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+from deimos_ray.models.som import DECAYS, GRID_METRICS, KERNELS, SOMLayer
 
-KERNELS = ("gaussian", "window")
-DECAYS = ("exponential", "linear", "constant")
-GRID_METRICS = ("manhattan", "euclidean")
 NODE_WEIGHTS = ("hits", "none")
 
 
@@ -59,21 +52,7 @@ class DESOMConfig:
             (default) by the number of training samples whose best-matching unit it is,
             so the clusters follow where the data are and sparsely hit nodes between
             two groups do not pull a centroid; ``none`` weighs every node equally.
-            Neither the paper nor its reference code fixes this step. On the same
-            trained 8x8 maps (three seeds), ``hits`` gave the higher median NMI and ARI
-            on digits and USPS, and the higher accuracy on digits but not on USPS.
-        restarts: Independent trainings, from seeds ``seed``, ``seed + 1000``, ...
-            Not in the paper, which trains once; the grouping of the nodes varies
-            from seed to seed. Costs ``restarts`` times the training.
-        restart_combine: ``consensus`` (default; needs ``n_clusters``): every
-            restart's map assigns the rows and ``cluster`` is the vote of the
-            restarts' groupings, matched to a reference partition
-            (:func:`deimos_ray.assign.combine_desom_assignments`); the map columns,
-            the pictures and ``checkpoint/`` are the lowest-loss restart's.
-            ``lowest_loss``: the restart with the lowest final loss (reconstruction +
-            gamma x SOM) is the result. Neither uses a label.
-        concurrent_restarts: Restarts trained at the same time, each a Ray Train run
-            of ``scaling.num_workers`` workers of its own (as DAC's).
+            Neither the paper nor its reference code fixes this step.
     """
 
     map_size: tuple[int, int] = (8, 8)
@@ -92,17 +71,8 @@ class DESOMConfig:
     grid_metric: str = "manhattan"
     kmeans_n_init: int = 10
     node_weights: str = "hits"
-    restarts: int = 1
-    restart_combine: str = "consensus"
-    concurrent_restarts: int = 1
 
     def __post_init__(self) -> None:
-        check_restarts(self.restarts, self.restart_combine, self.concurrent_restarts)
-        if self.restarts > 1 and self.restart_combine == "consensus" and self.n_clusters is None:
-            raise ValueError("model.restart_combine=consensus combines the restarts' groupings of "
-                             "the nodes: it needs model.n_clusters (--k); without it every node is a "
-                             "cluster and one map's nodes do not correspond to another's "
-                             "(or use model.restart_combine=lowest_loss)")
         if len(self.map_size) != 2 or min(self.map_size) < 1:
             raise ValueError(f"model.map_size must be two positive numbers, got {self.map_size}")
         if self.n_clusters is not None and not 2 <= self.n_clusters <= self.nodes:
@@ -129,37 +99,6 @@ class DESOMConfig:
         return self.n_clusters or self.nodes
 
 
-def grid_distances(rows: int, cols: int, metric: str = "manhattan") -> torch.Tensor:
-    """(M, M) distances between map cells, M = rows x cols, node k at (k // cols, k % cols)."""
-    k = torch.arange(rows * cols)
-    r, c = k // cols, k % cols
-    dr = (r[:, None] - r[None, :]).abs().float()
-    dc = (c[:, None] - c[None, :]).abs().float()
-    return dr + dc if metric == "manhattan" else torch.sqrt(dr**2 + dc**2)
-
-
-def neighbourhood(distance: torch.Tensor, temperature: float, kernel: str = "gaussian") -> torch.Tensor:
-    """Kernel weights from grid distances: exp(-d^2 / T^2), or 1[d <= T] for ``window``."""
-    if kernel == "window":
-        return (distance <= temperature).to(distance.dtype)
-    return torch.exp(-(distance**2) / temperature**2)
-
-
-def temperature(iteration: int, iterations: int, t_max: float, t_min: float, decay: str = "exponential") -> float:
-    """T at ``iteration`` (0-based) of ``iterations``: t_max at the first, t_min at the last."""
-    if decay == "constant" or iterations <= 1:
-        return t_max
-    frac = min(iteration, iterations - 1) / (iterations - 1)
-    if decay == "linear":
-        return t_max - (t_max - t_min) * frac
-    return t_max * (t_min / t_max) ** frac
-
-
-def som_loss(d: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of sum_k h_k d_k; ``weights`` (B, M) carry no gradient."""
-    return (weights * d).sum(dim=1).mean()
-
-
 def build_autoencoder(cfg: DESOMConfig, input_shape: tuple[int, ...]) -> nn.Module:
     """The autoencoder named by ``cfg`` for inputs of ``input_shape`` ((C, H, W) or (D,))."""
     if cfg.autoencoder == "conv":
@@ -171,7 +110,7 @@ def build_autoencoder(cfg: DESOMConfig, input_shape: tuple[int, ...]) -> nn.Modu
 
 
 class DESOM(nn.Module):
-    """Autoencoder plus SOM prototypes (rows x cols x latent, stored as (M, latent)).
+    """An autoencoder and a :class:`~deimos_ray.models.som.SOMLayer` on its embeddings.
 
     ``forward(x)`` returns ``(z, x_hat, d)``: embeddings, reconstructions in the
     autoencoder's layout (flat for dense) and squared distances to every prototype.
@@ -183,8 +122,12 @@ class DESOM(nn.Module):
         self.input_shape = tuple(input_shape)
         self.autoencoder = build_autoencoder(cfg, self.input_shape)
         self.flat = isinstance(self.autoencoder, DenseAutoencoder)
-        self.prototypes = nn.Parameter(torch.zeros(cfg.nodes, cfg.latent_dim))
-        self.register_buffer("grid", grid_distances(*cfg.map_size, cfg.grid_metric), persistent=False)
+        self.som = SOMLayer(cfg.map_size, cfg.latent_dim, cfg.kernel, cfg.grid_metric)
+
+    @property
+    def prototypes(self) -> nn.Parameter:
+        """The map's (M, latent) prototypes."""
+        return self.som.prototypes
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The input as the autoencoder takes it (flattened for dense)."""
@@ -196,20 +139,16 @@ class DESOM(nn.Module):
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """(B, M) squared Euclidean distances from each embedding to each prototype."""
-        return (z[:, None, :] - self.prototypes[None, :, :]).pow(2).sum(dim=2)
+        return self.som.distances(z)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z, x_hat = self.autoencoder(self.prepare(x))
-        return z, x_hat, self.distances(z)
+        return z, x_hat, self.som.distances(z)
 
     def loss(self, x: torch.Tensor, x_hat: torch.Tensor, d: torch.Tensor, t: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Reconstruction + gamma x SOM loss at temperature ``t``; BMUs and weights
-        without gradient."""
-        with torch.no_grad():
-            bmu = d.argmin(dim=1)
-            weights = neighbourhood(self.grid[bmu], t, self.cfg.kernel)
+        """Reconstruction + gamma x SOM loss at temperature ``t``."""
         reconstruction = nn.functional.mse_loss(x_hat, self.prepare(x))
-        som = som_loss(d, weights)
+        som = self.som.loss(d, t)
         total = reconstruction + self.cfg.gamma * som
         return total, {"loss": float(total.detach()), "reconstruction": float(reconstruction.detach()),
                        "som": float(som.detach())}
@@ -248,34 +187,6 @@ def node_hits(model: DESOM, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         z = model.encode(x[start:start + chunk].to(hits.device))
         hits += torch.bincount(model.distances(z).argmin(dim=1), minlength=len(hits)).to(hits.dtype)
     return hits
-
-
-def quantization_error(d_bmu: torch.Tensor) -> float:
-    """Mean Euclidean distance from each embedding to its best-matching prototype."""
-    return float(d_bmu.mean())
-
-
-def topographic_error(d: torch.Tensor, grid: torch.Tensor) -> float:
-    """Share of samples whose first and second BMUs are not neighbours on the map
-    (grid distance above 1)."""
-    two = d.topk(2, dim=1, largest=False).indices
-    return float((grid[two[:, 0], two[:, 1]] > 1).float().mean())
-
-
-def umatrix(prototypes: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """(rows, cols) mean distance from each prototype to those of its 4 grid neighbours."""
-    w = prototypes.reshape(rows, cols, -1)
-    total = torch.zeros(rows, cols)
-    count = torch.zeros(rows, cols)
-    for dr, dc in ((0, 1), (1, 0)):
-        a = w[: rows - dr, : cols - dc]
-        b = w[dr:, dc:]
-        dist = (a - b).norm(dim=-1)
-        total[: rows - dr, : cols - dc] += dist
-        count[: rows - dr, : cols - dc] += 1
-        total[dr:, dc:] += dist
-        count[dr:, dc:] += 1
-    return total / count.clamp(min=1)
 
 
 def histo_vectors(groups: list[str], nodes: list[int] | torch.Tensor, n_nodes: int,

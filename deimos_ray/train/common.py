@@ -1,12 +1,11 @@
 """Pieces every training loop shares: reading a worker's shard, batches with the same
-number of steps on every rank, global counts, the clock that paces reports, and batch
-norm statistics recomputed on clean inputs."""
+number of steps on every rank, global counts, the clock that paces reports, and the
+check that a checkpoint may be resumed."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -55,45 +54,6 @@ def batched(x: torch.Tensor, batch_size: int = 1024):
     """Consecutive slices of ``x`` for no-gradient passes."""
     for start in range(0, len(x), batch_size):
         yield x[start : start + batch_size]
-
-
-def recompute_batch_norm(module: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Replace the running mean and variance of every batch-norm layer in ``module`` by
-    their averages over ``batches``, then average them across workers.
-
-    During training the running statistics follow the (augmented) training batches with
-    momentum 0.1; this pass recomputes them from the given inputs instead, so the model in
-    evaluation mode normalises as it did on batches like those (the "precise batch norm"
-    of Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021). Parameters do not change.
-    Each worker averages over its own batches (PyTorch's cumulative average, ``momentum
-    = None``), then the workers' averages are averaged, which equals the average over all
-    batches when the workers hold as many batches each.
-
-    Args:
-        module: The model (not its DDP wrapper, whose forward would broadcast rank 0's
-            buffers). It is left in evaluation mode.
-        batches: Input batches, already on the model's device; each is normalised by its
-            own statistics, as in training.
-
-    Returns:
-        The number of batch-norm layers recomputed.
-    """
-    layers = [m for m in module.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches below
-    module.train()
-    with torch.no_grad():
-        for x in batches:
-            module(x)
-    for layer, momentum in zip(layers, momenta, strict=True):
-        layer.momentum = momentum
-        for buffer in (layer.running_mean, layer.running_var):
-            C.all_reduce_sum(buffer).div_(C.world_size())
-    module.eval()
-    return len(layers)
 
 
 def global_count(value: int | float) -> float:
@@ -149,19 +109,18 @@ class Batches:
             yield perm[s * self.local_batch : (s + 1) * self.local_batch]
 
 
-def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape: tuple[int, ...],
-                    may_change: set[str]) -> None:
+def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape: tuple[int, ...]) -> None:
     """Refuse to resume a checkpoint of another algorithm, model config or input shape.
 
-    A field the checkpoint's config lacks (added to the package since) counts as its
-    default (:func:`deimos_ray.config.stored_settings`); a new field's default keeps
-    the behaviour runs had before it existed.
+    Every model setting must match: settings that may change between a run and its
+    resumption (restarts, post-processing, checkpoint pacing) are the job's, outside the
+    model config. A field the checkpoint's config lacks (added to the package since)
+    counts as its default (:func:`deimos_ray.config.stored_settings`).
 
     Args:
         state: The checkpoint's state (``algorithm``, ``config``, ``input_shape``).
         algorithm: The resuming loop's algorithm (checkpoints without one are DEC's).
         cfg: The resuming run's model config.
-        may_change: Config fields allowed to differ (e.g. to train longer).
     """
     from deimos_ray.config import stored_settings, to_dict
 
@@ -169,10 +128,10 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
         raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
                          f"not {algorithm} (another algorithm); use a new --out")
     old, new = stored_settings(type(cfg), state["config"]), to_dict(cfg)
-    changed = sorted(k for k in new if k not in may_change and old[k] != new[k])
+    changed = sorted(k for k in new if old[k] != new[k])
     if changed or tuple(state["input_shape"]) != tuple(input_shape):
         raise ValueError(
             f"the run directory holds a checkpoint made with different settings "
-            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same settings "
-            f"to resume (only {sorted(may_change)} may change)"
+            f"({', '.join(changed) or 'input shape'}); use a new --out, or the same model "
+            f"settings to resume"
         )

@@ -28,17 +28,8 @@ import torch
 
 from deimos_ray.config import from_dict, to_dict
 from deimos_ray.data.augment import augment, two_views
-from deimos_ray.models.dac import (
-    DACConfig,
-    DACNet,
-    label_features,
-    labeled_masks,
-    next_lambda,
-    pair_loss_sum,
-    schedule_done,
-    select_pairs,
-    thresholds,
-)
+from deimos_ray.losses.dac import label_features, labeled_masks, pair_loss_sum, select_pairs
+from deimos_ray.models.dac import DACConfig, DACNet, next_lambda, schedule_done, thresholds
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
@@ -46,24 +37,9 @@ from deimos_ray.train.common import Batches, CheckpointClock, global_count, load
 
 KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
 
-# Fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "min_cluster_size", "restarts", "restart_combine", "concurrent_restarts"}
-
-
 def _log(message: str) -> None:
     if C.rank() == 0:
         print(f"[dac] {message}", flush=True)
-
-
-def final_pair_loss(summary: dict[str, Any]) -> float:
-    """A finished run's objective for choosing among restarts: the mean pair loss of
-    its last epoch (from the loop's return value)."""
-    return float(summary["history"][-1]["pair_loss"])
-
-
-def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
-    common.check_resumable(state, "dac", cfg, input_shape, RESUMABLE_CHANGES)
 
 
 def _loss_and_stats(
@@ -228,7 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     epoch, lam, history, resumed_at = 0, 0.0, [], None
     state = latest_state()
     if state is not None:
-        check_resumable(state, cfg, input_shape)
+        common.check_resumable(state, "dac", cfg, input_shape)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, lam, history = int(state["epoch"]), float(state["lambda"]), list(state["history"])
@@ -266,13 +242,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(record)
         _log(common.format_metrics(record, 4))
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
-        finished = schedule_done(cfg, lam, epoch)
-        if finished and cfg.recompute_bn_stats:
-            # The checkpoint of the last epoch is the model that assigns the images; the
-            # clean images pass in batches of the selection's size, as the targets saw them.
-            layers = common.recompute_batch_norm(net, (x_local[idx].to(device) for idx in batches.epoch(epoch)))
-            _log(f"batch-norm statistics of {layers} layers recomputed on the clean images")
-        if not clock.due(final=finished):
+        if not clock.due(final=schedule_done(cfg, lam, epoch)):
             continue
         report_epoch(
             {"phase": "dac", **record},

@@ -30,8 +30,9 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from deimos_ray.config import from_dict, to_dict
+from deimos_ray.losses.dec import target_distribution
 from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
-from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder, target_distribution
+from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
@@ -196,15 +197,6 @@ def init_centres(cfg: DECConfig, model: DEC, x_local: torch.Tensor, device: torc
     model.centres.data.copy_(centres.to(model.centres.device))
 
 
-# Fields that may change between a run and its resumption (to train longer).
-RESUMABLE_CHANGES = {"epochs", "tol"}
-
-
-def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
-    common.check_resumable(state, "dec", cfg, input_shape, RESUMABLE_CHANGES)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point for DEC / IDEC (see the module docstring for the phases).
 
@@ -230,7 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
     state = latest_state()
     if state is not None:
-        check_resumable(state, cfg, input_shape)
+        common.check_resumable(state, "dec", cfg, input_shape)
         _log(f"resuming from checkpoint: phase {state['phase']}")
     base_state = {"algorithm": "dec", "config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
 

@@ -18,16 +18,12 @@ import ray.train
 import torch
 
 from deimos_ray.config import from_dict, to_dict
-from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, node_hits, temperature
+from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, node_hits
+from deimos_ray.models.som import temperature
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
-
-# Fields that may change between a run and its resumption (to train longer, or to add
-# restarts). Not n_clusters: the node -> cluster table is made once, at the last
-# iteration, so a finished run would keep its old grouping.
-RESUMABLE_CHANGES = {"iterations", "restarts", "restart_combine", "concurrent_restarts"}
 
 
 def _log(message: str) -> None:
@@ -55,17 +51,6 @@ def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, s
     if cfg.n_clusters is not None and cfg.node_weights == "hits":
         weights = C.all_reduce_sum(node_hits(model, x_local))
     return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
-
-
-def final_loss(summary: dict[str, Any]) -> float:
-    """A finished run's objective for choosing among restarts: the mean training loss
-    (reconstruction + gamma x SOM) of its last epoch (from the loop's return value)."""
-    return float(summary["loss"])
-
-
-def check_resumable(state: dict[str, Any], cfg: Any, input_shape: tuple[int, ...]) -> None:
-    """Refuse to resume a checkpoint made by another algorithm, model or input shape."""
-    common.check_resumable(state, "desom", cfg, input_shape, RESUMABLE_CHANGES)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     iteration, epoch, resumed_at = 0, 0, None
     state = latest_state()
     if state is not None:
-        check_resumable(state, cfg, input_shape)
+        common.check_resumable(state, "desom", cfg, input_shape)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         iteration, epoch = int(state["iteration"]), int(state["epoch"])

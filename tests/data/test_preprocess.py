@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from deimos_ray.config import DataConfig
+from deimos_ray.data.prepare import prepare_data
 from deimos_ray.data.preprocess import (
     ImageSpec,
     convert_arrays,
@@ -17,9 +18,8 @@ from deimos_ray.data.preprocess import (
     tile_positions,
     to_unit_float,
 )
-from deimos_ray.pipeline import prepare_data
 
-BAD = Path(__file__).resolve().parent / "fixtures" / "bad"
+BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
 
 
 def test_decode_scales_16bit_and_handles_rgba_and_palette():

@@ -1,5 +1,5 @@
 """jobs/train_desom.py end to end on tiny data: map columns, pictures, redrawing, the
-restarts' consensus, the two-level pipeline, and resuming the schedule through Ray Train."""
+restarts' consensus and the two-level pipeline."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ import pytest
 from PIL import Image
 
 from deimos_ray.assign import read_metadata
-from deimos_ray.config import ScalingConfig, to_dict
 from deimos_ray.consensus import combine_labelings
-from deimos_ray.models.desom import DESOMConfig
-from deimos_ray.train import desom_loop
 from deimos_ray.train.checkpoint import load_state
-from deimos_ray.train.driver import fit
 from tests.helpers import ROOT, load_job, smoke_may_collapse
 
 
@@ -87,13 +83,11 @@ def test_restarts_vote_the_clusters_and_keep_the_lowest_loss_map(ray_session, tm
     assert (final["cluster"].to_numpy() == combined).all()
     np.testing.assert_allclose(final["confidence"].to_numpy(), share)
     assert [r["agreement"] for r in records] == pytest.approx(agreement)
-    assert read_metadata(out / "assignments")["restart_combine"]["kept"] == kept["restart"]
+    assert read_metadata(out / "assignments")["consensus"]["kept"] == kept["restart"]
     assert_png(out / "report" / "prototypes.png")
 
     # Without --k every node is a cluster, and nodes of two maps do not correspond.
     assert job.main(parser.parse_args(["--out", str(tmp_path / "no-k"), "--smoke-test", "--restarts", "2"])) == 2
-    cfg = job.build_config(parser.parse_args(["--restarts", "2", "--restart-combine", "lowest_loss"]))
-    assert cfg.model.restarts == 2 and cfg.model.n_clusters is None
 
 
 @smoke_may_collapse
@@ -129,22 +123,3 @@ def test_two_levels_need_groups(ray_session, tmp_path):
         ["--out", str(tmp_path / "run"), "--smoke-test", "--limit", "40", "--levels", "2"])
     with pytest.raises(ValueError, match="needs rows grouped"):
         job.main(args)
-
-
-@pytest.mark.slow
-def test_rerun_resumes_at_the_saved_iteration(ray_session, tmp_path):
-    import ray
-
-    rng = np.random.default_rng(0)
-    ds = ray.data.from_items([{"x": row} for row in rng.random((64, 1, 4, 4)).astype(np.float32)])
-    cfg = DESOMConfig(map_size=(2, 2), hidden_dims=(8,), latent_dim=2, iterations=6, batch_size=16)
-    config = {"model": to_dict(cfg), "seed": 0, "input_shape": [1, 4, 4], "checkpoint_interval_s": 0}
-    scaling = ScalingConfig(num_workers=1)
-    first = fit(desom_loop.train_loop_per_worker, config, ds, scaling, tmp_path, name="run")
-    assert first.return_value["iterations"] == 6 and first.return_value["resumed_at_iteration"] is None
-    longer = {**config, "model": to_dict(DESOMConfig(**{**to_dict(cfg), "map_size": (2, 2), "hidden_dims": (8,),
-                                                        "iterations": 12}))}
-    second = fit(desom_loop.train_loop_per_worker, longer, ds, scaling, tmp_path, name="run")
-    assert second.return_value["resumed_at_iteration"] == 6
-    assert second.return_value["iterations"] == 12
-    assert second.return_value["temperature"] == pytest.approx(0.1)  # reached the end of the schedule

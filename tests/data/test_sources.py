@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -14,13 +13,12 @@ import pytest
 from PIL import Image
 
 from deimos_ray.config import DataConfig
+from deimos_ray.data.prepare import prepare_data
 from deimos_ray.data.sources import detect_format, list_image_files
 from deimos_ray.data.sources import load_source as _load_source
 from deimos_ray.data.sources.archive import unsafe_member
 from deimos_ray.data.sources.hirise import split_augmentation
-from deimos_ray.pipeline import prepare_data
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from tests.helpers import FIXTURES, write_bad_files, write_image_folder
 
 
 def load_source(spec, **kw):
@@ -30,30 +28,6 @@ def load_source(spec, **kw):
 def rows_of(source):
     return source.dataset.to_pandas()
 
-
-def write_image_folder(root, n_good=6):
-    """Good PNG/JPEG files in nested folders, plus a dotfile and a non-image to skip."""
-    rng = np.random.default_rng(0)
-    (root / "a" / "b").mkdir(parents=True)
-    paths = []
-    for i in range(n_good):
-        sub = root / ("a" if i % 2 else "a/b")
-        ext = ".PNG" if i % 3 == 0 else ".jpg"
-        path = sub / f"img{i}{ext}"
-        Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(path, format="PNG" if ext == ".PNG" else "JPEG")
-        paths.append(path)
-    (root / ".hidden.png").write_bytes(b"")
-    (root / "notes.txt").write_text("not an image")
-    return paths
-
-
-def write_bad_files(root):
-    """The committed zero-byte, text-as-.jpg and truncated files."""
-    for name in ("zero.png", "text.jpg", "truncated.jpg"):
-        shutil.copy(FIXTURES / "bad" / name, root / name)
-
-
-# -- detection and clear errors -------------------------------------------------------
 
 def test_detect_format_and_clear_errors(tmp_path):
     assert detect_format("digits") == ("digits", "")

@@ -1,24 +1,30 @@
 """DAC through Ray Train: the global-batch gradient with --gather-pairs, 1 vs 2 workers
-on the same data, and resuming the threshold schedule."""
+on the same data, chunk selection on two workers, and resuming an interrupted schedule."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 import pytest
 import ray
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.losses.dac import label_features
 from deimos_ray.metrics import cluster_accuracy
-from deimos_ray.models.dac import DACConfig, label_features
+from deimos_ray.models.dac import DACConfig
 from deimos_ray.train import collective as C
 from deimos_ray.train import dac_loop
-from deimos_ray.train.common import load_columns
+from deimos_ray.train.common import check_resumable, load_columns
 from deimos_ray.train.driver import fit
+from tests import helpers
+from tests.helpers import interrupted_after_two_reports
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(helpers)
 
 SHAPE = (1, 8, 8)
 TINY = DACConfig(n_clusters=3, conv_widths=(8, 16), hidden_dim=16, batch_size=24, augment=False,
@@ -100,64 +106,60 @@ def test_one_and_two_workers_follow_the_same_schedule_to_the_same_quality(ray_se
         result = fit(dac_loop.train_loop_per_worker, loop_config(cfg), dataset(x, labels),
                      ScalingConfig(num_workers=workers, cpus_per_worker=1), tmp_path, name=f"w{workers}")
         runs[workers] = result
-    one, two = (runs[w].return_value["history"] for w in (1, 2))
-    assert [(h["lambda"], h["upper"], h["lower"]) for h in one] == [(h["lambda"], h["upper"], h["lower"]) for h in two]
-    assert len(one) == 9  # deimos: 0.95 - λ <= 0.455 + 0.1 λ once λ reaches 0.45
-    acc = {w: cluster_accuracy(labels, assignments_of(runs[w], x)) for w in runs}
+    clusters = {w: assignments_of(runs[w], x) for w in runs}
+    # The same data and global batch give clusterings of the same quality: against the
+    # classes, and against each other (cluster ids are arbitrary, so by ARI).
+    acc = {w: cluster_accuracy(labels, clusters[w]) for w in runs}
     assert acc[1] >= 0.9 and acc[2] >= 0.9, acc
+    assert adjusted_rand_score(clusters[1], clusters[2]) >= 0.8
 
 
 @pytest.mark.slow
-def test_chunk_selection_trains_on_two_workers_and_recomputes_batch_norm(ray_session, tmp_path):
+def test_chunk_selection_trains_on_two_workers(ray_session, tmp_path):
     # Shards of 36 and 36 rows, chunks of 18 per worker: every rank must take the same
     # number of steps, or DDP would hang.
     x, labels = bars(n=72)
     cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "selection": "chunk", "chunk_size": 36,
                        "inner_passes": 2, "batch_size": 16, "pair_loss": "mse", "schedule": "official",
-                       "official_upper": 0.9, "official_lower": 0.7, "epochs": 6,
-                       "recompute_bn_stats": True})
+                       "official_upper": 0.9, "official_lower": 0.7, "epochs": 6})
     result = fit(dac_loop.train_loop_per_worker, loop_config(cfg), dataset(x, labels),
                  ScalingConfig(num_workers=2, cpus_per_worker=1), tmp_path, name="chunk")
     history = result.return_value["history"]
     assert [h["upper"] for h in history] == pytest.approx([0.9 - 0.2 * e / 6 for e in range(6)])
     assert all(h["selected_fraction"] == 1.0 for h in history)  # one threshold: every pair
     assert cluster_accuracy(labels, assignments_of(result, x)) >= 0.9
-    # Each worker passed its 36 clean rows in two chunks of 18, so the first batch norm's
-    # running mean is the mean of the first convolution's output over all 72 images.
-    state = torch.load(f"{result.checkpoint.path}/state.pt", weights_only=True)
-    conv = torch.nn.functional.conv2d(torch.as_tensor(x), state["model"]["backbone.features.0.weight"], padding=1)
-    torch.testing.assert_close(state["model"]["backbone.features.1.running_mean"], conv.mean(dim=(0, 2, 3)))
 
 
 @pytest.mark.slow
-def test_rerun_resumes_the_threshold_schedule(ray_session, tmp_path):
+def test_rerun_resumes_an_interrupted_schedule(ray_session, tmp_path):
     x, labels = bars(n=48)
     scaling = ScalingConfig(num_workers=1, cpus_per_worker=1)
     # PyTorch's RMSprop decay instead of the default, to check that the optimiser is built with it.
-    full = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.99})
-    short = DACConfig(**{**to_dict(full), "conv_widths": (8, 16), "epochs": 2})
-    first = fit(dac_loop.train_loop_per_worker, loop_config(short), dataset(x, labels), scaling, tmp_path, name="run")
-    assert first.return_value["epochs"] == 2 and first.return_value["resumed_at_epoch"] is None
-    optimizer = torch.load(f"{first.checkpoint.path}/state.pt", weights_only=True)["optimizer"]
-    assert optimizer["param_groups"][0]["alpha"] == 0.99
-    second = fit(dac_loop.train_loop_per_worker, loop_config(full), dataset(x, labels), scaling, tmp_path, name="run")
+    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.99})
+    config = {**loop_config(cfg), "marker": str(tmp_path / "interrupted"), "loop_module": dac_loop.__name__}
+    with pytest.raises(ray.train.TrainingFailedError):
+        fit(interrupted_after_two_reports, config, dataset(x, labels), scaling, tmp_path, name="run")
+    assert os.path.exists(config["marker"])
+    second = fit(dac_loop.train_loop_per_worker, config, dataset(x, labels), scaling, tmp_path, name="run")
     assert second.return_value["resumed_at_epoch"] == 2
+    optimizer = torch.load(f"{second.checkpoint.path}/state.pt", weights_only=True)["optimizer"]
+    assert optimizer["param_groups"][0]["alpha"] == 0.99
     lambdas = [h["lambda"] for h in second.return_value["history"]]
     assert lambdas == pytest.approx([0.05 * i for i in range(9)])  # continued, not restarted
 
 
-def test_resume_refuses_other_settings():
+def test_resume_refuses_other_model_settings():
     state = {"algorithm": "dac", "config": to_dict(TINY), "input_shape": list(SHAPE)}
-    dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "epochs": 50}), SHAPE)
-    with pytest.raises(ValueError, match="schedule"):
-        dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "schedule": "paper"}), SHAPE)
-    with pytest.raises(ValueError, match="rmsprop_alpha"):
-        dac_loop.check_resumable(state, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "rmsprop_alpha": 0.99}),
-                                 SHAPE)
+    check_resumable(state, "dac", TINY, SHAPE)
+    for changed in ({"epochs": 50}, {"schedule": "paper"}, {"rmsprop_alpha": 0.99}):
+        with pytest.raises(ValueError, match=next(iter(changed))):
+            check_resumable(state, "dac", DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), **changed}), SHAPE)
+    with pytest.raises(ValueError, match="input shape"):
+        check_resumable(state, "dac", TINY, (1, 16, 16))
     with pytest.raises(ValueError, match="another algorithm"):
-        dac_loop.check_resumable({**state, "algorithm": "dec"}, TINY, SHAPE)
+        check_resumable({**state, "algorithm": "dec"}, "dac", TINY, SHAPE)
     # A checkpoint written before a field existed resumes when the field is at its default.
     older = {**state, "config": {k: v for k, v in to_dict(TINY).items() if k != "convs_per_stage"}}
-    dac_loop.check_resumable(older, TINY, SHAPE)
+    check_resumable(older, "dac", TINY, SHAPE)
     with pytest.raises(ValueError, match="convs_per_stage"):
-        dac_loop.check_resumable(older, DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "convs_per_stage": 3}), SHAPE)
+        check_resumable(older, "dac", DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "convs_per_stage": 3}), SHAPE)

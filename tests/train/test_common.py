@@ -1,5 +1,5 @@
 """Helpers every training loop shares: reading a shard into memory, log lines, the
-thread count a loop trains with, batch-norm statistics recomputed on clean inputs."""
+thread count a loop trains with, batches of equal steps, and the report clock."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ray
 import torch
 
 from deimos_ray.config import ScalingConfig
-from deimos_ray.train.common import format_metrics, load_columns, recompute_batch_norm
+from deimos_ray.train.common import Batches, CheckpointClock, format_metrics, load_columns
 from deimos_ray.train.driver import fit
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -61,26 +61,20 @@ def test_torch_threads_must_be_positive():
         ScalingConfig(torch_threads=0)
 
 
-def test_batch_norm_statistics_are_recomputed_as_averages_over_the_given_batches():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.ReLU(),
-                              torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    for _ in range(5):  # running statistics of other inputs, as after training
-        net.train()(3 * torch.randn(32, 4) + 1)
-    weights = [p.clone() for p in net.parameters()]
-    x = torch.randn(60, 4)
-    batches = list(x.split(20))
-    assert recompute_batch_norm(net, batches) == 2
+def test_batches_take_the_same_steps_on_every_worker_and_wrap_a_short_shard():
+    # One process: the global row count sets the steps; a shard shorter than the steps
+    # need wraps around, so every index stays in range and every row is used.
+    batches = Batches(n_local=10, n_global=10, batch_size=4, seed=0)
+    epoch = list(batches.epoch(0))
+    assert batches.steps == 3 and [len(b) for b in epoch] == [4, 4, 4]
+    seen = torch.cat(epoch)
+    assert seen.max() < 10 and set(seen.tolist()) == set(range(10))
+    assert not torch.equal(torch.cat(list(batches.epoch(1))), seen)  # a new order each epoch
+    assert torch.equal(torch.cat(list(Batches(10, 10, 4, seed=0).epoch(0))), seen)  # seeded
 
-    first = net[0](x).detach()
-    bn = net[1]
-    torch.testing.assert_close(bn.running_mean, first.mean(dim=0))  # equal batches: the mean of all rows
-    per_batch_var = torch.stack([b.var(dim=0, unbiased=True) for b in first.split(20)])
-    torch.testing.assert_close(bn.running_var, per_batch_var.mean(dim=0))
-    # The second layer saw its inputs normalised by each batch's own statistics.
-    hidden = [net[3](torch.relu(torch.nn.functional.batch_norm(net[0](b), None, None, bn.weight, bn.bias,
-                                                                 training=True))).detach() for b in batches]
-    torch.testing.assert_close(net[4].running_mean, torch.stack([h.mean(dim=0) for h in hidden]).mean(dim=0))
-    assert bn.momentum == 0.1 and net[4].momentum == 0.1  # restored
-    assert not net.training
-    assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))
+
+def test_the_checkpoint_clock_reports_at_the_interval_and_at_the_end():
+    clock = CheckpointClock(interval_s=3600)
+    assert not clock.due()
+    assert clock.due(final=True)
+    assert CheckpointClock(interval_s=0).due()

@@ -8,8 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.assign import read_metadata
-from tests.helpers import ROOT, load_job
-from tests.test_sources import write_bad_files, write_image_folder
+from tests.helpers import ROOT, load_job, write_bad_files, write_image_folder
 
 
 def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):

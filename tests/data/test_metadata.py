@@ -6,8 +6,8 @@ import pytest
 
 from deimos_ray.config import DataConfig
 from deimos_ray.data.metadata import choose_key_form, feature_table
-from deimos_ray.pipeline import prepare_data
-from tests.test_sources import write_image_folder
+from deimos_ray.data.prepare import prepare_data
+from tests.helpers import write_image_folder
 
 
 def test_key_form_detection():

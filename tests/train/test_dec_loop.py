@@ -14,6 +14,7 @@ from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train import collective as C
 from deimos_ray.train import dec_loop
 from deimos_ray.train.checkpoint import load_state
+from deimos_ray.train.common import check_resumable
 from deimos_ray.train.driver import fit
 
 # Ray workers cannot import this test module by name; ship its functions by value.
@@ -119,19 +120,22 @@ def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path):
     scaling = ScalingConfig(num_workers=1, cpus_per_worker=1)
     first = fit(dec_loop.train_loop_per_worker, loop_config(TINY), dataset(x), scaling, tmp_path, name="run")
     assert first.return_value["resumed_at_epoch"] is None and first.return_value["epochs"] == 3
-    longer = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), "epochs": 5})
-    second = fit(dec_loop.train_loop_per_worker, loop_config(longer), dataset(x), scaling, tmp_path, name="run")
+    # The same settings again: the rerun resumes the finished clustering (its step
+    # count included) instead of pretraining anew.
+    second = fit(dec_loop.train_loop_per_worker, loop_config(TINY), dataset(x), scaling, tmp_path, name="run")
     assert second.return_value["resumed_at_epoch"] == 3
-    assert second.return_value["epochs"] == 5
-    assert second.return_value["steps"] == 5 * 4  # continued the step count, not restarted
+    assert second.return_value["epochs"] == 3
+    assert second.return_value["steps"] == 3 * 4
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings():
     state = {"config": to_dict(TINY), "input_shape": list(SHAPE)}
+    check_resumable(state, "dec", TINY, SHAPE)
     longer = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), "epochs": 9})
-    dec_loop.check_resumable(state, longer, SHAPE)  # more epochs: fine
+    with pytest.raises(ValueError, match="epochs"):  # a model setting, so it must match
+        check_resumable(state, "dec", longer, SHAPE)
     other_k = DECConfig(**{**to_dict(TINY), "hidden_dims": (16, 16), "n_clusters": 4})
     with pytest.raises(ValueError, match="n_clusters"):
-        dec_loop.check_resumable(state, other_k, SHAPE)
+        check_resumable(state, "dec", other_k, SHAPE)
     with pytest.raises(ValueError, match="input shape"):
-        dec_loop.check_resumable(state, longer, (1, 8, 8))
+        check_resumable(state, "dec", TINY, (1, 8, 8))

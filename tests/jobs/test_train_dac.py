@@ -1,31 +1,20 @@
-"""jobs/train_dac.py end to end on tiny data: columns, accounting, labelled pairs and
-the small-cluster merge."""
+"""jobs/train_dac.py end to end on tiny data: columns, accounting, labelled pairs, the
+small-cluster merge, restarts and their consensus, and the recipes."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from deimos_ray import pipeline
+from deimos_ray.algorithms.dac import known_label_mask
 from deimos_ray.assign import read_metadata
-from deimos_ray.config import ScalingConfig
 from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
-from deimos_ray.pipeline import (
-    DACJobConfig,
-    _warn_if_cluster_too_small,
-    fit_restarts,
-    known_label_mask,
-)
 from deimos_ray.train.checkpoint import load_state
-from tests.helpers import load_job, smoke_may_collapse
-from tests.test_sources import write_bad_files, write_image_folder
+from tests.helpers import load_job, smoke_may_collapse, write_image_folder
 
 
 def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session, tmp_path):
@@ -60,7 +49,7 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
     history = metrics["training"]["history"]
     assert history[0]["upper"] == history[0]["lower"] == 0.99 and "labeled_loss" in history[0]
     config = read_metadata(out / "assignments")["config"]
-    assert config["model"]["min_cluster_size"] == 20
+    assert config["min_cluster_size"] == 20
 
     # The labels training saw are left out of the held-out scores, for DAC and k-means alike.
     seen = known_label_mask(rows["id"].to_numpy(), rows["label"].to_numpy(), 0.2, config["seed"])
@@ -74,26 +63,7 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
 
 
 @smoke_may_collapse
-def test_train_dac_on_a_folder_records_every_unreadable_file(ray_session, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    good = write_image_folder(images, n_good=24)
-    write_bad_files(images)
-    out = tmp_path / "run"
-    job = load_job("train_dac")
-    args = job.get_args_parser().parse_args(
-        ["--data", str(images), "--out", str(out), "--smoke-test", "--k", "3", "--image-size", "12",
-         "--channels", "3", "--set", "model.augmentation.rotate90=true"]
-    )
-    assert job.main(args) == 0
-    assert pq.read_table(out / "assignments").num_rows == len(good)
-    assert pq.read_table(out / "rejected.parquet").num_rows == 3
-    acc = json.loads((out / "metrics.json").read_text())["accounting"]
-    assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
-
-
-@smoke_may_collapse
-def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_session, tmp_path):
+def test_restarts_are_combined_by_consensus_and_resume(ray_session, tmp_path):
     out = tmp_path / "run"
     job = load_job("train_dac")
     parser = job.get_args_parser()
@@ -122,7 +92,7 @@ def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_
     mean, agreement = combine_probabilities(probabilities, seed=0)
     assert (final["cluster"].to_numpy() == mean.argmax(axis=1)).all()
     assert [r["agreement"] for r in records] == pytest.approx(agreement)
-    assert read_metadata(out / "assignments")["restart_combine"]["method"] == "consensus"
+    assert read_metadata(out / "assignments")["consensus"]["agreement"] == pytest.approx(agreement)
     assert records[1]["started_s"] >= records[0]["finished_s"]  # one after another by default
 
     # Trained at the same time, the restarts overlap and give the same trainings and clusters.
@@ -136,52 +106,14 @@ def test_restarts_combine_every_training_or_keep_the_lowest_final_pair_loss(ray_
     at_once_rows = pq.read_table(at_once / "assignments").to_pandas()
     assert (at_once_rows["id"] == final["id"]).all() and (at_once_rows["cluster"] == final["cluster"]).all()
 
-    # The same trainings, resumed where they finished, with the lowest-loss restart assigning.
-    assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2",
-                                       "--restart-combine", "lowest_loss"])) == 0
+    # Rerun into the same folder: both trainings resume where they finished (no epoch
+    # trains again) and give the same clusters.
+    assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2"])) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["objective"] for r in metrics["restarts"]] == [r["objective"] for r in records]
-    assert "agreement" not in metrics["restarts"][0] and not (out / "restarts").exists()
-    final = pq.read_table(out / "assignments").to_pandas().set_index("id")
-    own = restart_rows[records.index(kept[0])]
-    assert (final["cluster"] == own.loc[final.index, "cluster"]).all()
-
-
-def test_concurrent_restarts_the_cluster_cannot_hold_are_announced(ray_session):
-    # The test session's Ray has 4 CPUs and no GPU: 2 trainings of 1 worker fit (2 + 1 for
-    # Ray Data), 3 trainings of 2 workers do not, nor do 2 one-GPU trainings.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _warn_if_cluster_too_small(ScalingConfig(num_workers=1), 2)
-    with pytest.warns(UserWarning, match="3 restarts at once need 7 CPU but the cluster has 4; the others wait"):
-        _warn_if_cluster_too_small(ScalingConfig(num_workers=2), 3)
-    with pytest.warns(UserWarning, match="2 restarts at once need 2 GPU but the cluster has 0"):
-        _warn_if_cluster_too_small(ScalingConfig(num_workers=1, use_gpu=True), 2)
-
-
-def test_a_failing_concurrent_restart_stops_the_ones_not_started(monkeypatch, tmp_path):
-    # Only the threading is under test here, so the Ray Train run is replaced: restart 1
-    # fails while restart 0 is still training; restarts 2-5 must never start, restart 0
-    # must finish, and the failure must reach the caller.
-    started, finished = [], []
-    zero_running = threading.Event()
-
-    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures):
-        started.append(name)
-        if name == "train":
-            zero_running.set()
-            time.sleep(0.5)
-            finished.append(name)
-            return None
-        zero_running.wait()
-        raise RuntimeError(f"{name} failed")
-
-    monkeypatch.setattr(pipeline, "fit", fake_fit)
-    monkeypatch.setattr(pipeline, "_warn_if_cluster_too_small", lambda scaling, concurrent: None)
-    with pytest.raises(RuntimeError, match="train-restart1 failed"):
-        fit_restarts(lambda config: None, {"seed": 0}, None, DACJobConfig(), tmp_path, 6,
-                     lambda value: 0.0, "test", concurrent=2)
-    assert sorted(started) == ["train", "train-restart1"] and finished == ["train"]
+    assert metrics["training"]["resumed_at_epoch"] == 2
+    rerun = pq.read_table(out / "assignments").to_pandas()
+    assert (rerun["id"] == final["id"]).all() and (rerun["cluster"] == final["cluster"]).all()
 
 
 def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path):
@@ -203,22 +135,16 @@ def test_recipe_sits_under_smoke_test_flags_and_set():
     assert (reference.selection, reference.pair_loss, reference.epochs) == ("chunk", "mse", 20)
     # The reference code's RMSprop decay (Keras's default) is the default of both recipes.
     assert reference.rmsprop_alpha == job.build_config(parser.parse_args([])).model.rmsprop_alpha == 0.9
-    # Batch-norm statistics from the clean images: an option outside both recipes.
-    assert not reference.recompute_bn_stats
-    assert job.build_config(parser.parse_args(["--recipe", "reference", "--set", "model.recompute_bn_stats=true"])) \
-        .model.recompute_bn_stats
     flagged = job.build_config(parser.parse_args(["--recipe", "reference", "--pair-loss", "bce",
                                                    "--set", "model.inner_passes=2"])).model
     assert (flagged.selection, flagged.pair_loss, flagged.inner_passes) == ("chunk", "bce", 2)
     smoke = job.build_config(parser.parse_args(["--recipe", "reference", "--smoke-test"])).model
     assert smoke.epochs == 2 and smoke.selection == "chunk"
     assert job.build_config(parser.parse_args([])).model.selection == "batch"
-    assert job.build_config(parser.parse_args(["--restarts", "3"])).model.restarts == 3
-    assert job.build_config(parser.parse_args([])).model.restart_combine == "consensus"
-    assert job.build_config(parser.parse_args(["--restart-combine", "lowest_loss"])).model.restart_combine \
-        == "lowest_loss"
-    with pytest.raises(ValueError, match="restarts must be >= 1"):
+    assert job.build_config(parser.parse_args(["--restarts", "3"])).restarts.count == 3
+    with pytest.raises(ValueError, match="must be >= 1"):
         job.build_config(parser.parse_args(["--restarts", "0"]))
-    assert job.build_config(parser.parse_args(["--concurrent-restarts", "2"])).model.concurrent_restarts == 2
-    with pytest.raises(ValueError, match="needs scaling.num_workers >= 1"):
+    assert job.build_config(parser.parse_args(["--concurrent-restarts", "2"])).restarts.concurrent == 2
+    assert job.build_config(parser.parse_args(["--min-cluster-size", "5"])).min_cluster_size == 5
+    with pytest.raises(ValueError, match="needs --num-workers >= 1"):
         job.build_config(parser.parse_args(["--restarts", "2", "--concurrent-restarts", "2", "--num-workers", "0"]))

@@ -1,5 +1,5 @@
-"""DAC's pieces without Ray: the pair loss against NumPy, schedules, labelled pairs,
-the empty selection, small-cluster reassignment and the networks' shapes."""
+"""DAC's model without Ray: schedules, the steps on fixed networks, the empty selection,
+small-cluster reassignment and the networks' shapes."""
 
 from __future__ import annotations
 
@@ -7,49 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from deimos_ray.losses import dac as losses
 from deimos_ray.models import dac
 from deimos_ray.models.dac import DACConfig, DACNet
 from deimos_ray.train.dac_loop import chunk_step_loss, chunk_targets, step_loss
-
-
-def numpy_pair_loss(feats: np.ndarray, upper: float, lower: float) -> float:
-    """The paper's loss written pair by pair: mean BCE over the selected pairs i != j."""
-    total, count = 0.0, 0
-    for i in range(len(feats)):
-        for j in range(len(feats)):
-            if i == j:
-                continue
-            s = float(np.clip(feats[i] @ feats[j], 1e-7, 1 - 1e-7))
-            if s >= upper:
-                total, count = total - np.log(s), count + 1
-            elif s < lower:
-                total, count = total - np.log(1 - s), count + 1
-    return total / max(count, 1)
-
-
-def test_pair_loss_matches_a_numpy_reference():
-    logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)) * 3
-    feats = dac.label_features(logits)
-    assert torch.allclose(feats.norm(dim=1), torch.ones(12)) and (feats >= 0).all()
-    sim = feats @ feats.T
-    valid = ~torch.eye(12, dtype=torch.bool)
-    same, different = dac.select_pairs(sim, 0.8, 0.3, valid)
-    total, count = dac.pair_bce_sum(sim, same, different)
-    count = int(count)
-    assert 0 < count < 12 * 11  # some pairs selected, some ignored
-    assert total.item() / count == pytest.approx(numpy_pair_loss(feats.numpy(), 0.8, 0.3), rel=1e-5)
-
-
-def test_squared_pair_loss_matches_a_numpy_reference():
-    feats = dac.label_features(torch.randn(9, 3, generator=torch.Generator().manual_seed(4)) * 3)
-    sim = feats @ feats.T
-    same, different = dac.select_pairs(sim, 0.7, 0.7, ~torch.eye(9, dtype=torch.bool))
-    total, count = dac.pair_loss_sum(sim, same, different, "mse")
-    s = sim.numpy()
-    expected = sum((1.0 - s[i, j]) ** 2 if s[i, j] >= 0.7 else s[i, j] ** 2
-                   for i in range(9) for j in range(9) if i != j)
-    assert int(count) == 72  # one threshold: every pair but the diagonal is selected
-    assert total.item() == pytest.approx(expected, rel=1e-5)
+from tests.losses.test_dac import numpy_pair_loss
 
 
 class FixedNet(torch.nn.Module):
@@ -70,7 +32,7 @@ def test_step_loss_is_the_papers_loss_and_adds_weighted_labelled_pairs():
     cfg = DACConfig(n_clusters=3, augment=False)
     unknown = torch.full((10,), -1)
     loss, stats = step_loss(net, x, unknown, cfg, 0.9, 0.4, torch.Generator())
-    feats = dac.label_features(net(x)).detach().numpy()
+    feats = losses.label_features(net(x)).detach().numpy()
     assert loss.item() == pytest.approx(numpy_pair_loss(feats, 0.9, 0.4), rel=1e-5)
     assert stats["candidates"] == 90
 
@@ -89,7 +51,7 @@ def test_chunk_targets_come_from_the_clean_chunk_and_steps_learn_them():
     x = torch.rand(12, 1, 3, 3, generator=torch.Generator().manual_seed(3))
     net = FixedNet(9, 3)
     same, different = chunk_targets(net, x, 0.9, 0.4)
-    feats = dac.label_features(net(x)).detach()
+    feats = losses.label_features(net(x)).detach()
     sim = (feats @ feats.T).numpy()
     off = ~np.eye(12, dtype=bool)
     assert np.array_equal(same.numpy(), (sim >= 0.9) & off)
@@ -118,15 +80,6 @@ def test_training_settings_are_checked():
         DACConfig(pair_loss="l1")
     with pytest.raises(ValueError, match="rmsprop_alpha"):
         DACConfig(rmsprop_alpha=1.0)
-    with pytest.raises(ValueError, match="weight_init"):
-        DACConfig(weight_init="glorot")
-
-
-def test_labeled_masks_link_equal_labels_and_ignore_unknown():
-    must, cannot = dac.labeled_masks(torch.tensor([0, 0, 1, -1]), torch.tensor([0, 0, 1, -1]))
-    assert must.tolist()[0] == [True, True, False, False]
-    assert cannot.tolist()[0] == [False, False, True, False]
-    assert not must[3].any() and not cannot[3].any() and not cannot[:, 3].any()
 
 
 def test_a_batch_with_no_selected_pair_contributes_nothing_and_does_not_crash():
@@ -164,7 +117,7 @@ def test_deimos_schedule_uses_its_coefficients_and_official_uses_one_threshold()
     assert [u for u, _ in official] == pytest.approx([0.99, 0.93, 0.87, 0.81])
     assert all(u == low for u, low in official)  # every pair is "same" or "different"
     sim = torch.tensor([[0.95, 0.2], [0.2, 0.95]])
-    same, different = dac.select_pairs(sim, 0.93, 0.93)
+    same, different = losses.select_pairs(sim, 0.93, 0.93)
     assert (same | different).all()
 
 
@@ -211,26 +164,6 @@ def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(b
     square = DACNet(DACConfig(n_clusters=4, conv_widths=(4, 4), head="narrow"), (1, 12, 12))
     first = next(m for m in square.head if isinstance(m, torch.nn.Linear))
     assert first.weight.shape == (4, 4) and not torch.equal(first.weight, torch.eye(4))
-
-
-def test_he_normal_start_has_the_reference_scale_and_keeps_identity_starts():
-    def stds(init):
-        torch.manual_seed(0)
-        cfg = DACConfig(n_clusters=4, conv_widths=(64, 128), head="narrow", weight_init=init)
-        net = DACNet(cfg, (1, 8, 8))
-        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        fan_in = [m.weight[0].numel() for m in layers]
-        return net, [m.weight.std().item() for m in layers], fan_in
-
-    he, he_stds, fan_in = stds("he_normal")
-    _, default_stds, _ = stds("pytorch")
-    # Convolutions with tens of thousands of weights: the sample deviation is within 2 %.
-    for std, default, n in list(zip(he_stds, default_stds, fan_in, strict=True))[1:4]:
-        assert std == pytest.approx((2 / n) ** 0.5, rel=0.02)
-        assert default == pytest.approx((1 / (3 * n)) ** 0.5, rel=0.02)  # PyTorch's start
-    linears = [m for m in he.head if isinstance(m, torch.nn.Linear)]
-    assert not torch.equal(linears[0].weight, torch.eye(4, 128))
-    assert all(torch.equal(m.weight, torch.eye(4)) for m in linears[1:])
 
 
 def test_resnet18_loads_weights_from_a_named_file(tmp_path):

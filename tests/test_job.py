@@ -1,0 +1,77 @@
+"""The job contract, the same for every algorithm: every input assigned or rejected, the
+columns and Parquet metadata, no staging folder left, and a rerun that resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from deimos_ray import __version__
+from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.assign import read_metadata
+from deimos_ray.config import override_all, to_dict
+from deimos_ray.job import run_training_job
+from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
+
+COMMON_COLUMNS = {"id", "path", "group", "label", "cluster", "embedding"}
+OWN_COLUMNS = {
+    "dac": {"confidence", "topk_clusters", "topk_probs"},
+    "dec": {"confidence"},
+    "desom": {"som_row", "som_col", "bmu_distance"},
+}
+OWN_SETTINGS = {"dac": {}, "dec": {}, "desom": {"model.map_size": [2, 2]}}
+RESUMED_AT = {"dac": "resumed_at_epoch", "dec": "resumed_at_epoch", "desom": "resumed_at_iteration"}
+
+
+@pytest.mark.slow
+@smoke_may_collapse
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_keeps_the_job_contract(ray_session, tmp_path, name):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=20)
+    write_bad_files(images)
+    algorithm = ALGORITHMS[name]
+    settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "data.image_size": 8,
+                "model.n_clusters": 3, "scaling.num_workers": 1, **OWN_SETTINGS[name]}
+    cfg = override_all(algorithm.config_class(), settings)
+    out = tmp_path / "run"
+    metrics = run_training_job(algorithm, cfg, out)
+
+    # Every input is assigned or rejected, with the reason.
+    accounting = metrics["accounting"]
+    assert accounting == {"inputs": len(good) + 3, "assigned": len(good), "rejected": 3}
+    rejected = pq.read_table(out / "rejected.parquet").to_pandas()
+    assert len(rejected) == 3 and rejected["reason"].str.len().gt(0).all()
+    rows = pq.read_table(out / "assignments").to_pandas()
+    assert len(rows) == len(good) and rows["id"].is_unique
+    assert COMMON_COLUMNS | OWN_COLUMNS[name] <= set(rows.columns)
+    assert rows["cluster"].between(0, 2).all()
+
+    # The files say how they were made, and the staging folder is gone.
+    meta = read_metadata(out / "assignments")
+    assert meta["config"] == to_dict(cfg) and meta["job"] == algorithm.job
+    assert meta["package_version"] == __version__
+    assert json.loads((out / "metrics.json").read_text())["accounting"] == accounting
+    assert set(metrics["scores"]) == {algorithm.model_name(cfg), "kmeans"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    # The same settings again: the training resumes from its checkpoint and the rows
+    # come out the same.
+    again = run_training_job(algorithm, cfg, out)
+    assert again["training"][RESUMED_AT[name]] is not None
+    rerun = pq.read_table(out / "assignments").to_pandas()
+    assert (rerun["id"] == rows["id"]).all() and (rerun["cluster"] == rows["cluster"]).all()
+    assert again["accounting"] == accounting
+
+
+def test_a_settings_error_stops_the_job_before_the_run_folder_is_touched(tmp_path):
+    algorithm = ALGORITHMS["dac"]
+    cfg = override_all(algorithm.config_class(), {"data.metadata": str(tmp_path / "m.csv"),
+                                                  "data.metadata_features": ["airmass"]})
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="DAC trains on images"):
+        run_training_job(algorithm, cfg, out)
+    assert not out.exists()
