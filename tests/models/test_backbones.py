@@ -1,0 +1,73 @@
+"""Pretrained backbones: the shipped EfficientNet-Lite0 weights give the expected ImageNet
+class on a known image, features come with the backbone's preprocessing, and weights
+files that are missing or do not fit are clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_image
+from torchvision.models import ResNet18_Weights
+
+from deimos_ray.models.backbones import efficientnet_lite0, load_backbone
+
+CATEGORIES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet's class names
+
+
+def sample_image(name: str) -> torch.Tensor:
+    """One of scikit-learn's two sample photographs (shipped with it) as (1, 3, 224, 224) in [0, 1]."""
+    image = Image.fromarray(load_sample_image(name)).resize((224, 224), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def test_the_shipped_weights_name_the_flower_a_daisy():
+    backbone = load_backbone("efficientnet_lite0")
+    classifier = efficientnet_lite0(with_classifier=True)
+    with torch.no_grad():
+        flower = classifier(backbone.preprocess(sample_image("flower.jpg"))).softmax(1)[0]
+        temple = classifier(backbone.preprocess(sample_image("china.jpg"))).softmax(1)[0]
+    assert CATEGORIES[int(flower.argmax())] == "daisy"
+    assert {"bell cote", "palace", "dome", "monastery"} & {CATEGORIES[int(i)] for i in temple.topk(3).indices}
+
+
+def test_features_are_the_pooled_trunk_and_grayscale_is_replicated():
+    backbone = load_backbone("efficientnet_lite0")
+    x = torch.rand(2, 1, 40, 40)
+    with torch.no_grad():
+        features = backbone(x)
+        assert features.shape == (2, 1280)
+        torch.testing.assert_close(features, backbone(x.expand(-1, 3, -1, -1)))
+        small = load_backbone("efficientnet_lite0", image_size=128)
+        assert small(x).shape == (2, 1280) and not torch.allclose(small(x), features)
+    assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.training
+
+
+def test_none_is_the_flattened_pixels():
+    x = torch.rand(3, 1, 4, 4)
+    assert torch.equal(load_backbone("none")(x), x.flatten(1))
+
+
+def test_a_torchvision_model_loads_from_a_named_file_and_bad_files_are_clear_errors(tmp_path):
+    from torchvision.models import resnet18, resnet34
+
+    torch.manual_seed(0)
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    backbone = load_backbone("torchvision:resnet18", weights=str(path), image_size=64)
+    assert backbone.out_dim == 512
+    torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone("torchvision:resnet18", weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="needs --backbone-weights"):
+        load_backbone("torchvision:resnet18")
+    torch.save(resnet34(weights=None).state_dict(), tmp_path / "resnet34.pt")
+    with pytest.raises(ValueError, match="does not fit backbone 'torchvision:resnet18'"):
+        load_backbone("torchvision:resnet18", weights=str(tmp_path / "resnet34.pt"))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a weights-only state dict"):
+        load_backbone("torchvision:resnet18", weights=str(tmp_path / "junk.pt"))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        load_backbone("resnet18")
