@@ -52,7 +52,7 @@ from deimos_ray.train.driver import fit  # noqa: E402
 
 # The jobs' default models, at the sizes a digits run uses.
 MODELS = {"dac": DACConfig(), "dec": DECConfig(variant="idec"), "desom": DESOMConfig(map_size=(8, 8))}
-STEPS = {"dac": 60, "dec": 600, "desom": 600}
+STEPS = {"dac": 60, "dec": 150, "desom": 150}
 WARMUP = 5
 
 
