@@ -24,8 +24,6 @@ from torch import nn
 from deimos_ray.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 from deimos_ray.models.som import DECAYS, GRID_METRICS, KERNELS, SOMLayer
 
-NODE_WEIGHTS = ("hits", "none")
-
 
 @dataclass(frozen=True)
 class DESOMConfig:
@@ -48,11 +46,10 @@ class DESOMConfig:
         kernel: ``gaussian`` (paper) or ``window``.
         grid_metric: ``manhattan`` (paper) or ``euclidean`` cell distance.
         kmeans_n_init: Restarts of the k-means over prototypes (with ``n_clusters``).
-        node_weights: How the k-means over prototypes weighs each node: ``hits``
-            (default) by the number of training samples whose best-matching unit it is,
-            so the clusters follow where the data are and sparsely hit nodes between
-            two groups do not pull a centroid; ``none`` weighs every node equally.
-            Neither the paper nor its reference code fixes this step.
+            That k-means weighs each node by its hits (the training samples whose
+            best-matching unit it is), so the clusters follow where the data are and
+            sparsely hit nodes between two groups do not pull a centroid; neither the
+            paper nor its reference code fixes this step.
     """
 
     map_size: tuple[int, int] = (8, 8)
@@ -70,7 +67,6 @@ class DESOMConfig:
     kernel: str = "gaussian"
     grid_metric: str = "manhattan"
     kmeans_n_init: int = 10
-    node_weights: str = "hits"
 
     def __post_init__(self) -> None:
         if len(self.map_size) != 2 or min(self.map_size) < 1:
@@ -84,8 +80,6 @@ class DESOMConfig:
                              f"model.grid_metric in {GRID_METRICS}")
         if not 0 < self.t_min <= self.t_max:
             raise ValueError("model.t_min and model.t_max must satisfy 0 < t_min <= t_max")
-        if self.node_weights not in NODE_WEIGHTS:
-            raise ValueError(f"model.node_weights must be one of {NODE_WEIGHTS}, got {self.node_weights!r}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("model.iterations and model.batch_size must be >= 1")
 

@@ -46,9 +46,9 @@ def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, s
 
 def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, seed: int) -> list[int]:
     """Every node's cluster after training; the hit counts that weigh the k-means over
-    prototypes (``node_weights: hits``) are summed over all workers' shards."""
+    prototypes are summed over all workers' shards."""
     weights = None
-    if cfg.n_clusters is not None and cfg.node_weights == "hits":
+    if cfg.n_clusters is not None:
         weights = C.all_reduce_sum(node_hits(model, x_local))
     return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
 

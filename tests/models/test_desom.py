@@ -48,8 +48,6 @@ def test_config_validation():
         DESOMConfig(map_size=(2, 2), n_clusters=5)
     assert DESOMConfig(map_size=(8, 8)).clusters == 64
     assert DESOMConfig(map_size=(8, 8), n_clusters=10).clusters == 10
-    with pytest.raises(ValueError, match="node_weights"):
-        DESOMConfig(node_weights="area")
 
 
 def test_node_hits_count_best_matching_units():
