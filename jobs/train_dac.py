@@ -29,7 +29,7 @@ from deimos_ray import cli
 from deimos_ray.algorithms import get_algorithm
 from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
 from deimos_ray.config import DACJobConfig
-from deimos_ray.models.dac import BACKBONES, PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS
+from deimos_ray.models.dac import PAIR_LOSSES, RECIPES, SCHEDULES, SELECTIONS, TRUNKS
 
 JOB = "train_dac"
 SMOKE = {
@@ -55,10 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "pairs) or chunk (reference: targets from a chunk of clean images, then "
                    "several passes over its augmented views)")
     p.add_argument("--pair-loss", choices=PAIR_LOSSES, help="bce (paper) or mse (reference code)")
-    p.add_argument("--backbone", choices=BACKBONES, help="vgg (default, small 3x3 conv stacks) "
-                   "or resnet18")
-    p.add_argument("--backbone-weights", help="ResNet-18 state dict file to start from "
-                   "(nothing is downloaded)")
+    p.add_argument("--trunk", choices=TRUNKS, help="the network trained on pixels: vgg (default, "
+                   "small 3x3 conv stacks) or resnet18 (unused with --backbone: DAC then trains "
+                   "its head on the backbone's features)")
+    p.add_argument("--trunk-weights", help="ResNet-18 state dict file to start --trunk resnet18 "
+                   "from (nothing is downloaded)")
     p.add_argument("--batch-size", type=int, help="images per step across all workers; pairs are "
                    "selected among them (default 128)")
     p.add_argument("--lr", type=float, help="RMSprop learning rate (default 0.001)")
@@ -78,8 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> DACJobConfig:
     return cli.build_config(DACJobConfig, args, SMOKE, {
         "model.schedule": args.schedule, "model.selection": args.selection,
-        "model.pair_loss": args.pair_loss, "model.backbone": args.backbone,
-        "model.backbone_weights": args.backbone_weights, "model.batch_size": args.batch_size,
+        "model.pair_loss": args.pair_loss, "model.trunk": args.trunk,
+        "model.trunk_weights": args.trunk_weights, "model.batch_size": args.batch_size,
         "model.lr": args.lr, "model.augment": False if args.no_augment else None,
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "min_cluster_size": args.min_cluster_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -55,7 +56,7 @@ def test_every_algorithm_keeps_the_job_contract(ray_session, tmp_path, name):
     assert meta["config"] == to_dict(cfg) and meta["job"] == algorithm.job
     assert meta["package_version"] == __version__
     assert json.loads((out / "metrics.json").read_text())["accounting"] == accounting
-    assert set(metrics["scores"]) == {algorithm.model_name(cfg), "kmeans"}
+    assert set(metrics["scores"]) == {algorithm.model_name(cfg), "kmeans", "ward"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
     # The same settings again: the training resumes from its checkpoint and the rows
@@ -75,3 +76,31 @@ def test_a_settings_error_stops_the_job_before_the_run_folder_is_touched(tmp_pat
     with pytest.raises(ValueError, match="DAC trains on images"):
         run_training_job(algorithm, cfg, out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+@smoke_may_collapse
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=16)
+    write_bad_files(images)
+    algorithm = ALGORITHMS[name]
+    settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
+                "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
+                "features.image_size": 32, **OWN_SETTINGS[name]}
+    cfg = override_all(algorithm.config_class(), settings)
+    metrics = run_training_job(algorithm, cfg, tmp_path / "run")
+
+    # The decode's rejections pass through the feature stage with their reasons.
+    assert metrics["accounting"] == {"inputs": len(good) + 3, "assigned": len(good), "rejected": 3}
+    rejected = pq.read_table(tmp_path / "run" / "rejected.parquet").to_pandas()
+    assert set(rejected["stage"]) == {"decode"} and rejected["reason"].str.len().gt(0).all()
+    assert metrics["representation"] == "efficientnet_lite0"
+    assert "efficientnet_lite0 features" in metrics["scores_space"]
+    stats = np.load(tmp_path / "run" / "feature_stats.npz")
+    assert stats["mean"].shape == stats["std"].shape == (1280,)
+    rows = pq.read_table(tmp_path / "run" / "assignments").to_pandas()
+    assert len(rows) == len(good) and rows["cluster"].between(0, 2).all()
+    assert [p.name for p in (tmp_path / "run" / "features").iterdir()][0].startswith("efficientnet_lite0-32-")

@@ -26,6 +26,7 @@ class FeatureExtractor:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         backbone = load_backbone(name, weights, image_size)
+        self.out_dim = backbone.out_dim or 1
         self.backbone = backbone.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
     def features(self, x: np.ndarray) -> np.ndarray:
@@ -37,21 +38,27 @@ class FeatureExtractor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["x"])
-        ok, reason = np.ones(n, dtype=bool), np.array([""] * n, dtype=object)
+        # Rows the decode already rejected keep their flags; only readable images go
+        # through the backbone.
+        ok = np.asarray(batch.get("ok", np.ones(n, dtype=bool)), dtype=bool).copy()
+        reason = np.asarray(batch.get("reason", [""] * n), dtype=object).copy()
+        stage = np.asarray(batch.get("stage", ["features"] * n), dtype=object).copy()
+        readable = np.flatnonzero(ok)
+        rows: list[np.ndarray | None] = [None] * n
         try:
-            features = self.features(batch["x"])
+            if len(readable):
+                for i, f in zip(readable, self.features(np.asarray(batch["x"])[readable]), strict=True):
+                    rows[i] = f
         except Exception:  # find the images that fail; keep the others
-            rows = []
-            for i in range(n):
+            for i in readable:
                 try:
-                    rows.append(self.features(np.asarray(batch["x"][i])[None])[0])
+                    rows[i] = self.features(np.asarray(batch["x"][i])[None])[0]
                 except Exception as exc:  # recorded as a rejected row, never fatal
-                    ok[i], reason[i] = False, f"{type(exc).__name__}: {exc}"
-                    rows.append(None)
-            width = next((len(r) for r in rows if r is not None), 1)
-            features = np.stack([r if r is not None else np.zeros(width, np.float32) for r in rows])
+                    ok[i], reason[i], stage[i] = False, f"{type(exc).__name__}: {exc}", "features"
+        width = next((len(r) for r in rows if r is not None), self.out_dim)
+        features = np.stack([r if r is not None else np.zeros(width, np.float32) for r in rows])
         out = {k: v for k, v in batch.items() if k not in ("x", "ok", "reason", "stage")}
-        out.update(x=features, ok=ok, reason=reason.astype(str), stage=np.full(n, "features"))
+        out.update(x=features, ok=ok, reason=reason.astype(str), stage=stage.astype(str))
         return out
 
 

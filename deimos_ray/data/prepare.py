@@ -1,5 +1,7 @@
 """From a source spec to the rows a model trains on: load, join metadata, decode, tile,
-normalise, and split off every input that could not be read (with its reason).
+normalise, and split off every input that could not be read (with its reason); with a
+backbone, turn the images into its features (read from the feature cache when an earlier
+run computed them) and normalise those.
 
 :func:`prepare_data` runs once per job (or once per sweep); everything after it reads
 :class:`PreparedData`.
@@ -7,6 +9,7 @@ normalise, and split off every input that could not be read (with its reason).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from deimos_ray.config import DataConfig
+from deimos_ray.config import DataConfig, FeatureConfig
+from deimos_ray.data.feature_cache import cache_key, read_entry, write_entry
 from deimos_ray.data.metadata import join_metadata
 from deimos_ray.data.preprocess import ImageSpec, preprocess, resolve_image_spec, split_rejected
 from deimos_ray.data.sources import load_source
@@ -41,6 +45,11 @@ class PreparedData:
         has_labels: Whether any row has a known label.
         missing: Images a labels list names but the source lacks (not inputs).
         notes: What the source reported while loading.
+        representation: ``pixels`` or the backbone whose features ``x`` holds.
+        feature_stats: With ``features.normalize=standardize``: the per-feature mean and
+            standard deviation the features were standardised with (new images must be
+            standardised the same way).
+        cache_hit: Whether the features were read from the cache.
     """
 
     good: ray.data.Dataset
@@ -52,6 +61,9 @@ class PreparedData:
     has_labels: bool
     missing: int = 0
     notes: tuple[str, ...] = ()
+    representation: str = "pixels"
+    feature_stats: dict[str, np.ndarray] | None = None
+    cache_hit: bool = False
 
 
 def _append_meta_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,27 +72,87 @@ def _append_meta_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return batch
 
 
-def prepare_data(cfg: DataConfig) -> PreparedData:
+def _decode_size(cfg: DataConfig, features: FeatureConfig) -> DataConfig:
+    """With a backbone, decode at the size it sees (unless tiling sets the geometry)."""
+    if not features.enabled:
+        return cfg
+    from deimos_ray.models.backbones import DEFAULT_SIZE
+
+    if cfg.image_size is not None:
+        raise ValueError("with --backbone, images are decoded at --feature-size (features.image_size); "
+                         "leave --image-size (data.image_size) unset")
+    if cfg.tile is not None:
+        return cfg
+    return dataclasses.replace(cfg, image_size=features.image_size or DEFAULT_SIZE)
+
+
+def _normalize(good: ray.data.Dataset, how: str) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
+    if how == "none":
+        return good, None
+    if how == "l2":
+        def unit(batch):
+            x = np.asarray(batch["x"], dtype=np.float32)
+            batch["x"] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            return batch
+        return good.map_batches(unit, batch_format="numpy").materialize(), None
+    _, x = collect_features(good)
+    stats = {"mean": x.mean(axis=0), "std": x.std(axis=0) + 1e-6}
+
+    def standardize(batch):
+        batch["x"] = ((np.asarray(batch["x"], dtype=np.float32) - stats["mean"]) / stats["std"]).astype(np.float32)
+        return batch
+    return good.map_batches(standardize, batch_format="numpy").materialize(), stats
+
+
+def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_dir: Path | None = None,
+                 use_gpu: bool = False) -> PreparedData:
     """Load, join metadata, decode, tile and normalise; split off unreadable inputs.
+
+    Args:
+        cfg: The source and its preprocessing.
+        features: The representation; with a backbone, ``x`` becomes its features
+            (:mod:`deimos_ray.data.features`), cached in ``features.cache`` or ``cache_dir``.
+        cache_dir: The cache folder when ``features.cache`` is unset (a job: ``DIR/features``).
+        use_gpu: Run the backbone on GPUs.
 
     Raises:
         ValueError: ``on_error: fail`` and an input could not be read (names the file),
             or no input could be read at all.
     """
+    features = features or FeatureConfig()
     source = load_source(cfg)
     rejected_parts = [pd.DataFrame(list(source.rejected), columns=REJECTED_SCHEMA.names)]
     shape = source.image_shape[:2] if source.image_shape else None
-    spec = resolve_image_spec(shape, cfg)
-    good = None
-    if source.dataset is not None:
+    spec = resolve_image_spec(shape, _decode_size(cfg, features))
+    good, cached, stats, hit = None, None, None, False
+    if features.enabled:
+        cache = Path(features.cache or cache_dir or "features")
+        key = cache_key(source, cfg, features, spec.size[0])
+        cached = read_entry(cache, key)
+        hit = cached is not None
+    if cached is None and source.dataset is not None:
         ds = source.dataset
         if cfg.metadata:
             sample = ds.select_columns(["id"]).take_batch(1000)["id"].tolist()
             ds, _ = join_metadata(ds, sample, cfg)
-        processed = preprocess(ds, spec).materialize()
-        good, bad = split_rejected(processed)
+        processed = preprocess(ds, spec)
+        if features.enabled:
+            from deimos_ray.data.features import extract_features
+
+            processed = extract_features(processed, features.backbone, features.weights, spec.size[0],
+                                         use_gpu, features.actors, features.batch_size)
+        good, bad = split_rejected(processed.materialize())
         good = good.materialize()
-        rejected_parts.append(bad.to_pandas())
+        bad = bad.to_pandas()
+        if features.enabled:
+            write_entry(cache, key, good, bad, features.backbone, spec.size[0])
+            cached = read_entry(cache, key)  # every run trains on the cache's order
+        else:
+            rejected_parts.append(bad)
+    if cached is not None:
+        good, bad = cached
+        good = good.materialize()
+        rejected_parts.append(bad)
     rejected = pd.concat([p for p in rejected_parts if len(p)] or rejected_parts, ignore_index=True)
     if cfg.on_error == "fail" and len(rejected):
         first = rejected.iloc[0]
@@ -91,12 +163,16 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     if good is None or good.count() == 0:
         raise ValueError(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read")
     input_shape = spec.shape
+    if features.enabled:
+        good, stats = _normalize(good, features.normalize)
+        input_shape = (int(np.asarray(good.take(1)[0]["x"]).shape[0]),)
     if cfg.metadata_features:
         good = good.map_batches(_append_meta_features, batch_format="numpy").materialize()
-        input_shape = (int(np.prod(spec.shape)) + len(cfg.metadata_features),)
+        input_shape = (int(np.prod(input_shape)) + len(cfg.metadata_features),)
     good_inputs = len(good.unique("_source_id")) if cfg.tile else good.count()
     return PreparedData(good, rejected, spec, input_shape, source.num_inputs, good_inputs,
-                        source.has_labels, source.missing, source.notes)
+                        source.has_labels, source.missing, source.notes,
+                        features.backbone if features.enabled else "pixels", stats, hit)
 
 
 def write_rejected(rejected: pd.DataFrame, path: Path) -> None:

@@ -54,7 +54,7 @@ from torch import nn
 
 from deimos_ray.data.augment import AugmentConfig
 
-BACKBONES = ("vgg", "resnet18")
+TRUNKS = ("vgg", "resnet18")
 HEADS = ("dense", "narrow")
 SCHEDULES = ("paper", "deimos", "official")
 SELECTIONS = ("batch", "chunk")
@@ -90,11 +90,14 @@ class DACConfig:
 
     Attributes:
         n_clusters: Number of clusters k (the size of the label features).
-        backbone: ``vgg`` (default: stacks of 3x3 convolutions with batch norm and ReLU,
-            max pooling, then dense layers, the shape of the DAC paper's and the DeIMOS
-            networks) or ``resnet18`` (torchvision's, randomly initialised or loaded from
-            ``backbone_weights``).
-        backbone_weights: A local file holding a ResNet-18 state dict (nothing is ever
+        trunk: The network under the head, for image inputs: ``vgg`` (default: stacks of
+            3x3 convolutions with batch norm and ReLU, max pooling, then dense layers,
+            the shape of the DAC paper's and the DeIMOS networks) or ``resnet18``
+            (torchvision's, randomly initialised or loaded from ``trunk_weights``). On
+            feature vectors (``--backbone``) there is no trunk: the head works on the
+            pretrained features, and training makes no augmented views (vectors have
+            no pixels to crop or rotate), as in the paper.
+        trunk_weights: A local file holding a ResNet-18 state dict (nothing is ever
             downloaded). The final ``fc`` layer's weights are ignored.
         conv_widths: Channels of each VGG stage (``convs_per_stage`` 3x3 convolutions,
             then 2x2 max pooling while the feature map is larger than 1x1). The paper's
@@ -144,8 +147,8 @@ class DACConfig:
     """
 
     n_clusters: int = 10
-    backbone: str = "vgg"
-    backbone_weights: str | None = None
+    trunk: str = "vgg"
+    trunk_weights: str | None = None
     conv_widths: tuple[int, ...] = (32, 64, 128)
     convs_per_stage: int = 2
     hidden_dim: int = 128
@@ -175,13 +178,13 @@ class DACConfig:
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
             raise ValueError(f"model.n_clusters must be >= 2, got {self.n_clusters}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.backbone_weights is not None:
-            if self.backbone != "resnet18":
-                raise ValueError("model.backbone_weights needs model.backbone=resnet18")
-            if not Path(self.backbone_weights).is_file():
-                raise FileNotFoundError(f"backbone weights file {self.backbone_weights} does not exist")
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"model.trunk must be one of {TRUNKS}, got {self.trunk!r}")
+        if self.trunk_weights is not None:
+            if self.trunk != "resnet18":
+                raise ValueError("model.trunk_weights needs model.trunk=resnet18")
+            if not Path(self.trunk_weights).is_file():
+                raise FileNotFoundError(f"trunk weights file {self.trunk_weights} does not exist")
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
         if self.schedule not in SCHEDULES:
@@ -303,22 +306,35 @@ class ResNet18Backbone(nn.Module):
         return self.net(x)
 
 
+class VectorTrunk(nn.Module):
+    """The trunk of DAC on feature vectors: none (the identity), so the head sees them."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 class DACNet(nn.Module):
-    """Backbone, then the head (``DACConfig.head``) that gives the k logits.
+    """Trunk (``self.backbone``), then the head (``DACConfig.head``) that gives the k logits.
 
     ``forward`` returns the logits; :func:`label_features` turns them into label features.
     """
 
     def __init__(self, cfg: DACConfig, input_shape: tuple[int, ...]):
         super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"DAC needs image inputs (C, H, W), got shape {input_shape}")
-        channels, height, width = input_shape
-        size = min(height, width)
-        if cfg.backbone == "vgg":
-            self.backbone: nn.Module = VGGBackbone(channels, cfg.conv_widths, size, cfg.convs_per_stage)
+        if len(input_shape) == 1:  # feature vectors: the head works on them directly
+            self.backbone: nn.Module = VectorTrunk(input_shape[0])
+        elif len(input_shape) != 3:
+            raise ValueError(f"DAC needs images (C, H, W) or feature vectors (D,), got shape {input_shape}")
+        elif cfg.trunk == "vgg":
+            channels, height, width = input_shape
+            self.backbone = VGGBackbone(channels, cfg.conv_widths, min(height, width), cfg.convs_per_stage)
         else:
-            self.backbone = ResNet18Backbone(channels, size, cfg.backbone_weights)
+            channels, height, width = input_shape
+            self.backbone = ResNet18Backbone(channels, min(height, width), cfg.trunk_weights)
         k = cfg.n_clusters
         if cfg.head == "dense":
             self.head = nn.Sequential(

@@ -20,6 +20,7 @@ so a resumed run continues the same schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -177,6 +178,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg = from_dict(DACConfig, config["model"])
     seed = int(config["seed"])
     input_shape = tuple(config["input_shape"])
+    if len(input_shape) == 1 and cfg.augment:
+        # Feature vectors (a backbone's) have no pixels to crop or rotate: the pairs are
+        # selected as in the paper, without views. check_resumable compares the config
+        # as given, so the replacement is local to the training.
+        train_cfg = dataclasses.replace(cfg, augment=False)
+    else:
+        train_cfg = cfg
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)  # identical initial weights on every rank
 
@@ -220,7 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         for idx in batches.epoch(epoch):
             x, known = x_local[idx].to(device), known_local[idx]
             if cfg.selection == "batch":
-                _learn(opt, *step_loss(ddp, x, known, cfg, upper, lower, g), sums)
+                _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g), sums)
                 continue
             same, different = chunk_targets(net, x, upper, lower)
             known = known.to(device)  # indexed by the device-side mini-batches below
@@ -228,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 order = torch.randperm(len(x), generator=g, device=device)
                 for mini in torch.tensor_split(order, minis):
                     pick = mini[:, None], mini[None, :]
-                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini], same[pick], different[pick], cfg, g),
+                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini], same[pick], different[pick], train_cfg, g),
                            sums)
         totals = {name: global_count(float(value)) for name, value in sorted(sums.items())}
         record = {

@@ -134,7 +134,7 @@ def test_small_clusters_move_to_the_most_similar_remaining_cluster():
 
 @pytest.mark.parametrize("backbone,shape", [("vgg", (1, 8, 8)), ("vgg", (3, 33, 20)), ("resnet18", (1, 16, 16))])
 def test_networks_take_any_size_and_channels(backbone, shape):
-    cfg = DACConfig(n_clusters=5, backbone=backbone, conv_widths=(4, 8), hidden_dim=8)
+    cfg = DACConfig(n_clusters=5, trunk=backbone, conv_widths=(4, 8), hidden_dim=8)
     net = DACNet(cfg, shape).eval()
     assert net(torch.rand(3, *shape)).shape == (3, 5)
 
@@ -151,7 +151,7 @@ def test_vgg_stages_hold_the_asked_number_of_convolutions(convs):
 
 @pytest.mark.parametrize("backbone", ["vgg", "resnet18"])
 def test_narrow_head_gives_non_negative_logits_through_identity_started_layers(backbone):
-    cfg = DACConfig(n_clusters=4, backbone=backbone, conv_widths=(4, 8), head="narrow")
+    cfg = DACConfig(n_clusters=4, trunk=backbone, conv_widths=(4, 8), head="narrow")
     net = DACNet(cfg, (1, 12, 12))
     linears = [m for m in net.head if isinstance(m, torch.nn.Linear)]
     assert [tuple(m.weight.shape) for m in linears] == [(4, net.backbone.out_dim), (4, 4), (4, 4)]
@@ -172,11 +172,11 @@ def test_resnet18_loads_weights_from_a_named_file(tmp_path):
     reference = resnet18(weights=None)
     path = tmp_path / "resnet18.pt"
     torch.save(reference.state_dict(), path)
-    cfg = DACConfig(n_clusters=4, backbone="resnet18", backbone_weights=str(path))
+    cfg = DACConfig(n_clusters=4, trunk="resnet18", trunk_weights=str(path))
     net = DACNet(cfg, (1, 64, 64))
     assert torch.allclose(net.backbone.net.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
     assert torch.allclose(net.backbone.net.conv1.weight[:, 0], reference.conv1.weight.sum(dim=1))
     with pytest.raises(FileNotFoundError):
-        DACConfig(backbone="resnet18", backbone_weights=str(tmp_path / "missing.pt"))
+        DACConfig(trunk="resnet18", trunk_weights=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="resnet18"):
-        DACConfig(backbone_weights=str(path))
+        DACConfig(trunk_weights=str(path))

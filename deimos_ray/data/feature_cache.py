@@ -1,0 +1,137 @@
+"""The feature cache: backbone features written once as Parquet, read by every later run
+or sweep trial over the same inputs.
+
+An entry is the folder ``CACHE/<key>/`` holding ``features.parquet`` (the readable rows:
+``id``, ``label``, ``group``, ``path``, metadata, ``x`` the feature vector, and the
+``backbone`` and ``size`` that made it), ``rejected.parquet`` (the inputs the decode or
+the backbone could not use, with the reason) and ``info.json``. The key is a digest of
+everything the features depend on (:func:`cache_key`): the source's fingerprint (ids,
+file names, sizes and modification times, or the array contents), the preprocessing
+settings, the backbone, its weights file's digest and the input size, and this package's
+version. A changed input, setting or weights file gives another key, so stale features
+are never read. An entry appears complete or not at all: it is written under a temporary
+name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data.extensions import ArrowTensorArray
+
+import deimos_ray
+from deimos_ray.data.sources.base import Source
+
+# The one data setting that changes nothing the cache holds: how failures are handled.
+NOT_IN_KEY = ("on_error",)
+FEATURES_FILE, REJECTED_FILE, INFO_FILE = "features.parquet", "rejected.parquet", "info.json"
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: Source) -> str:
+    """A digest of the source's inputs: ids, file names with their sizes and modification
+    times (zip archives: the archive's), array contents and encoded bytes, and the inputs
+    refused before decoding."""
+    digest = hashlib.sha256()
+    digest.update(f"{source.format}:{source.num_inputs}".encode())
+    for row in source.rejected:
+        digest.update(f"rejected:{row.get('id')}:{row.get('reason')}".encode())
+    if source.dataset is None:
+        return digest.hexdigest()
+    columns = [c for c in ("id", "file", "member", "image", "bytes") if c in source.dataset.columns()]
+    stats: dict[str, str] = {}
+    for batch in source.dataset.select_columns(columns).iter_batches(batch_size=4096, batch_format="numpy"):
+        digest.update("\0".join(map(str, batch["id"])).encode())
+        for file, member in zip(batch.get("file", []), batch.get("member", [""] * len(batch["id"])), strict=False):
+            if file not in stats:
+                st = os.stat(file)
+                stats[file] = f"{st.st_size}:{st.st_mtime_ns}"
+            digest.update(f"{file}!{member}:{stats[file]}".encode())
+        for image in batch.get("image", []):
+            digest.update(np.ascontiguousarray(image).tobytes())
+        for data in batch.get("bytes", []):
+            digest.update(bytes(data))
+    return digest.hexdigest()
+
+
+def cache_key(source: Source, data_cfg: Any, features_cfg: Any, image_size: int) -> str:
+    """The entry's name: a digest of what the features depend on (module docstring)."""
+    data = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in NOT_IN_KEY}
+    if data_cfg.metadata:
+        st = os.stat(data_cfg.metadata)
+        data["metadata_file"] = f"{st.st_size}:{st.st_mtime_ns}"
+    parts = {
+        "source": source_fingerprint(source),
+        "data": data,
+        "backbone": features_cfg.backbone,
+        "weights": _file_digest(features_cfg.weights) if features_cfg.weights else None,
+        "image_size": image_size,
+        "version": deimos_ray.__version__,
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return f"{features_cfg.backbone.replace(':', '-')}-{image_size}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+
+def read_entry(cache_dir: Path, key: str) -> tuple[ray.data.Dataset, pd.DataFrame] | None:
+    """(readable rows, rejected rows) of the entry ``key``, or None when there is none."""
+    entry = Path(cache_dir) / key
+    if not (entry / INFO_FILE).is_file():
+        return None
+    good = ray.data.read_parquet(str(entry / FEATURES_FILE)).drop_columns(["backbone", "size"])
+    return good, pd.read_parquet(entry / REJECTED_FILE)
+
+
+def write_entry(cache_dir: Path, key: str, good: ray.data.Dataset, rejected: pd.DataFrame,
+                backbone: str, image_size: int) -> None:
+    """Write the entry ``key`` atomically: rows sorted by id, so every run that reads it
+    sees the same order whatever order the extraction finished in."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.concat_tables(ray.get(good.to_arrow_refs())) if good.count() else None
+    tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        if table is not None:
+            frame = table.drop_columns(["x"]).to_pandas()
+            x = np.stack(table.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)
+            order = np.argsort(frame["id"].to_numpy(dtype=str), kind="stable")
+            frame = frame.iloc[order].reset_index(drop=True)
+            out = pa.Table.from_pandas(frame, preserve_index=False)
+            n = len(frame)
+            out = out.append_column("x", ArrowTensorArray.from_numpy(x[order]))
+            out = out.append_column("backbone", pa.array([backbone] * n))
+            out = out.append_column("size", pa.array([image_size] * n, pa.int32()))
+            pq.write_table(out, tmp / FEATURES_FILE)
+            rows, dim = n, int(x.shape[1])
+        else:
+            rows, dim = 0, 0
+        rejected.to_parquet(tmp / REJECTED_FILE, index=False)
+        (tmp / INFO_FILE).write_text(json.dumps({"key": key, "backbone": backbone, "size": image_size,
+                                                 "rows": rows, "dim": dim, "rejected": len(rejected),
+                                                 "version": deimos_ray.__version__}, indent=2))
+        try:
+            os.rename(tmp, cache_dir / key)
+        except OSError:  # another run wrote the same entry first: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
