@@ -7,10 +7,16 @@
     python bench/quality.py --datasets usps --methods dac-reference --num-workers 1 --use-gpu
     python bench/quality.py --datasets hirise --methods dac-reference --set data.image_size=64
     python bench/quality.py --datasets hirise --methods dac-reference --set model.labeled_fraction=0.1
+    python bench/quality.py --datasets hirise gz2-spirals --methods dac dec idec desom-8x8 \
+        --backbones none efficientnet_lite0 --workdir runs/bench
 
 Each (dataset, method, seed) is one full run of the job spine (Ray Data in, Ray Train
 training, Parquet out) in its own run directory; the k-means baseline is fitted on the
-same preprocessed pixels in the same run. Prints a Markdown table of median accuracy /
+same preprocessed pixels in the same run, and so is Ward's agglomerative clustering. With
+``--backbones``, every method also runs on the features of each backbone named
+(``none`` is the pixels), the baselines beside it on the same features; the features
+are computed once per data set and read from the cache in the workdir by every other
+run. Prints a Markdown table of median accuracy /
 NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE and TE)
 over the seeds, with the range, and the median run time (the whole job: data, training,
 assignment, scores). With ``--workdir``, runs finished earlier with the same config are
@@ -26,7 +32,8 @@ trainings of it combined by consensus; ``dec`` and ``idec``; ``desom-8x8`` the p
 ``desom-8x8-restarts8`` eight of them voting. ``hirise`` is the 1,096 original HiRISE
 landmarks (augmented copies dropped, 8 classes, of which "other" is most) at 32x32; DAC
 there adds rotations and flips to its views, since orbital images have no preferred
-orientation.
+orientation. ``gz2-spirals`` is the 2,000 Galaxy Zoo 2 colour cutouts, spiral or not, at
+32x32 RGB on pixels.
 
 Published figures on USPS (ACC / NMI): k-means .67 / .63 (IDEC paper), DEC .764 / .787
 (DEC-DA paper's rerun of DEC), IDEC .761 / .785 (IDEC paper). DAC on MNIST (paper):

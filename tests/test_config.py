@@ -119,3 +119,15 @@ def test_a_stored_config_without_a_newer_setting_reads_as_its_default():
     stored["model"]["retired_setting"] = 1
     with pytest.raises(ValueError, match="retired_setting"):
         stored_settings(DACJobConfig, stored)
+
+
+def test_feature_settings_are_checked_when_made(tmp_path):
+    from deimos_ray.config import FeatureConfig
+
+    assert not FeatureConfig().enabled and FeatureConfig(backbone="efficientnet_lite0").enabled
+    with pytest.raises(ValueError, match="need --backbone"):
+        FeatureConfig(image_size=128)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FeatureConfig(backbone="torchvision:resnet50", weights=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="normalize"):
+        FeatureConfig(backbone="efficientnet_lite0", normalize="whiten")

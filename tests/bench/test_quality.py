@@ -33,6 +33,15 @@ def test_set_is_applied_over_the_method_and_dataset_settings():
     assert cfg.model.n_clusters == 8 and cfg.seed == 3
 
 
+def test_with_a_backbone_the_images_are_decoded_at_its_size_and_its_features_cached(tmp_path):
+    args = bench_args()
+    args.feature_cache = tmp_path / "feature-cache"
+    cfg = quality.build_config("hirise", "dec", 0, args, backbone="efficientnet_lite0")
+    assert cfg.features.backbone == "efficientnet_lite0" and cfg.features.cache == str(args.feature_cache)
+    assert cfg.data.image_size is None and cfg.data.originals_only is True
+    assert quality.build_config("hirise", "dec", 0, args).features.backbone == "none"
+
+
 def test_without_set_the_method_settings_stand():
     cfg = quality.build_config("hirise", "dac-reference", 0, bench_args())
     assert cfg.model.official_lower == 0.7 and cfg.data.image_size == 32

@@ -180,3 +180,11 @@ def test_resnet18_loads_weights_from_a_named_file(tmp_path):
         DACConfig(trunk="resnet18", trunk_weights=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="resnet18"):
         DACConfig(trunk_weights=str(path))
+
+
+def test_on_feature_vectors_the_head_sees_the_vectors_themselves():
+    net = DACNet(DACConfig(n_clusters=4, hidden_dim=8), (1280,))
+    assert net.backbone.out_dim == 1280 and not list(net.backbone.parameters())
+    assert net(torch.randn(6, 1280)).shape == (6, 4)
+    with pytest.raises(ValueError, match="feature vectors"):
+        DACNet(DACConfig(n_clusters=4), (3, 8))
