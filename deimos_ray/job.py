@@ -45,6 +45,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path) 
     metrics dict that ``metrics.json`` holds."""
     algorithm.check(cfg)
     out = Path(out_dir).resolve()
+    refuse_other_representation(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     # An earlier run's scores must not sit beside this run's config while it trains (or
     # after it fails): metrics.json appears again only when this run has finished.
@@ -155,6 +156,33 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     print(f"[{job}] scores (k={k}):\n{format_table(scores)}")
     print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
     return metrics
+
+
+# Settings of the representation that change only how it is computed, not what it is.
+HOW_FEATURES_RUN = ("cache", "batch_size", "actors")
+
+
+def refuse_other_representation(cfg: JobConfig, out: Path) -> None:
+    """Refuse to resume, in ``out``, a training made on another representation.
+
+    The checkpoint's input shape is checked on resume, but two backbones (or two
+    normalisations) can give vectors of the same width, and a model trained on one must
+    not carry on over the other.
+
+    Raises:
+        ValueError: ``out`` holds a training whose ``features`` settings differ.
+    """
+    from deimos_ray.config import FeatureConfig, load_yaml, stored_settings
+
+    if not (out / "ray").exists() or not (out / "config.yaml").is_file():
+        return
+    stored = load_yaml(out / "config.yaml").get("features") or {}
+    old, new = stored_settings(FeatureConfig, stored), to_dict(cfg.features)
+    changed = sorted(k for k in new if k not in HOW_FEATURES_RUN and old[k] != new[k])
+    if changed:
+        raise ValueError(f"{out} holds a training on another representation (features.{', features.'.join(changed)} "
+                         f"differ: {[old[k] for k in changed]} then, {[new[k] for k in changed]} now); "
+                         "use a new --out")
 
 
 def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:

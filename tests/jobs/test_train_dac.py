@@ -44,7 +44,7 @@ def test_train_dac_on_digits_with_labelled_pairs_and_merged_clusters(ray_session
     metrics = json.loads((out / "metrics.json").read_text())
     moved = metrics["images_moved"]
     assert moved == int((rows["cluster"].to_numpy() != topk[:, 0]).sum())
-    assert set(metrics["scores"]) == {"dac", "kmeans"}
+    assert set(metrics["scores"]) == {"dac", "kmeans", "ward"}
     assert metrics["training"]["epochs"] == 2
     history = metrics["training"]["history"]
     assert history[0]["upper"] == history[0]["lower"] == 0.99 and "labeled_loss" in history[0]

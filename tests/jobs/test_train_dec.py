@@ -46,7 +46,7 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     acc = metrics["accounting"]
     assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
-    assert set(metrics["scores"]) == {"dec", "kmeans"}
+    assert set(metrics["scores"]) == {"dec", "kmeans", "ward"}
     assert "silhouette" in metrics["scores"]["kmeans"] and "accuracy" not in metrics["scores"]["dec"]
 
     meta = read_metadata(out / "assignments")
