@@ -55,7 +55,7 @@ def load_dac(checkpoint_dir: str | Path, device: str = "cpu") -> DACNet:
 def _load_dac(state: dict[str, Any], where: str | Path) -> DACNet:
     if state.get("algorithm") != "dac":
         raise ValueError(f"{where} does not hold a DAC checkpoint")
-    net = DACNet(from_dict(DACConfig, state["config"]), tuple(state["input_shape"]))
+    net = DACNet(from_dict(DACConfig, state["config"]), tuple(state["input_shape"]), state.get("backbone"))
     net.load_state_dict(state["model"])
     return net
 

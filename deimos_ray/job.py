@@ -55,9 +55,12 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path) 
     at_once = min(cfg.restarts.concurrent, cfg.restarts.count)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
 
-    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu)
+    fine_tune = algorithm.fine_tunes_backbone(cfg)
+    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
     write_rejected(data.rejected, out / "rejected.parquet")
-    if cfg.features.enabled:
+    if fine_tune:
+        print(f"[{algorithm.job}] fine-tuning {cfg.features.backbone} on the images at {data.spec.size[0]} px")
+    elif cfg.features.enabled:
         print(f"[{algorithm.job}] {cfg.features.backbone} features "
               f"{'read from the cache' if data.cache_hit else 'computed and cached'} "
               f"in {cfg.features.cache or out / 'features'}")
@@ -95,6 +98,9 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     t = time.perf_counter()
     loop_config = {"model": to_dict(cfg.model), "seed": cfg.seed, "input_shape": list(data.input_shape),
                    "checkpoint_interval_s": cfg.checkpoint_interval_s}
+    if algorithm.fine_tunes_backbone(cfg):
+        loop_config["backbone"] = {"name": cfg.features.backbone, "weights": cfg.features.weights,
+                                   "image_size": data.spec.size[0]}
     rows = algorithm.training_rows(cfg, data)
     results, restarts, kept = fit_restarts(algorithm.train_loop, loop_config, rows, cfg, out,
                                            algorithm.final_loss, job)
@@ -144,6 +150,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         "scores": scores,
         "scores_space": scores_space(data.representation),
         "representation": data.representation,
+        **({"fine_tuned_backbone": cfg.features.backbone} if algorithm.fine_tunes_backbone(cfg) else {}),
         "training": results[kept].return_value,
         **({"restarts": restarts} if restarts else {}),
         **extra,

@@ -58,6 +58,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--trunk", choices=TRUNKS, help="the network trained on pixels: vgg (default, "
                    "small 3x3 conv stacks) or resnet18 (unused with --backbone: DAC then trains "
                    "its head on the backbone's features)")
+    p.add_argument("--fine-tune-backbone", action="store_true", help="with --backbone: train the "
+                   "backbone under the head with the pair loss, on the images at --feature-size, "
+                   "instead of the head alone on its cached features (costly on CPUs)")
+    p.add_argument("--trunk-lr-ratio", type=float, help="with --fine-tune-backbone: the backbone's "
+                   "learning rate as a fraction of --lr (default 0.1)")
     p.add_argument("--trunk-weights", help="ResNet-18 state dict file to start --trunk resnet18 "
                    "from (nothing is downloaded)")
     p.add_argument("--batch-size", type=int, help="images per step across all workers; pairs are "
@@ -80,7 +85,9 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
     return cli.build_config(DACJobConfig, args, SMOKE, {
         "model.schedule": args.schedule, "model.selection": args.selection,
         "model.pair_loss": args.pair_loss, "model.trunk": args.trunk,
-        "model.trunk_weights": args.trunk_weights, "model.batch_size": args.batch_size,
+        "model.trunk_weights": args.trunk_weights,
+        "model.fine_tune_backbone": True if args.fine_tune_backbone else None,
+        "model.trunk_lr_ratio": args.trunk_lr_ratio, "model.batch_size": args.batch_size,
         "model.lr": args.lr, "model.augment": False if args.no_augment else None,
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,
         "min_cluster_size": args.min_cluster_size,

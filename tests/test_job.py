@@ -120,3 +120,24 @@ def test_a_training_on_other_features_is_not_resumed(tmp_path):
         refuse_other_representation(override_all(before, {"features.normalize": "l2"}), out)
     with pytest.raises(ValueError, match="features.backbone"):
         run_training_job(algorithm, algorithm.config_class(), out)
+
+
+@pytest.mark.slow
+@smoke_may_collapse
+def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=16)
+    algorithm = ALGORITHMS["dac"]
+    settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
+                "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
+                "features.image_size": 32, "model.fine_tune_backbone": True}
+    cfg = override_all(algorithm.config_class(), settings)
+    metrics = run_training_job(algorithm, cfg, tmp_path / "run")
+
+    assert metrics["fine_tuned_backbone"] == "efficientnet_lite0" and metrics["representation"] == "pixels"
+    assert not (tmp_path / "run" / "features").exists()  # images, not cached features
+    rows = pq.read_table(tmp_path / "run" / "assignments").to_pandas()
+    assert len(rows) == len(good) and rows["cluster"].between(0, 2).all()
+    with pytest.raises(ValueError, match="needs --backbone"):
+        algorithm.check(override_all(algorithm.config_class(), {"model.fine_tune_backbone": True}))

@@ -51,6 +51,11 @@ class Algorithm:
     def check(self, cfg: JobConfig) -> None:
         """Refuse settings this algorithm cannot run, before any work starts."""
 
+    def fine_tunes_backbone(self, cfg: JobConfig) -> bool:
+        """Whether training updates the backbone (``cfg.features``) itself: the job then
+        hands it images decoded at the backbone's size, not cached features."""
+        return False
+
     def training_rows(self, cfg: JobConfig, data: PreparedData) -> ray.data.Dataset:
         """The dataset the loop trains on (default: the ``x`` column)."""
         return data.good.select_columns(["x"])

@@ -40,6 +40,11 @@ class DACAlgorithm(Algorithm):
     def check(self, cfg: DACJobConfig) -> None:
         if cfg.data.metadata_features:
             raise ValueError("DAC trains on images; metadata_features apply to dense models (train_dec)")
+        if cfg.model.fine_tune_backbone and not cfg.features.enabled:
+            raise ValueError("--fine-tune-backbone needs --backbone NAME (the network to fine-tune)")
+
+    def fine_tunes_backbone(self, cfg: DACJobConfig) -> bool:
+        return cfg.model.fine_tune_backbone
 
     def training_rows(self, cfg: DACJobConfig, data: PreparedData) -> ray.data.Dataset:
         fraction = cfg.model.labeled_fraction

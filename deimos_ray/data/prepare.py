@@ -105,7 +105,7 @@ def _normalize(good: ray.data.Dataset, how: str) -> tuple[ray.data.Dataset, dict
 
 
 def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_dir: Path | None = None,
-                 use_gpu: bool = False) -> PreparedData:
+                 use_gpu: bool = False, extract: bool = True) -> PreparedData:
     """Load, join metadata, decode, tile and normalise; split off unreadable inputs.
 
     Args:
@@ -114,6 +114,8 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
             (:mod:`deimos_ray.data.features`), cached in ``features.cache`` or ``cache_dir``.
         cache_dir: The cache folder when ``features.cache`` is unset (a job: ``DIR/features``).
         use_gpu: Run the backbone on GPUs.
+        extract: With a backbone, compute its features; False only decodes the images
+            at its size (for a model that fine-tunes the backbone itself).
 
     Raises:
         ValueError: ``on_error: fail`` and an input could not be read (names the file),
@@ -124,6 +126,8 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     rejected_parts = [pd.DataFrame(list(source.rejected), columns=REJECTED_SCHEMA.names)]
     shape = source.image_shape[:2] if source.image_shape else None
     spec = resolve_image_spec(shape, _decode_size(cfg, features))
+    if not extract:
+        features = FeatureConfig()  # the pixels, at the backbone's size
     good, cached, stats, hit = None, None, None, False
     if features.enabled:
         cache = Path(features.cache or cache_dir or "features")

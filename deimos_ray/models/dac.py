@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,9 +97,19 @@ class DACConfig:
             (torchvision's, randomly initialised or loaded from ``trunk_weights``). On
             feature vectors (``--backbone``) there is no trunk: the head works on the
             pretrained features, and training makes no augmented views (vectors have
-            no pixels to crop or rotate), as in the paper.
+            no pixels to crop or rotate), as in the paper; with ``fine_tune_backbone``
+            the trunk is the pretrained backbone itself.
         trunk_weights: A local file holding a ResNet-18 state dict (nothing is ever
             downloaded). The final ``fc`` layer's weights are ignored.
+        fine_tune_backbone: With ``--backbone``: train the pretrained backbone under the
+            head with the pair loss, on the images (decoded at ``--feature-size``, with
+            the augmented views), instead of training the head alone on the cached
+            features. The trunk's learning rate is ``lr * trunk_lr_ratio``, lower than
+            the head's, so the pretrained weights move slowly (SCAN, Van Gansbeke et al.
+            2020, fine-tunes its backbone the same way). Off by default: on CPUs each
+            epoch costs a forward and backward pass of the backbone over every image.
+        trunk_lr_ratio: The backbone's learning rate as a fraction of ``lr`` when
+            fine-tuning (default 0.1).
         conv_widths: Channels of each VGG stage (``convs_per_stage`` 3x3 convolutions,
             then 2x2 max pooling while the feature map is larger than 1x1). The paper's
             MNIST net uses 64 and 128; the default is narrower so a CPU trains it in minutes.
@@ -149,6 +160,8 @@ class DACConfig:
     n_clusters: int = 10
     trunk: str = "vgg"
     trunk_weights: str | None = None
+    fine_tune_backbone: bool = False
+    trunk_lr_ratio: float = 0.1
     conv_widths: tuple[int, ...] = (32, 64, 128)
     convs_per_stage: int = 2
     hidden_dim: int = 128
@@ -185,6 +198,8 @@ class DACConfig:
                 raise ValueError("model.trunk_weights needs model.trunk=resnet18")
             if not Path(self.trunk_weights).is_file():
                 raise FileNotFoundError(f"trunk weights file {self.trunk_weights} does not exist")
+        if not 0 < self.trunk_lr_ratio <= 1:
+            raise ValueError(f"model.trunk_lr_ratio must be in (0, 1], got {self.trunk_lr_ratio}")
         if self.head not in HEADS:
             raise ValueError(f"model.head must be one of {HEADS}, got {self.head!r}")
         if self.schedule not in SCHEDULES:
@@ -321,11 +336,28 @@ class DACNet(nn.Module):
     """Trunk (``self.backbone``), then the head (``DACConfig.head``) that gives the k logits.
 
     ``forward`` returns the logits; :func:`label_features` turns them into label features.
+
+    Args:
+        cfg: The model's settings.
+        input_shape: (C, H, W) images or (D,) feature vectors.
+        backbone: With ``cfg.fine_tune_backbone``: the pretrained backbone to train as
+            the trunk, as ``{"name", "weights", "image_size"}``
+            (:func:`deimos_ray.models.backbones.load_backbone`'s arguments).
     """
 
-    def __init__(self, cfg: DACConfig, input_shape: tuple[int, ...]):
+    def __init__(self, cfg: DACConfig, input_shape: tuple[int, ...], backbone: dict[str, Any] | None = None):
         super().__init__()
-        if len(input_shape) == 1:  # feature vectors: the head works on them directly
+        if cfg.fine_tune_backbone != (backbone is not None):
+            raise ValueError("model.fine_tune_backbone needs a backbone (--backbone NAME), "
+                             "and a backbone trunk needs model.fine_tune_backbone")
+        if backbone is not None:
+            from deimos_ray.models.backbones import load_backbone
+
+            if len(input_shape) != 3:
+                raise ValueError(f"fine-tuning a backbone needs images (C, H, W), got shape {input_shape}")
+            self.backbone = load_backbone(backbone["name"], backbone.get("weights"), backbone.get("image_size"))
+            self.backbone.requires_grad_(True)  # loaded frozen, for extraction
+        elif len(input_shape) == 1:  # feature vectors: the head works on them directly
             self.backbone: nn.Module = VectorTrunk(input_shape[0])
         elif len(input_shape) != 3:
             raise ValueError(f"DAC needs images (C, H, W) or feature vectors (D,), got shape {input_shape}")
@@ -355,6 +387,14 @@ class DACNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def parameter_groups(self, cfg: DACConfig) -> list[dict[str, Any]]:
+        """The optimiser's groups: a fine-tuned backbone at ``lr * trunk_lr_ratio``, the
+        rest at ``lr``."""
+        if not cfg.fine_tune_backbone:
+            return [{"params": list(self.parameters()), "lr": cfg.lr}]
+        return [{"params": list(self.backbone.parameters()), "lr": cfg.lr * cfg.trunk_lr_ratio},
+                {"params": list(self.head.parameters()), "lr": cfg.lr}]
 
 
 def reassign_small_clusters(

@@ -204,9 +204,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
          f"{cfg.selection} selection, {cfg.pair_loss} loss"
          + (", pairs from the global batch" if cfg.gather_pairs else ""))
 
-    net = DACNet(cfg, input_shape).to(device)
+    backbone = config.get("backbone")  # set when the pretrained backbone is fine-tuned
+    net = DACNet(cfg, input_shape, backbone).to(device)
     ddp = C.wrap_ddp(net, device)
-    opt = torch.optim.RMSprop(ddp.parameters(), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
+    opt = torch.optim.RMSprop(net.parameter_groups(cfg), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
 
     epoch, lam, history, resumed_at = 0, 0.0, [], None
@@ -258,6 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 "algorithm": "dac",
                 "config": to_dict(cfg),
                 "input_shape": list(input_shape),
+                "backbone": backbone,
                 "seed": seed,
                 "epoch": epoch,
                 "lambda": lam,

@@ -188,3 +188,23 @@ def test_on_feature_vectors_the_head_sees_the_vectors_themselves():
     assert net(torch.randn(6, 1280)).shape == (6, 4)
     with pytest.raises(ValueError, match="feature vectors"):
         DACNet(DACConfig(n_clusters=4), (3, 8))
+
+
+def test_a_fine_tuned_backbone_learns_at_a_lower_rate_and_its_weights_move():
+    cfg = DACConfig(n_clusters=3, hidden_dim=8, fine_tune_backbone=True, trunk_lr_ratio=0.1)
+    net = DACNet(cfg, (1, 32, 32), {"name": "efficientnet_lite0", "image_size": 32})
+    trunk, head = net.parameter_groups(cfg)
+    assert trunk["lr"] == pytest.approx(0.1 * head["lr"])
+    assert all(p.requires_grad for p in trunk["params"])
+    assert {id(p) for p in trunk["params"]} | {id(p) for p in head["params"]} == {id(p) for p in net.parameters()}
+    before = [p.detach().clone() for p in trunk["params"]]
+    opt = torch.optim.RMSprop(net.parameter_groups(cfg), lr=cfg.lr)
+    net.train()
+    loss = net(torch.rand(6, 1, 32, 32)).logsumexp(dim=1).mean()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, trunk["params"], strict=True))
+    with pytest.raises(ValueError, match="fine_tune_backbone"):
+        DACNet(cfg, (1, 32, 32))  # the setting without a backbone
+    with pytest.raises(ValueError, match="needs images"):
+        DACNet(cfg, (1280,), {"name": "efficientnet_lite0"})
