@@ -1,0 +1,300 @@
+"""Ray Tune sweeps: many trainings of one algorithm, chosen between by a label-free score
+computed in one space that every trial shares.
+
+:func:`run_sweep` prepares the data once (decoded pixels, or a backbone's cached
+features) and hands the same rows to every trial; each trial is one training through
+the job spine (:func:`deimos_ray.job.run_prepared`, the code every job runs), started
+from a Tune function trainable, which builds its Ray Train run inside (the Train V2 way;
+no ``Tuner(trainer)``).
+
+The objective (:func:`objective_scores`) is computed for every trial on the same
+seeded sample of rows, in the same reference space: the standardised backbone features
+when a backbone is used, else a PCA of the pixels fitted once on that sample. Scores in
+each model's own embedding are not comparable across k or across trials (Wang & Ye 2024),
+while silhouette in one fixed space tracks clustering quality (Lowe et al. 2024)::
+
+    objective = silhouette (reference space) - collapsed / k
+
+where ``collapsed`` counts the k clusters asked for that are empty or tiny (fewer than
+``min_cluster_fraction`` of the rows, default 0.5 %, and at least 2). A large cluster is
+not penalised: science collections are uneven (the HiRISE originals are 84 % one class),
+and balance terms that force equal sizes scored worse there. Davies-Bouldin,
+Calinski-Harabasz and Dunn are recorded beside it, and with restarts per trial, the mean
+ARI between the restarts' clusterings (stability). Labels, where the data has them, are
+scored per trial for the trials table and never used to choose.
+
+Outputs (``DIR``): ``trials.parquet`` (a row per trial), ``score_vs_k.png``,
+``best_config.yaml`` (for ``--config`` of the job), ``trials/<trial>/`` (each trial's
+run folder), and the best trial's clustering as the sweep's own ``assignments/``,
+``checkpoint/``, ``metrics.json`` and ``rejected.parquet`` (copied, not retrained).
+A rerun with the same ``DIR`` resumes the sweep (Tune's restore): finished trials are
+kept, unfinished ones train again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
+
+from deimos_ray.algorithms import get_algorithm
+from deimos_ray.config import JobConfig, from_dict, override_all, save_yaml, to_dict
+from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data, write_rejected
+from deimos_ray.metrics import internal_scores
+
+SEARCHES = ("grid", "random")
+OBJECTIVE = "objective"
+LABEL_SCORES = ("accuracy", "nmi", "ari", "purity")
+REFERENCE_DIMS = 50  # PCA components of the pixel reference space
+TRIAL_CPUS = 0.25  # the trial's own process only starts and waits for its Ray Train run
+
+
+def reference_space(data: PreparedData, sample_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The sample every trial is scored on: (ids, vectors, description).
+
+    With a backbone the vectors are its (standardised) features; on pixels a PCA of at
+    most :data:`REFERENCE_DIMS` components fitted once on the sample, so distances are
+    not dominated by the many near-constant pixels.
+    """
+    ids, x = collect_features(data.good)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(ids), size=min(sample_size, len(ids)), replace=False))
+    ids, x = ids[pick], x[pick]
+    if data.representation != "pixels":
+        return ids, x, f"{data.representation} features ({x.shape[1]} values), {len(ids)} rows"
+    dims = min(REFERENCE_DIMS, x.shape[1], len(ids) - 1)
+    reduced = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(x)
+    return ids, reduced.astype(np.float32), f"PCA of the pixels ({dims} components), {len(ids)} rows"
+
+
+def objective_scores(reference: np.ndarray, sample_clusters: np.ndarray, all_clusters: np.ndarray, k: int,
+                     min_cluster_fraction: float = 0.005, seed: int = 0) -> dict[str, float]:
+    """The label-free scores of one clustering (module docstring for the objective).
+
+    Args:
+        reference: (n, d) vectors of the scored sample in the reference space.
+        sample_clusters: (n,) cluster of each of those rows.
+        all_clusters: The cluster of every assigned row (cluster sizes come from these).
+        k: The clusters asked for.
+        min_cluster_fraction: Clusters smaller than this share of the rows count as
+            collapsed.
+        seed: Seeds the sample of the Dunn index.
+
+    Returns:
+        ``objective``, ``silhouette``, ``davies_bouldin``, ``calinski_harabasz``,
+        ``dunn``, ``clusters_found`` (distinct clusters) and ``collapsed``.
+    """
+    sizes = np.bincount(pd.factorize(all_clusters)[0]) if len(all_clusters) else np.zeros(0, int)
+    tiny = max(2, math.ceil(min_cluster_fraction * len(all_clusters)))
+    kept = int((sizes >= tiny).sum())
+    collapsed = max(0, k - kept)
+    scores = internal_scores(reference, sample_clusters, sample_size=len(sample_clusters), seed=seed)
+    silhouette = scores["silhouette"]
+    objective = (silhouette if np.isfinite(silhouette) else -1.0) - collapsed / k
+    return {OBJECTIVE: float(objective), "silhouette": silhouette,
+            "davies_bouldin": scores["davies_bouldin"], "calinski_harabasz": scores["calinski_harabasz"],
+            "dunn": scores["dunn"], "clusters_found": int(len(sizes)), "collapsed": int(collapsed)}
+
+
+def stability(run_dir: Path) -> float | None:
+    """Mean ARI between every two restarts' clusterings of a run (None without restarts)."""
+    parts = sorted((run_dir / "restarts").glob("*/assignments"))
+    if len(parts) < 2:
+        return None
+    frames = [pd.read_parquet(p, columns=["id", "cluster"]).set_index("id")["cluster"] for p in parts]
+    ids = frames[0].index
+    aris = [adjusted_rand_score(a.loc[ids], b.loc[ids]) for a, b in itertools.combinations(frames, 2)]
+    return float(np.mean(aris))
+
+
+def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any], data: PreparedData,
+           out: str, reference: tuple[np.ndarray, np.ndarray], min_cluster_fraction: float) -> None:
+    """One Tune trial: a full training through the job spine in ``out/trials/<trial>``,
+    then its scores in the reference space, reported to Tune."""
+    from ray import tune
+
+    from deimos_ray.job import run_prepared
+
+    algorithm = get_algorithm(algorithm_name)
+    cfg = override_all(from_dict(algorithm.config_class, base), config)
+    trial_dir = Path(out) / "trials" / tune.get_context().get_trial_id()
+    t0 = time.perf_counter()
+    metrics = run_prepared(algorithm, cfg, data, trial_dir)
+    train_s = time.perf_counter() - t0
+    rows = pd.read_parquet(trial_dir / "assignments", columns=["id", "cluster"]).set_index("id")["cluster"]
+    ids, x = reference
+    k = algorithm.n_clusters(cfg)
+    scores = objective_scores(x, rows.loc[ids].to_numpy(), rows.to_numpy(), k, min_cluster_fraction, cfg.seed)
+    model = metrics["scores"][algorithm.model_name(cfg)]
+    labelled = {f"label_{name}": model[name] for name in LABEL_SCORES if name in model}
+    tune.report({**scores, "k": k, "stability": stability(trial_dir), "train_s": train_s,
+                 "trial_dir": str(trial_dir), **labelled})
+
+
+def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
+    """Tune's ``param_space``: every value of every key (``grid``), or one value per key
+    drawn at random per trial (``random``)."""
+    from ray import tune
+
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if not grid:
+        raise ValueError("a sweep needs at least one key with values (e.g. --k 4 6 8)")
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"sweep key {key} has no values")
+    draw = tune.grid_search if search == "grid" else tune.choice
+    return {key: draw(list(values)) for key, values in grid.items()}
+
+
+def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], out_dir: str | Path,
+              search: str = "grid", samples: int = 1, max_concurrent: int = 1,
+              sample_size: int = 2000, min_cluster_fraction: float = 0.005) -> pd.DataFrame:
+    """Run a sweep into ``out_dir`` (module docstring) and return the trials table.
+
+    Args:
+        algorithm_name: ``dac``, ``dec`` or ``desom``.
+        cfg: The job config every trial starts from; ``grid`` keys override it.
+        grid: Dotted config keys and the values to try (``{"model.n_clusters": [4, 6]}``).
+        search: ``grid`` (every combination, ``samples`` times) or ``random``
+            (``samples`` trials, each key's value drawn from its list).
+        samples: Trials per grid point (grid) or in all (random).
+        max_concurrent: Trials training at the same time.
+        sample_size: Rows of the scored sample.
+        min_cluster_fraction: Share of the rows below which a cluster counts as collapsed.
+
+    Raises:
+        ValueError: Bad settings (before any work), or every trial failed.
+    """
+    from ray import tune
+
+    from deimos_ray.job import refuse_other_representation
+    from deimos_ray.runtime import init_ray, local_cpus_needed
+
+    algorithm = get_algorithm(algorithm_name)
+    space = search_space(grid, search)
+    for values in itertools.product(*grid.values()):  # every value must make a valid config
+        algorithm.check(override_all(cfg, dict(zip(grid, values, strict=True))))
+    if cfg.scaling.num_workers < 1:
+        raise ValueError("a sweep trains each trial in Ray Train workers: scaling.num_workers must be >= 1")
+    if samples < 1 or max_concurrent < 1:
+        raise ValueError("samples and max_concurrent must be >= 1")
+    out = Path(out_dir).resolve()
+    refuse_other_representation(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    (out / "metrics.json").unlink(missing_ok=True)  # reappears when this sweep has finished
+    init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * max_concurrent, cfg.scaling.cpus_per_worker)
+             + math.ceil(TRIAL_CPUS * max_concurrent))
+
+    t0 = time.perf_counter()
+    fine_tune = algorithm.fine_tunes_backbone(cfg)
+    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
+    write_rejected(data.rejected, out / "rejected.parquet")
+    reference = reference_space(data, sample_size, cfg.seed)
+    data_s = time.perf_counter() - t0
+    print(f"[tune_sweep] {data.num_inputs} inputs, {len(data.rejected)} rejected; every trial is scored on "
+          f"{reference[2]}", flush=True)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, algorithm_name=algorithm_name, base=to_dict(cfg), data=data, out=str(out),
+                             reference=reference[:2], min_cluster_fraction=min_cluster_fraction),
+        {"cpu": TRIAL_CPUS})
+    storage = out / "tune"
+    if tune.Tuner.can_restore(storage / "sweep"):
+        print(f"[tune_sweep] resuming the sweep in {storage / 'sweep'}", flush=True)
+        tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", num_samples=samples,
+                                        max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
+    t = time.perf_counter()
+    results = tuner.fit()
+    sweep_s = time.perf_counter() - t
+
+    trials = trials_table(results, list(grid))
+    if trials.empty:
+        raise ValueError(f"every trial failed: {[str(e) for e in results.errors][:3]}")
+    trials.to_parquet(out / "trials.parquet", index=False)
+    best = trials.loc[trials[OBJECTIVE].idxmax()]
+    best_cfg = override_all(cfg, {key: _plain(best[key]) for key in grid})
+    save_yaml(best_cfg, out / "best_config.yaml")
+    plot_scores(trials, out / "score_vs_k.png", int(best["k"]))
+    _adopt_trial(Path(best["trial_dir"]), out, {
+        "objective": "silhouette in the reference space - collapsed clusters / k",
+        "reference_space": reference[2], "chosen_by": OBJECTIVE, "search": search,
+        "trials": len(trials), "failed_trials": len(results.errors),
+        "best": {key: _plain(best[key]) for key in (*grid, OBJECTIVE, "silhouette", "davies_bouldin")},
+        "timings_s": {"data_s": data_s, "sweep_s": sweep_s}})
+    print(f"[tune_sweep] {len(trials)} trials in {sweep_s:.0f} s; chosen by the objective: "
+          + ", ".join(f"{key}={_plain(best[key])}" for key in grid)
+          + f" (objective {best[OBJECTIVE]:.4f}, silhouette {best['silhouette']:.4f})", flush=True)
+    return trials
+
+
+def trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
+    """One row per finished trial: its swept settings, every score, its folder."""
+    rows = []
+    for result in results:
+        if result.error is not None or not result.metrics or OBJECTIVE not in result.metrics:
+            continue
+        metrics = result.metrics
+        rows.append({"trial_id": metrics.get("trial_id"), **{key: result.config[key] for key in keys},
+                     **{name: metrics[name] for name in metrics if _is_score(name)}})
+    return pd.DataFrame(rows).sort_values(keys, kind="stable").reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def _is_score(name: str) -> bool:
+    return name in (OBJECTIVE, "silhouette", "davies_bouldin", "calinski_harabasz", "dunn", "clusters_found",
+                    "collapsed", "k", "stability", "train_s", "trial_dir") or name.startswith("label_")
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python ones (YAML and JSON take only these)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plot_scores(trials: pd.DataFrame, path: Path, chosen_k: int) -> None:
+    """Each label-free score against k (median over trials at each k), the chosen k marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in (OBJECTIVE, "silhouette", "davies_bouldin", "calinski_harabasz", "dunn")
+             if n in trials and trials[n].notna().any()]
+    names += [n for n in trials if n.startswith("label_nmi")]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    per_k = trials.groupby("k")
+    for ax, name in zip(axes[0], names, strict=True):
+        median = per_k[name].median()
+        ax.plot(median.index, median.to_numpy(), marker="o")
+        ax.scatter(trials["k"], trials[name], s=10, alpha=0.4)
+        ax.axvline(chosen_k, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xlabel("k")
+        ax.set_title(name + (" (labels, not used)" if name.startswith("label_") else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _adopt_trial(trial_dir: Path, out: Path, sweep: dict[str, Any]) -> None:
+    """The best trial's clustering becomes the sweep's own: its assignments, checkpoint
+    and metrics (with the sweep's summary added) are copied into ``out``."""
+    for name in ("assignments", "checkpoint"):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(trial_dir / name, out / name)
+    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    metrics["sweep"] = {**sweep, "trial_dir": str(trial_dir)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

@@ -1,0 +1,105 @@
+"""Sweep the number of clusters (and any other setting) of DAC, DEC or DESOM with Ray Tune,
+choosing by a label-free score computed in one space shared by every trial.
+
+Locally (starts a private Ray instance):
+    python jobs/tune_sweep.py --algorithm dec --k 4 6 8 10 12 14 16 --out runs/sweep-dec
+    python jobs/tune_sweep.py --algorithm dac --data /path/to/hirise --originals-only \\
+        --backbone efficientnet_lite0 --k 6 8 10 --grid model.lr=0.001,0.0003 --out runs/sweep-dac
+    python jobs/tune_sweep.py --algorithm dac --k 8 10 --search random --samples 6 \\
+        --grid model.u0=0.9,0.95,0.99 --grid model.l0=0.4,0.455,0.5 --out runs/sweep-thresholds
+
+On a Ray cluster (the script joins the cluster it is submitted to):
+    ray job submit --working-dir . -- python jobs/tune_sweep.py --algorithm dec \\
+        --data /shared/tiles --backbone efficientnet_lite0 --k 4 6 8 10 12 \\
+        --max-concurrent 4 --use-gpu --out /shared/runs/sweep-tiles
+
+The objective: silhouette in the reference space (the backbone's features, else a PCA of
+the pixels, on one seeded sample of rows) minus the share of the k clusters that are empty
+or tiny (fewer than --min-cluster-fraction of the rows). Labels, when present, are scored
+per trial and never used to choose.
+
+Outputs (DIR = --out): trials.parquet (a row per trial: its settings, every label-free
+score, the objective, label scores when labels exist), score_vs_k.png, best_config.yaml
+(python jobs/train_<algorithm>.py --config DIR/best_config.yaml reproduces the chosen
+training), trials/<trial>/ (each trial's run folder), and the best trial's assignments/,
+checkpoint/, metrics.json and rejected.parquet. Rerun with the same --out to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from deimos_ray import cli
+from deimos_ray.algorithms import ALGORITHMS, get_algorithm
+from deimos_ray.config import parse_override
+from deimos_ray.tune import SEARCHES
+
+JOB = "tune_sweep"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                conflict_handler="resolve")
+    cli.add_common_args(p, JOB)
+    p.add_argument("--algorithm", choices=sorted(ALGORITHMS), required=True, help="the method every trial trains")
+    p.add_argument("--k", type=int, nargs="+", help="numbers of clusters to try (each is a trial)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="another config field and its values, e.g. model.lr=0.001,0.0003 (repeatable)")
+    p.add_argument("--search", choices=SEARCHES, default="grid", help="grid: every combination "
+                   "(default); random: --samples trials, each value drawn from its list")
+    p.add_argument("--samples", type=int, default=1, help="trials per grid point (grid) or in all (random)")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials training at once (each with "
+                   "--num-workers workers; on a GPU cluster, GPUs / workers per trial)")
+    p.add_argument("--min-cluster-fraction", type=float, default=0.005, help="clusters with fewer rows "
+                   "than this share count as collapsed in the objective (default 0.005)")
+    return p
+
+
+def parse_grid(args: argparse.Namespace) -> dict[str, list]:
+    """``--k`` and every ``--grid KEY=V1,V2`` as {dotted key: typed values}."""
+    grid: dict[str, list] = {}
+    if args.k:
+        grid["model.n_clusters"] = list(args.k)
+    for text in args.grid:
+        key, raw = text.split("=", 1) if "=" in text else (text, "")
+        values = [parse_override(f"{key}={v}")[1] for v in raw.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"--grid {text!r} must look like KEY=V1,V2")
+        grid[key.strip()] = values
+    return grid
+
+
+def _job_smoke(algorithm: str) -> dict:
+    """The --smoke-test settings of the algorithm's own job."""
+    job = get_algorithm(algorithm).job
+    spec = importlib.util.spec_from_file_location(job, Path(__file__).with_name(f"{job}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SMOKE
+
+
+def main(args: argparse.Namespace) -> int:
+    from deimos_ray.tune import run_sweep
+
+    algorithm = get_algorithm(args.algorithm)
+    try:
+        grid = parse_grid(args)
+        args.k = None  # the swept values are the grid's, not one config value
+        cfg = cli.build_config(algorithm.config_class, args, _job_smoke(args.algorithm), {})
+        from deimos_ray.data.sources import detect_format
+
+        detect_format(cfg.data.spec)
+        out = cli.default_out(JOB, args.out)
+        run_sweep(args.algorithm, cfg, grid, out, search=args.search, samples=args.samples,
+                  max_concurrent=args.max_concurrent, min_cluster_fraction=args.min_cluster_fraction)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

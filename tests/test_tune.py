@@ -1,0 +1,107 @@
+"""Sweeps: the label-free objective, and a small sweep end to end through jobs/tune_sweep.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from deimos_ray.config import DataConfig, load_yaml
+from deimos_ray.data.prepare import prepare_data
+from deimos_ray.tune import objective_scores, reference_space, search_space
+from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
+
+POINTS = np.array([[0.0], [1.0], [10.0], [11.0]])
+
+
+def test_the_objective_is_silhouette_less_the_share_of_collapsed_clusters():
+    good = objective_scores(POINTS, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), k=2)
+    # By hand: a = 1 for every point; b = 10.5 for the outer points, 9.5 for the inner.
+    silhouette = ((10.5 - 1) / 10.5 + (9.5 - 1) / 9.5) / 2
+    assert good["silhouette"] == pytest.approx(silhouette)
+    assert good["objective"] == pytest.approx(silhouette) and good["collapsed"] == 0
+
+    # Asked for 3, found 2: a third of the clusters is missing.
+    short = objective_scores(POINTS, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), k=3)
+    assert short["objective"] == pytest.approx(silhouette - 1 / 3) and short["collapsed"] == 1
+
+    # A mixed clustering of the same points scores worse than the good one.
+    mixed = objective_scores(POINTS, np.array([0, 1, 0, 1]), np.array([0, 1, 0, 1]), k=2)
+    assert mixed["objective"] < good["objective"]
+
+    # A cluster of one row in 400 is tiny (under 0.5 %); one of 40 in 400 is not, however
+    # uneven: natural imbalance is not punished.
+    rows = np.r_[np.zeros(399, int), 1]
+    assert objective_scores(POINTS, np.array([0, 0, 1, 1]), rows, k=2)["collapsed"] == 1
+    uneven = np.r_[np.zeros(360, int), np.ones(40, int)]
+    assert objective_scores(POINTS, np.array([0, 0, 1, 1]), uneven, k=2)["collapsed"] == 0
+
+
+def test_every_trial_is_scored_on_one_sample_in_one_space(ray_session):
+    data = prepare_data(DataConfig(spec="digits", limit=120))
+    ids, x, text = reference_space(data, sample_size=50, seed=0)
+    again_ids, again_x, _ = reference_space(data, sample_size=50, seed=0)
+    assert len(ids) == 50 and x.shape == (50, 49) and "PCA of the pixels" in text
+    np.testing.assert_array_equal(ids, again_ids)
+    np.testing.assert_allclose(x, again_x)
+
+
+def test_search_spaces_are_checked():
+    space = search_space({"model.n_clusters": [3, 4]}, "grid")
+    assert space["model.n_clusters"] == {"grid_search": [3, 4]}
+    with pytest.raises(ValueError, match="search must be"):
+        search_space({"model.n_clusters": [3]}, "optuna")
+    with pytest.raises(ValueError, match="at least one key"):
+        search_space({}, "grid")
+
+
+@pytest.mark.slow
+@smoke_may_collapse
+def test_a_sweep_over_k_end_to_end_and_its_rerun_trains_nothing(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=30)
+    write_bad_files(images)
+    out = tmp_path / "sweep"
+    job = load_job("tune_sweep")
+    argv = ["--algorithm", "dec", "--data", str(images), "--image-size", "8", "--smoke-test",
+            "--k", "2", "3", "4", "--out", str(out)]
+    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert sorted(trials["model.n_clusters"]) == [2, 3, 4] and trials["objective"].notna().all()
+    assert (out / "score_vs_k.png").stat().st_size > 0
+    best = trials.loc[trials["objective"].idxmax()]
+    assert load_yaml(out / "best_config.yaml")["model"]["n_clusters"] == best["model.n_clusters"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sweep"]["best"]["model.n_clusters"] == best["model.n_clusters"]
+    assert metrics["accounting"] == {"inputs": len(good) + 3, "assigned": len(good), "rejected": 3}
+    rows = pq.read_table(out / "assignments").to_pandas()
+    assert len(rows) == len(good) and rows["cluster"].nunique() <= best["model.n_clusters"]
+    chosen = pd.read_parquet(best["trial_dir"] + "/assignments").set_index("id")["cluster"]
+    assert (rows.set_index("id")["cluster"] == chosen.loc[rows["id"]]).all()  # the trial's own rows
+    assert len(pd.read_parquet(out / "rejected.parquet")) == 3
+
+    # A rerun restores the finished sweep: no trial trains again.
+    stamps = {p: os.stat(p).st_mtime_ns for p in out.glob("trials/*/metrics.json")}
+    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    assert {p: os.stat(p).st_mtime_ns for p in out.glob("trials/*/metrics.json")} == stamps
+    assert pd.read_parquet(out / "trials.parquet")["objective"].tolist() == trials["objective"].tolist()
+
+
+def test_bad_sweep_settings_fail_before_any_work(tmp_path, capsys):
+    job = load_job("tune_sweep")
+    args = job.get_args_parser().parse_args(["--algorithm", "dec", "--grid", "model.lr", "--out", str(tmp_path)])
+    assert job.main(args) == 2
+    assert "KEY=V1,V2" in capsys.readouterr().err
+    args = job.get_args_parser().parse_args(["--algorithm", "dec", "--k", "1", "3", "--out", str(tmp_path)])
+    assert job.main(args) == 2
+    assert "n_clusters" in capsys.readouterr().err
+    args = job.get_args_parser().parse_args(["--algorithm", "dec", "--k", "3", "--num-workers", "0",
+                                             "--out", str(tmp_path)])
+    assert job.main(args) == 2
+    assert "num_workers must be >= 1" in capsys.readouterr().err
