@@ -19,8 +19,9 @@ where ``collapsed`` counts the k clusters asked for that are empty or tiny (fewe
 ``min_cluster_fraction`` of the rows, default 0.5 %, and at least 2). A large cluster is
 not penalised: science collections are uneven (the HiRISE originals are 84 % one class),
 and balance terms that force equal sizes scored worse there. Davies-Bouldin,
-Calinski-Harabasz and Dunn are recorded beside it, and with restarts per trial, the mean
-ARI between the restarts' clusterings (stability). Labels, where the data has them, are
+Calinski-Harabasz and Dunn are recorded beside it, the silhouette in the model's own
+embedding (``silhouette_embedding``, for comparison only), and with restarts per trial,
+the mean ARI between the restarts' clusterings (stability). Labels, where the data has them, are
 scored per trial for the trials table and never used to choose.
 
 Outputs (``DIR``): ``trials.parquet`` (a row per trial), ``score_vs_k.png``,
@@ -136,7 +137,8 @@ def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any],
     scores = objective_scores(x, rows.loc[ids].to_numpy(), rows.to_numpy(), k, min_cluster_fraction, cfg.seed)
     model = metrics["scores"][algorithm.model_name(cfg)]
     labelled = {f"label_{name}": model[name] for name in LABEL_SCORES if name in model}
-    tune.report({**scores, "k": k, "stability": stability(trial_dir), "train_s": train_s,
+    tune.report({**scores, "k": k, "silhouette_embedding": model.get("silhouette_embedding"),
+                 "stability": stability(trial_dir), "train_s": train_s,
                  "trial_dir": str(trial_dir), **labelled})
 
 
@@ -224,6 +226,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     sweep_s = time.perf_counter() - t
 
     trials = trials_table(results, list(grid))
+    trials.attrs["sweep_s"] = sweep_s
     if trials.empty:
         raise ValueError(f"every trial failed: {[str(e) for e in results.errors][:3]}")
     trials.to_parquet(out / "trials.parquet", index=False)
@@ -257,7 +260,8 @@ def trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
 
 def _is_score(name: str) -> bool:
     return name in (OBJECTIVE, "silhouette", "davies_bouldin", "calinski_harabasz", "dunn", "clusters_found",
-                    "collapsed", "k", "stability", "train_s", "trial_dir") or name.startswith("label_")
+                    "collapsed", "k", "silhouette_embedding", "stability", "train_s", "trial_dir") \
+        or name.startswith("label_")
 
 
 def _plain(value: Any) -> Any:
