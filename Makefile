@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(PY) jobs/train_dac.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check deimos_ray jobs bench tests
