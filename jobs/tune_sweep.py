@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=SEARCHES, default="grid", help="grid: every combination "
                    "(default); random: --samples trials, each value drawn from its list")
     p.add_argument("--samples", type=int, default=1, help="trials per grid point (grid) or in all (random)")
+    p.add_argument("--restarts-per-trial", type=int, help="DAC, DESOM: train each trial this many "
+                   "times and combine them by consensus; the mean ARI between them is the trial's "
+                   "stability (default 1)")
     p.add_argument("--max-concurrent", type=int, default=1, help="trials training at once (each with "
                    "--num-workers workers; on a GPU cluster, GPUs / workers per trial)")
     p.add_argument("--min-cluster-fraction", type=float, default=0.005, help="clusters with fewer rows "
@@ -88,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         grid = parse_grid(args)
         args.k = None  # the swept values are the grid's, not one config value
-        cfg = cli.build_config(algorithm.config_class, args, _job_smoke(args.algorithm), {})
+        cfg = cli.build_config(algorithm.config_class, args, _job_smoke(args.algorithm),
+                               {"restarts.count": args.restarts_per_trial})
         from deimos_ray.data.sources import detect_format
 
         detect_format(cfg.data.spec)
