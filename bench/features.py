@@ -90,7 +90,7 @@ class PeakMemory:
 def manifest(files: list[Path], copies: int, where: Path) -> Path:
     """A manifest CSV listing ``files`` ``copies`` times, each copy with its own ids."""
     rows = [{"id": f"{c}/{f.name}", "path": str(f)} for c in range(copies) for f in files]
-    path = where / f"files-x{copies}.csv"
+    path = where / f"files-{len(files)}-x{copies}.csv"  # the timed list and the memory lists differ
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
