@@ -29,9 +29,7 @@ Methods: ``dac`` is the paper's algorithm (the job's default), ``dac-reference``
 reference code's training (``--recipe reference``), ``dac-reference-restarts4`` four
 trainings of it combined by consensus; ``dec`` and ``idec``; ``desom-8x8`` the paper's
 8x8 map grouped into as many clusters as the data set has classes, and
-``desom-8x8-restarts8`` eight of them voting; ``dac-neighbours20`` (features only) pairs
-each image with one of its 20 nearest neighbours in the feature space at every step (SCAN's
-mining). ``hirise`` is the 1,096 original HiRISE
+``desom-8x8-restarts8`` eight of them voting. ``hirise`` is the 1,096 original HiRISE
 landmarks (augmented copies dropped, 8 classes, of which "other" is most) at 32x32; DAC
 there adds rotations and flips to its views, since orbital images have no preferred
 orientation. ``gz2-spirals`` is the 2,000 Galaxy Zoo 2 colour cutouts, spiral or not, at
@@ -86,7 +84,6 @@ METHODS = {
     "dac": ("dac", {}),
     "dac-reference": ("dac", REFERENCE_RECIPE),
     "dac-reference-restarts4": ("dac", {**REFERENCE_RECIPE, "restarts.count": 4}),
-    "dac-neighbours20": ("dac", {"model.neighbours": 20}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
     "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),

@@ -63,9 +63,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "instead of the head alone on its cached features (costly on CPUs)")
     p.add_argument("--trunk-lr-ratio", type=float, help="with --fine-tune-backbone: the backbone's "
                    "learning rate as a fraction of --lr (default 0.1)")
-    p.add_argument("--neighbours", type=int, help="with --backbone: pair each image with one of "
-                   "its K nearest neighbours in the feature space at every step, as SCAN does "
-                   "(default 0: none)")
     p.add_argument("--trunk-weights", help="ResNet-18 state dict file to start --trunk resnet18 "
                    "from (nothing is downloaded)")
     p.add_argument("--batch-size", type=int, help="images per step across all workers; pairs are "
@@ -90,7 +87,7 @@ def build_config(args: argparse.Namespace) -> DACJobConfig:
         "model.pair_loss": args.pair_loss, "model.trunk": args.trunk,
         "model.trunk_weights": args.trunk_weights,
         "model.fine_tune_backbone": True if args.fine_tune_backbone else None,
-        "model.trunk_lr_ratio": args.trunk_lr_ratio, "model.neighbours": args.neighbours,
+        "model.trunk_lr_ratio": args.trunk_lr_ratio,
         "model.batch_size": args.batch_size,
         "model.lr": args.lr, "model.augment": False if args.no_augment else None,
         "model.labeled_fraction": args.labeled_fraction, "model.labeled_weight": args.labeled_weight,

@@ -90,8 +90,6 @@ def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
     settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
                 "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
                 "features.image_size": 32, **OWN_SETTINGS[name]}
-    if name == "dac":
-        settings["model.neighbours"] = 3  # SCAN's mined neighbours as views
     cfg = override_all(algorithm.config_class(), settings)
     metrics = run_training_job(algorithm, cfg, tmp_path / "run")
 

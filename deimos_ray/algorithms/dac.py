@@ -42,9 +42,6 @@ class DACAlgorithm(Algorithm):
             raise ValueError("DAC trains on images; metadata_features apply to dense models (train_dec)")
         if cfg.model.fine_tune_backbone and not cfg.features.enabled:
             raise ValueError("--fine-tune-backbone needs --backbone NAME (the network to fine-tune)")
-        if cfg.model.neighbours and (not cfg.features.enabled or cfg.model.fine_tune_backbone):
-            raise ValueError("--neighbours mines neighbours among a backbone's features: it needs "
-                             "--backbone NAME, without --fine-tune-backbone")
 
     def fine_tunes_backbone(self, cfg: DACJobConfig) -> bool:
         return cfg.model.fine_tune_backbone

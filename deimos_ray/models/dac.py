@@ -155,14 +155,6 @@ class DACConfig:
             (reference: 1,000). Their targets come from one forward pass.
         inner_passes: Passes over each chunk's augmented images (reference: 5).
         pair_loss: ``bce`` (paper) or ``mse`` (reference code: squared error).
-        neighbours: Not in the DAC paper; the neighbour mining of SCAN (Van Gansbeke et
-            al., 2020) for feature vectors (``--backbone``). With K > 0, each image's K
-            nearest neighbours in the pretrained space (cosine similarity, mined once
-            when training starts, among the worker's rows) take the place of its
-            augmented view: every step pairs each image with one of them, drawn at
-            random, as a "same" pair, beside the pairs the thresholds select. SCAN's
-            entropy term, which pushes the clusters towards equal sizes, is left out:
-            science collections are rarely balanced. 0 (default) mines none.
     """
 
     n_clusters: int = 10
@@ -195,7 +187,6 @@ class DACConfig:
     chunk_size: int = 1000
     inner_passes: int = 5
     pair_loss: str = "bce"
-    neighbours: int = 0
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2:
@@ -230,10 +221,6 @@ class DACConfig:
                 raise ValueError("model.gather_pairs works with model.selection=batch only")
             if self.chunk_size < self.batch_size or self.inner_passes < 1:
                 raise ValueError("model.chunk_size must be >= model.batch_size and model.inner_passes >= 1")
-        if self.neighbours < 0:
-            raise ValueError(f"model.neighbours must be >= 0, got {self.neighbours}")
-        if self.neighbours and self.selection != "batch":
-            raise ValueError("model.neighbours works with model.selection=batch only")
         if self.schedule == "official" and not self.official_lower < self.official_upper:
             raise ValueError("model.official_lower must be below model.official_upper")
 

@@ -76,13 +76,9 @@ def _loss_and_stats(
 def step_loss(
     net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, cfg: DACConfig,
     upper: float, lower: float, g: torch.Generator,
-    partners: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The loss of one step on this worker's share ``x`` of the global batch, selecting
     the pairs with the network as it is now (``selection="batch"``, the paper).
-
-    ``partners`` (rows and their ``known``, one per row of ``x``): a mined neighbour of
-    each image (``model.neighbours``), paired with it as its view is.
 
     Returns:
         The loss to back-propagate, and sums for the epoch's log (tensors, except the
@@ -94,9 +90,6 @@ def step_loss(
         # Two views of every image; an image and its view are always a "same" pair.
         view_a, view_b = two_views(x, cfg.augmentation, g)
         x, rows_known = torch.cat([view_a, view_b]), torch.cat([known, known])
-    elif partners is not None:
-        x, rows_known = torch.cat([x, partners[0]]), torch.cat([known, partners[1]])
-    paired = cfg.augment or partners is not None
     features = label_features(net(x))
     n_rows = len(features)
     gather = cfg.gather_pairs and C.is_distributed()
@@ -113,27 +106,12 @@ def step_loss(
     sim = features @ columns.T
     with torch.no_grad():
         same, different = select_pairs(sim, upper, lower, valid)
-        if paired:
+        if cfg.augment:
             half = n_rows // 2
             partner = (torch.arange(n_rows, device=device) + half) % n_rows + offset
             views = col_pos[None, :] == partner[:, None]
             same, different = same | views, different & ~views
     return _loss_and_stats(sim, same, different, valid, rows_known, cols_known, cfg, gather)
-
-
-def mine_neighbours(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """(N, k) indices of each row's k nearest other rows by cosine similarity (SCAN's
-    mining), computed chunk by chunk so memory stays at ``chunk x N``."""
-    if k >= len(x):
-        raise ValueError(f"model.neighbours={k} needs more than {k} rows, got {len(x)}")
-    unit = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
-    out = []
-    for start in range(0, len(unit), chunk):
-        sim = unit[start:start + chunk] @ unit.T
-        rows = torch.arange(start, min(start + chunk, len(unit)), device=x.device)
-        sim[torch.arange(len(rows), device=x.device), rows] = -float("inf")  # not itself
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out)
 
 
 def selection_size(cfg: DACConfig, n_global: int) -> int:
@@ -227,12 +205,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
          + (", pairs from the global batch" if cfg.gather_pairs else ""))
 
     backbone = config.get("backbone")  # set when the pretrained backbone is fine-tuned
-    neighbours = None
-    if cfg.neighbours:
-        if len(input_shape) != 1:
-            raise ValueError("model.neighbours mines neighbours among feature vectors: use --backbone")
-        neighbours = mine_neighbours(x_local.to(device), cfg.neighbours).cpu()
-        _log(f"{cfg.neighbours} nearest neighbours mined for each of {len(x_local)} rows")
     net = DACNet(cfg, input_shape, backbone).to(device)
     ddp = C.wrap_ddp(net, device)
     opt = torch.optim.RMSprop(net.parameter_groups(cfg), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
@@ -251,19 +223,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     while not schedule_done(cfg, lam, epoch):
         upper, lower = thresholds(cfg, lam, epoch)
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch * 1_009 + C.rank())
-        pick_g = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + C.rank() + 500_009)
         sums: dict[str, float] = {}
         ddp.train()
 
         for idx in batches.epoch(epoch):
             x, known = x_local[idx].to(device), known_local[idx]
             if cfg.selection == "batch":
-                partners = None
-                if neighbours is not None:
-                    draw = torch.randint(cfg.neighbours, (len(idx),), generator=pick_g)
-                    chosen = neighbours[idx, draw]
-                    partners = x_local[chosen].to(device), known_local[chosen]
-                _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g, partners), sums)
+                _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g), sums)
                 continue
             same, different = chunk_targets(net, x, upper, lower)
             known = known.to(device)  # indexed by the device-side mini-batches below

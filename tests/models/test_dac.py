@@ -209,31 +209,3 @@ def test_a_fine_tuned_backbone_learns_at_a_lower_rate_and_its_weights_move():
     with pytest.raises(ValueError, match="needs images"):
         DACNet(cfg, (1280,), {"name": "efficientnet_lite0"})
 
-
-def test_mined_neighbours_are_the_nearest_other_rows_by_cosine():
-    from deimos_ray.train.dac_loop import mine_neighbours
-
-    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
-    got = mine_neighbours(x, 4, chunk=16)
-    unit = torch.nn.functional.normalize(x, dim=1)
-    sim = unit @ unit.T - 10 * torch.eye(50)
-    assert torch.equal(got, sim.topk(4, dim=1).indices)
-    assert not (got == torch.arange(50)[:, None]).any()
-    with pytest.raises(ValueError, match="more than"):
-        mine_neighbours(x[:4], 4)
-
-
-def test_a_mined_neighbour_is_a_same_pair_whatever_the_thresholds():
-    g = torch.Generator().manual_seed(3)
-    x, partners = torch.rand(6, 9, generator=g), torch.rand(6, 9, generator=g)
-    net = FixedNet(9, 3)
-    cfg = DACConfig(n_clusters=3, augment=False, neighbours=2)
-    unknown = torch.full((6,), -1)
-    # Thresholds no similarity reaches: only the partner pairs are selected.
-    loss, stats = step_loss(net, x, unknown, cfg, 1.01, -1.0, g, (partners, unknown))
-    assert stats["selected"] == stats["same"] == 12
-    feats = losses.label_features(net(torch.cat([x, partners]))).detach()
-    sim = (feats[:6] * feats[6:]).sum(dim=1).clamp(1e-7, 1 - 1e-7)
-    assert loss.item() == pytest.approx(float(-torch.log(sim).mean()), rel=1e-5)
-    with pytest.raises(ValueError, match="selection=batch"):
-        DACConfig(neighbours=3, selection="chunk")
