@@ -30,7 +30,8 @@ def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_
     out = tmp_path / "run"
     job = load_job("train_desom")
     args = job.get_args_parser().parse_args(
-        ["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4", "--k", "3"])
+        ["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4", "--k", "3",
+         "--num-workers", "0"])
     assert job.main(args) == 0
 
     rows = pq.read_table(out / "assignments").to_pandas()
@@ -61,7 +62,7 @@ def test_restarts_vote_the_clusters_and_keep_the_lowest_loss_map(ray_session, tm
     job = load_job("train_desom")
     parser = job.get_args_parser()
     assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4",
-                                       "--k", "3", "--restarts", "2"])) == 0
+                                       "--k", "3", "--restarts", "2", "--num-workers", "0"])) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     records = metrics["restarts"]
@@ -101,7 +102,7 @@ def test_two_level_pipeline_maps_the_source_images_of_tiles(ray_session, tmp_pat
     job = load_job("train_desom")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(out), "--smoke-test", "--tile", "8", "--map-size", "2", "3",
-         "--levels", "2", "--level2-map-size", "2", "2"])
+         "--levels", "2", "--level2-map-size", "2", "2", "--num-workers", "0"])
     assert job.main(args) == 0
 
     tiles = pq.read_table(out / "assignments").to_pandas()
