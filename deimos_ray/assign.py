@@ -9,8 +9,6 @@ version and the metrics that were known at write time.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 
 from deimos_ray import __version__
 from deimos_ray.config import from_dict
+from deimos_ray.files import write_staged_dir
 from deimos_ray.models.dac import DACConfig, DACNet
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.models.desom import DESOM, DESOMConfig
@@ -202,21 +201,15 @@ def write_assignments(
 
 def write_staged(destination: str | Path, write: Callable[[Path], Any]) -> Path:
     """``write(staging)`` into a hidden folder beside ``destination``, then rename it into
-    place, so a crash never leaves a half-written folder."""
-    destination = Path(destination).resolve()
-    staging = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        write(staging)
-        _replace_dir(staging, destination)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return destination
+    place, so a crash never leaves a half-written folder
+    (:func:`deimos_ray.files.write_staged_dir`)."""
+    return write_staged_dir(destination, write)
 
 
 def remap_clusters(assignments_dir: str | Path, mapping: dict[int, int]) -> None:
     """Rewrite the ``cluster`` column of every assignments file through ``mapping``
-    (old -> new; clusters not in it stay), file by file, each replaced by a rename."""
+    (old -> new; clusters not in it stay) into a staged copy of the folder that replaces
+    it by a rename: a crash leaves the old folder or the new one, never a mix."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -224,26 +217,19 @@ def remap_clusters(assignments_dir: str | Path, mapping: dict[int, int]) -> None
         return
     old = pa.array(list(mapping), pa.int32())
     new = pa.array(list(mapping.values()), pa.int32())
-    for path in sorted(Path(assignments_dir).glob("*.parquet")):
-        table = pq.read_table(path)
-        cluster = table.column("cluster")
-        position = pc.index_in(cluster, value_set=old)
-        remapped = pc.if_else(pc.is_null(position), cluster, pc.take(new, position))
-        table = table.set_column(table.schema.get_field_index("cluster"), "cluster", remapped)
-        staging = path.with_name(f".{path.name}.partial")
-        pq.write_table(table, staging)
-        staging.replace(path)
+    source = Path(assignments_dir)
 
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for path in sorted(source.glob("*.parquet")):
+            table = pq.read_table(path)
+            cluster = table.column("cluster")
+            position = pc.index_in(cluster, value_set=old)
+            remapped = pc.if_else(pc.is_null(position), cluster, pc.take(new, position))
+            table = table.set_column(table.schema.get_field_index("cluster"), "cluster", remapped)
+            pq.write_table(table, staging / path.name)
 
-def _replace_dir(source: Path, destination: Path) -> None:
-    """Move ``source`` to ``destination`` by renames; the old copy is removed last."""
-    old = None
-    if destination.exists():
-        old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
-        destination.rename(old)
-    source.rename(destination)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_staged_dir(source, write)
 
 
 def read_metadata(assignments_dir: str | Path) -> dict[str, Any]:

@@ -464,7 +464,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (the file a run can be reproduced from)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from deimos_ray.files import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 __all__ = [

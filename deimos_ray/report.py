@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from deimos_ray.files import write_atomic  # noqa: E402
+
 
 def mosaic(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
     """Tile (rows*cols, C, H, W) images in [0, 1] into one (H', W') or (H', W', 3) array,
@@ -43,7 +45,7 @@ def save_mosaic(images: np.ndarray, rows: int, cols: int, path: Path, title: str
     ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -63,7 +65,7 @@ def save_grid_values(values: np.ndarray, path: Path, title: str, cmap: str, anno
     ax.set_xlabel("column")
     ax.set_ylabel("row")
     ax.set_title(title)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -129,6 +131,6 @@ def draw_members(images_per_cell: dict[tuple[int, int], np.ndarray], rows: int, 
         ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"cell ({cell[0]}, {cell[1]})", fontsize=8)
     fig.suptitle(f"sample members per cell, {rows}x{cols} map")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path

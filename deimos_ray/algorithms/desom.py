@@ -19,6 +19,7 @@ from deimos_ray.algorithms.dec import require_dense_for_metadata
 from deimos_ray.assign import load_desom
 from deimos_ray.config import DESOMJobConfig, to_dict
 from deimos_ray.data.prepare import PreparedData
+from deimos_ray.files import write_atomic
 from deimos_ray.models.desom import histo_vectors
 from deimos_ray.models.som import som_errors
 from deimos_ray.report import draw_desom_pictures, draw_members
@@ -139,7 +140,8 @@ def run_level2(cfg: DESOMJobConfig, out: Path, representatives: dict[str, np.nda
         "members": counts.sum(dim=1).numpy().astype(np.int64),
         "bmu_distance": d_bmu.clamp(min=0).sqrt().numpy().astype(np.float32),
     })
-    pq.write_table(pa.Table.from_pandas(groups, preserve_index=False), out / "groups.parquet")
+    table = pa.Table.from_pandas(groups, preserve_index=False)
+    write_atomic(out / "groups.parquet", lambda tmp: pq.write_table(table, tmp))
 
     pictures = draw_desom_pictures(model, groups["som_row"].to_numpy(), groups["som_col"].to_numpy(),
                                    level2 / "report")

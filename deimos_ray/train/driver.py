@@ -6,7 +6,6 @@ Kept apart from the loops so Ray Tune can call :func:`fit` unchanged from a tria
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from deimos_ray.config import ScalingConfig
+from deimos_ray.files import copy_dir
 
 
 def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, config: dict[str, Any]) -> Any:
@@ -75,12 +75,9 @@ def fit(
 
 
 def export_checkpoint(result: ray.train.Result, destination: str | Path) -> Path:
-    """Copy the run's final checkpoint to ``destination`` (replacing what was there)."""
+    """Copy the run's final checkpoint to ``destination`` (replacing what was there,
+    atomically: :func:`deimos_ray.files.copy_dir`)."""
     if result.checkpoint is None:
         raise RuntimeError("training finished without reporting a checkpoint")
-    destination = Path(destination)
-    if destination.exists():
-        shutil.rmtree(destination)
     with result.checkpoint.as_directory() as directory:
-        shutil.copytree(directory, destination)
-    return destination
+        return copy_dir(directory, destination)

@@ -1,0 +1,103 @@
+"""Files that appear complete or not at all.
+
+Every file a job writes goes to a hidden temporary name beside its destination and is
+renamed into place (``os.replace``, atomic on one file system); folders are written the
+same way by :func:`write_staged_dir`. A crash therefore leaves either the old file or the
+new one, never half of one, and at worst a hidden ``.NAME.partial-*`` that the next run
+removes (:func:`remove_partials`).
+
+``DEIMOS_RAY_FAIL_AT=NAME`` ends the process (``os._exit``) just before the file or
+folder ``NAME`` is renamed into place: how the tests check that a crash at that moment
+leaves a folder a rerun can use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FAULT_VARIABLE = "DEIMOS_RAY_FAIL_AT"
+FAULT_EXIT_CODE = 70
+
+
+def _partial(destination: Path) -> Path:
+    return destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
+
+
+def fault_point(name: str) -> None:
+    """End the process here when ``DEIMOS_RAY_FAIL_AT`` names ``name`` (crash tests)."""
+    if os.environ.get(FAULT_VARIABLE) == name:
+        os._exit(FAULT_EXIT_CODE)
+
+
+def write_atomic(destination: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a hidden file beside ``destination``, then rename it into place."""
+    destination = Path(destination)
+    tmp = _partial(destination)
+    try:
+        write(tmp)
+        fault_point(destination.name)
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return destination
+
+
+def write_text(destination: str | Path, text: str) -> Path:
+    """Write ``text`` atomically."""
+    return write_atomic(destination, lambda tmp: tmp.write_text(text))
+
+
+def write_json(destination: str | Path, value: Any) -> Path:
+    """Write ``value`` as indented JSON atomically (NumPy scalars as numbers)."""
+    return write_text(destination, json.dumps(value, indent=2, default=float))
+
+
+def save_npz(destination: str | Path, **arrays: np.ndarray) -> Path:
+    """``np.savez`` atomically (NumPy would append ``.npz`` to a name without it)."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            np.savez(stream, **arrays)
+    return write_atomic(destination, save)
+
+
+def write_staged_dir(destination: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(staging)`` into a hidden folder beside ``destination``, then rename it into
+    place; the old folder, if any, is moved aside first and removed last."""
+    destination = Path(destination).resolve()
+    staging = _partial(destination)
+    try:
+        write(staging)
+        fault_point(destination.name)
+        old = None
+        if destination.exists():
+            old = _partial(destination)
+            destination.rename(old)
+        staging.rename(destination)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
+def copy_dir(source: str | Path, destination: str | Path) -> Path:
+    """Copy the folder ``source`` to ``destination`` atomically (replacing it)."""
+    return write_staged_dir(destination, lambda staging: shutil.copytree(source, staging))
+
+
+def remove_partials(folder: str | Path) -> None:
+    """Remove what a crashed writer left in ``folder``: hidden ``.*.partial-*`` entries."""
+    for leftover in Path(folder).glob(".*.partial-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
