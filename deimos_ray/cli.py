@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deimos_ray.config import from_dict, load_yaml, override_all, parse_override
+from deimos_ray.errors import UsageError
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
@@ -17,7 +18,10 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--data", help="source: 'digits' (default), a folder, a .zip, .npz, .csv "
                    "(manifest) or .parquet file; HiRISE and Galaxy Zoo layouts are recognised; "
                    "a 'format:' prefix overrides detection")
-    p.add_argument("--out", help=f"run directory (default runs/{job}-<timestamp>); reuse one to resume")
+    p.add_argument("--out", help=f"run directory (default runs/{job}-<timestamp>); reuse one to resume "
+                   "the same training (another training there is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
+                   "(its training, checkpoint and outputs; the feature cache stays)")
     p.add_argument("--config", help=f"YAML config (see configs/{job}.yaml); flags override it")
     p.add_argument("--k", type=int, help="number of clusters (default 10)")
     p.add_argument("--epochs", type=int, help="training epochs (an upper bound where the "
@@ -109,9 +113,10 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
 
 
 def main(algorithm: Any, build: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    """A job's ``main``: build and check the config (exit 2 with the reason if it is
-    wrong, before any work), then run ``algorithm`` through the job spine
-    (:func:`deimos_ray.job.run_training_job`)."""
+    """A job's ``main``: build and check the config, then run ``algorithm`` through the
+    job spine (:func:`deimos_ray.job.run_training_job`). A wrong setting, input or run
+    folder (:class:`~deimos_ray.errors.UsageError`) exits with status 2 and the reason on
+    one line, before the run folder changes."""
     from deimos_ray.data.sources import detect_format
     from deimos_ray.job import run_training_job
 
@@ -119,10 +124,14 @@ def main(algorithm: Any, build: Callable[[argparse.Namespace], Any], args: argpa
         cfg = build(args)
         detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
         algorithm.check(cfg)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # every config check raises ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_training_job(algorithm, cfg, default_out(algorithm.job, args.out))
+    try:
+        run_training_job(algorithm, cfg, default_out(algorithm.job, args.out), overwrite=args.overwrite)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

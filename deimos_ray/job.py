@@ -2,9 +2,12 @@
 
 :func:`run_training_job` reads top to bottom:
 
-1. check the config, write ``DIR/config.yaml`` (an earlier run's ``metrics.json`` goes);
-2. start or join Ray; load and preprocess the source in Ray Data; unreadable inputs go
-   to ``DIR/rejected.parquet`` with the reason (:mod:`deimos_ray.data.prepare`);
+1. check the config, and that ``DIR`` holds no other training (:mod:`deimos_ray.identity`);
+2. start or join Ray; load and preprocess the source in Ray Data
+   (:mod:`deimos_ray.data.prepare`); check that ``DIR`` holds no training on other rows;
+   only then write ``DIR/identity.json``, ``DIR/config.yaml`` and
+   ``DIR/rejected.parquet`` (every unreadable input with the reason), and remove an
+   earlier run's ``metrics.json``;
 3. :func:`run_prepared` on those rows: train on Ray Train (``DIR/ray/``; a rerun with
    the same ``DIR`` resumes), once or as restarts (:mod:`deimos_ray.restarts`), export
    ``DIR/checkpoint/``; assign every row with Ray Data model actors into
@@ -14,25 +17,42 @@
 
 :func:`run_prepared` is also what a Ray Tune trial calls: one training of a given
 config on data prepared once, without argparse.
+
+Every file appears complete or not at all (:mod:`deimos_ray.files`); ``metrics.json``,
+written last, marks a finished run.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from deimos_ray.algorithms.base import Algorithm
 from deimos_ray.assign import write_assignments
 from deimos_ray.config import JobConfig, save_yaml, to_dict
-from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data, write_rejected
+from deimos_ray.data.prepare import (
+    NothingReadable,
+    PreparedData,
+    collect_features,
+    prepare_data,
+    write_rejected,
+)
 from deimos_ray.data.preprocess import output_columns
+from deimos_ray.errors import UsageError
+from deimos_ray.files import remove_partials, save_npz, write_json
+from deimos_ray.identity import (
+    IDENTITY_FILE,
+    check_identity,
+    clear_run,
+    rows_fingerprint,
+    settings_identity,
+    write_identity,
+)
 from deimos_ray.metrics import format_table
 from deimos_ray.restarts import fit_restarts
 from deimos_ray.runtime import init_ray, local_cpus_needed
@@ -40,23 +60,45 @@ from deimos_ray.scoring import score_run, scores_space
 from deimos_ray.train.driver import export_checkpoint
 
 
-def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path) -> dict[str, Any]:
+def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Run ``algorithm`` end to end into ``out_dir`` (module docstring) and return the
-    metrics dict that ``metrics.json`` holds."""
+    metrics dict that ``metrics.json`` holds.
+
+    Nothing in ``out_dir`` changes until the checks have passed: the config, then (once
+    the rows are known) that the folder holds no other training
+    (:mod:`deimos_ray.identity`). ``overwrite`` replaces a run that is there instead.
+    """
     algorithm.check(cfg)
     out = Path(out_dir).resolve()
-    refuse_other_representation(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    # An earlier run's scores must not sit beside this run's config while it trains (or
-    # after it fails): metrics.json appears again only when this run has finished.
-    (out / "metrics.json").unlink(missing_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    check_identity(out, settings_identity(algorithm.job, cfg), cfg, overwrite)
     t0 = time.perf_counter()
     at_once = min(cfg.restarts.concurrent, cfg.restarts.count)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
 
     fine_tune = algorithm.fine_tunes_backbone(cfg)
-    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
+    try:
+        data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
+    except NothingReadable as exc:
+        if not (out / IDENTITY_FILE).exists() and not (out / "ray").exists():  # no other run's folder
+            out.mkdir(parents=True, exist_ok=True)
+            write_rejected(exc.rejected, out / "rejected.parquet")
+            raise UsageError(f"{exc} (every one in {out / 'rejected.parquet'})") from exc
+        raise
+    identity = run_identity(algorithm, cfg, data)
+    check_identity(out, identity, cfg, overwrite)
+    if data.num_rows < algorithm.n_clusters(cfg):
+        raise UsageError(f"{data.num_rows} readable rows cannot make {algorithm.n_clusters(cfg)} clusters; "
+                         "lower --k or add images")
+    if overwrite:
+        clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
+    # An earlier run's scores must not sit beside this run's config while it trains (or
+    # after it fails): metrics.json appears again only when this run has finished.
+    (out / "metrics.json").unlink(missing_ok=True)
+    write_identity(out, identity)
+    save_yaml(cfg, out / "config.yaml")
     write_rejected(data.rejected, out / "rejected.parquet")
     if fine_tune:
         print(f"[{algorithm.job}] fine-tuning {cfg.features.backbone} on the images at {data.spec.size[0]} px")
@@ -65,14 +107,21 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path) 
               f"{'read from the cache' if data.cache_hit else 'computed and cached'} "
               f"in {cfg.features.cache or out / 'features'}")
     if data.feature_stats is not None:  # new images must be standardised the same way
-        np.savez(out / "feature_stats.npz", **data.feature_stats)
+        save_npz(out / "feature_stats.npz", **data.feature_stats)
     for note in data.notes:
         print(f"[{algorithm.job}] {note}")
-    n_rows = data.good.count()
-    tiles = f" as {n_rows} tiles" if cfg.data.tile else ""
+    tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
     print(f"[{algorithm.job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
           f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
     return run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0)
+
+
+def run_identity(algorithm: Algorithm, cfg: JobConfig, data: PreparedData) -> dict[str, Any]:
+    """The identity of training ``algorithm`` with ``cfg`` on ``data``
+    (:mod:`deimos_ray.identity`)."""
+    identity = settings_identity(algorithm.job, cfg, data.input_shape)
+    identity["data"].update(rows_fingerprint(data.ids))
+    return identity
 
 
 def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_dir: str | Path,
@@ -91,7 +140,10 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         The metrics dict: accounting, scores, training summary, restarts, timings.
     """
     out = Path(out_dir).resolve()
+    identity = run_identity(algorithm, cfg, data)
+    check_identity(out, identity, cfg)  # a sweep trial's folder, or a no-op after run_training_job
     out.mkdir(parents=True, exist_ok=True)
+    write_identity(out, identity)
     job = algorithm.job
     timings = {"data_s": data_s}
 
@@ -156,7 +208,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         **extra,
         "timings_s": timings,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_json(out / "metrics.json", metrics)
 
     print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned "
           f"+ {accounting['rejected']} rejected" + (f" ({len(assignments)} tiles)" if cfg.data.tile else ""))
@@ -165,40 +217,13 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     return metrics
 
 
-# Settings of the representation that change only how it is computed, not what it is.
-HOW_FEATURES_RUN = ("cache", "batch_size", "actors")
-
-
-def refuse_other_representation(cfg: JobConfig, out: Path) -> None:
-    """Refuse to resume, in ``out``, a training made on another representation.
-
-    The checkpoint's input shape is checked on resume, but two backbones (or two
-    normalisations) can give vectors of the same width, and a model trained on one must
-    not carry on over the other.
-
-    Raises:
-        ValueError: ``out`` holds a training whose ``features`` settings differ.
-    """
-    from deimos_ray.config import FeatureConfig, load_yaml, stored_settings
-
-    if not (out / "ray").exists() or not (out / "config.yaml").is_file():
-        return
-    stored = load_yaml(out / "config.yaml").get("features") or {}
-    old, new = stored_settings(FeatureConfig, stored), to_dict(cfg.features)
-    changed = sorted(k for k in new if k not in HOW_FEATURES_RUN and old[k] != new[k])
-    if changed:
-        raise ValueError(f"{out} holds a training on another representation (features.{', features.'.join(changed)} "
-                         f"differ: {[old[k] for k in changed]} then, {[new[k] for k in changed]} now); "
-                         "use a new --out")
-
-
 def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:
     """Check that every input is assigned or rejected and return the counts.
 
     Raises:
         RuntimeError: The assignments lost or added rows, or inputs != assigned + rejected.
     """
-    n_rows = data.good.count()
+    n_rows = data.num_rows
     if assigned_rows != n_rows:
         raise RuntimeError(f"{n_rows} readable rows but {assigned_rows} assignment rows")
     accounting = {"inputs": data.num_inputs, "assigned": data.good_inputs, "rejected": len(data.rejected)}

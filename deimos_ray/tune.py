@@ -37,7 +37,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from sklearn.metrics import adjusted_rand_score
 from deimos_ray.algorithms import get_algorithm
 from deimos_ray.config import JobConfig, from_dict, override_all, save_yaml, to_dict
 from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data, write_rejected
+from deimos_ray.files import copy_dir, write_atomic, write_json
 from deimos_ray.metrics import internal_scores
 
 SEARCHES = ("grid", "random")
@@ -179,7 +179,13 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     """
     from ray import tune
 
-    from deimos_ray.job import refuse_other_representation
+    from deimos_ray.files import remove_partials
+    from deimos_ray.identity import (
+        check_identity,
+        rows_fingerprint,
+        settings_identity,
+        write_identity,
+    )
     from deimos_ray.runtime import init_ray, local_cpus_needed
 
     algorithm = get_algorithm(algorithm_name)
@@ -191,16 +197,23 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     if samples < 1 or max_concurrent < 1:
         raise ValueError("samples and max_concurrent must be >= 1")
     out = Path(out_dir).resolve()
-    refuse_other_representation(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    (out / "metrics.json").unlink(missing_ok=True)  # reappears when this sweep has finished
+    identity = {**settings_identity(f"tune_sweep:{algorithm_name}", cfg),
+                "sweep": {"grid": {key: list(values) for key, values in grid.items()}, "search": search,
+                          "samples": samples}}
+    check_identity(out, identity, cfg)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * max_concurrent, cfg.scaling.cpus_per_worker)
              + math.ceil(TRIAL_CPUS * max_concurrent))
 
     t0 = time.perf_counter()
     fine_tune = algorithm.fine_tunes_backbone(cfg)
     data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
+    identity["data"].update(rows_fingerprint(data.ids))
+    check_identity(out, identity, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
+    (out / "metrics.json").unlink(missing_ok=True)  # reappears when this sweep has finished
+    write_identity(out, identity)
+    save_yaml(cfg, out / "config.yaml")
     write_rejected(data.rejected, out / "rejected.parquet")
     reference = reference_space(data, sample_size, cfg.seed)
     data_s = time.perf_counter() - t0
@@ -229,7 +242,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     trials.attrs["sweep_s"] = sweep_s
     if trials.empty:
         raise ValueError(f"every trial failed: {[str(e) for e in results.errors][:3]}")
-    trials.to_parquet(out / "trials.parquet", index=False)
+    write_atomic(out / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
     best = trials.loc[trials[OBJECTIVE].idxmax()]
     best_cfg = override_all(cfg, {key: _plain(best[key]) for key in grid})
     save_yaml(best_cfg, out / "best_config.yaml")
@@ -289,7 +302,7 @@ def plot_scores(trials: pd.DataFrame, path: Path, chosen_k: int) -> None:
         ax.set_xlabel("k")
         ax.set_title(name + (" (labels, not used)" if name.startswith("label_") else ""), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -297,8 +310,7 @@ def _adopt_trial(trial_dir: Path, out: Path, sweep: dict[str, Any]) -> None:
     """The best trial's clustering becomes the sweep's own: its assignments, checkpoint
     and metrics (with the sweep's summary added) are copied into ``out``."""
     for name in ("assignments", "checkpoint"):
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(trial_dir / name, out / name)
+        copy_dir(trial_dir / name, out / name)
     metrics = json.loads((trial_dir / "metrics.json").read_text())
     metrics["sweep"] = {**sweep, "trial_dir": str(trial_dir)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_json(out / "metrics.json", metrics)

@@ -106,22 +106,6 @@ def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
     assert [p.name for p in (tmp_path / "run" / "features").iterdir()][0].startswith("efficientnet_lite0-32-")
 
 
-def test_a_training_on_other_features_is_not_resumed(tmp_path):
-    from deimos_ray.config import save_yaml
-    from deimos_ray.job import refuse_other_representation
-
-    algorithm = ALGORITHMS["dec"]
-    before = override_all(algorithm.config_class(), {"features.backbone": "efficientnet_lite0"})
-    out = tmp_path / "run"
-    (out / "ray").mkdir(parents=True)
-    save_yaml(before, out / "config.yaml")
-    refuse_other_representation(override_all(before, {"features.cache": str(tmp_path)}), out)  # same features
-    with pytest.raises(ValueError, match="features.normalize"):
-        refuse_other_representation(override_all(before, {"features.normalize": "l2"}), out)
-    with pytest.raises(ValueError, match="features.backbone"):
-        run_training_job(algorithm, algorithm.config_class(), out)
-
-
 @pytest.mark.slow
 @smoke_may_collapse
 def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):

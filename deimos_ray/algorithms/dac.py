@@ -17,6 +17,7 @@ from deimos_ray.algorithms.base import Algorithm
 from deimos_ray.assign import remap_clusters
 from deimos_ray.config import DACJobConfig
 from deimos_ray.data.prepare import PreparedData
+from deimos_ray.errors import UsageError
 from deimos_ray.models.dac import reassign_small_clusters
 from deimos_ray.restarts import combine_dac_assignments
 from deimos_ray.train import dac_loop
@@ -49,7 +50,7 @@ class DACAlgorithm(Algorithm):
     def training_rows(self, cfg: DACJobConfig, data: PreparedData) -> ray.data.Dataset:
         fraction = cfg.model.labeled_fraction
         if fraction > 0 and not data.has_labels:
-            raise ValueError("--labeled-fraction needs a source with labels (none has a label)")
+            raise UsageError("--labeled-fraction needs a source with labels (none has a label)")
         return data.good.select_columns(["id", "label", "x"]).map_batches(
             _draw_known_labels, fn_kwargs={"fraction": fraction, "seed": cfg.seed}, batch_format="numpy")
 

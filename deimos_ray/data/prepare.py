@@ -24,10 +24,20 @@ from deimos_ray.data.feature_cache import cache_key, read_entry, write_entry
 from deimos_ray.data.metadata import join_metadata
 from deimos_ray.data.preprocess import ImageSpec, preprocess, resolve_image_spec, split_rejected
 from deimos_ray.data.sources import load_source
+from deimos_ray.errors import UsageError
+from deimos_ray.files import write_atomic
 
 REJECTED_SCHEMA = pa.schema(
     [("id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("stage", pa.string())]
 )
+
+
+class NothingReadable(UsageError):
+    """No input of the source could be read; ``rejected`` holds every one with its reason."""
+
+    def __init__(self, message: str, rejected: pd.DataFrame):
+        super().__init__(message)
+        self.rejected = rejected
 
 
 @dataclass
@@ -50,6 +60,7 @@ class PreparedData:
             standard deviation the features were standardised with (new images must be
             standardised the same way).
         cache_hit: Whether the features were read from the cache.
+        ids: The ``id`` of every row of ``good``, in its order.
     """
 
     good: ray.data.Dataset
@@ -64,6 +75,12 @@ class PreparedData:
     representation: str = "pixels"
     feature_stats: dict[str, np.ndarray] | None = None
     cache_hit: bool = False
+    ids: np.ndarray = dataclasses.field(default_factory=lambda: np.array([], dtype=object))
+
+    @property
+    def num_rows(self) -> int:
+        """Readable rows (images, or tiles when tiling)."""
+        return len(self.ids)
 
 
 def _append_meta_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,12 +177,15 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     rejected = pd.concat([p for p in rejected_parts if len(p)] or rejected_parts, ignore_index=True)
     if cfg.on_error == "fail" and len(rejected):
         first = rejected.iloc[0]
-        raise ValueError(
+        raise UsageError(
             f"cannot read {first['path'] or first['id']}: {first['reason']} "
             f"({len(rejected)} unreadable input(s); use on_error=skip to record and go on)"
         )
     if good is None or good.count() == 0:
-        raise ValueError(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read")
+        common = rejected["reason"].value_counts().head(3)
+        reasons = "; ".join(f"{n} x {reason}" for reason, n in common.items()) or "the source lists no image"
+        raise NothingReadable(f"none of the {source.num_inputs} inputs of {cfg.spec!r} could be read "
+                              f"(most common reasons: {reasons})", rejected)
     input_shape = spec.shape
     if features.enabled:
         good, stats = _normalize(good, features.normalize)
@@ -173,16 +193,18 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     if cfg.metadata_features:
         good = good.map_batches(_append_meta_features, batch_format="numpy").materialize()
         input_shape = (int(np.prod(input_shape)) + len(cfg.metadata_features),)
-    good_inputs = len(good.unique("_source_id")) if cfg.tile else good.count()
+    ids = np.concatenate([b["id"] for b in good.select_columns(["id"]).iter_batches(
+        batch_size=65536, batch_format="numpy")])
+    good_inputs = len(good.unique("_source_id")) if cfg.tile else len(ids)
     return PreparedData(good, rejected, spec, input_shape, source.num_inputs, good_inputs,
                         source.has_labels, source.missing, source.notes,
-                        features.backbone if features.enabled else "pixels", stats, hit)
+                        features.backbone if features.enabled else "pixels", stats, hit, ids)
 
 
 def write_rejected(rejected: pd.DataFrame, path: Path) -> None:
     """``rejected.parquet`` with columns id, path, reason, stage (empty when none)."""
     table = pa.Table.from_pandas(rejected[REJECTED_SCHEMA.names], schema=REJECTED_SCHEMA, preserve_index=False)
-    pq.write_table(table, path)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def collect_features(good: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

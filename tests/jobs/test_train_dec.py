@@ -96,9 +96,9 @@ def test_hirise_fixture_end_to_end_keeps_metadata_and_reports_missing(ray_sessio
     assert metrics["accounting"] == {"inputs": 5, "assigned": 5, "rejected": 0, "listed_but_missing": 4}
 
 
-def test_a_rerun_removes_the_earlier_scores_before_it_starts(ray_session, tmp_path):
-    # A run that fails must not leave an earlier run's metrics.json beside its own config:
-    # the benchmark reads a directory holding both as a finished run with that config.
+def test_a_run_stopped_by_an_unreadable_input_leaves_the_folder_as_it_was(ray_session, tmp_path, capsys):
+    # on_error=fail stops while the data are read, before any check has passed: nothing
+    # in the folder may change, so an earlier run's files never sit beside this run's config.
     images = tmp_path / "images"
     images.mkdir()
     write_image_folder(images, n_good=4)
@@ -109,7 +109,7 @@ def test_a_rerun_removes_the_earlier_scores_before_it_starts(ray_session, tmp_pa
     job = load_job("train_dec")
     args = job.get_args_parser().parse_args(
         ["--data", str(images), "--out", str(out), "--smoke-test", "--on-error", "fail", "--num-workers", "0"])
-    with pytest.raises(ValueError, match="empty.png"):
-        job.main(args)
-    assert not (out / "metrics.json").exists()
-    assert (out / "config.yaml").exists()
+    assert job.main(args) == 2
+    assert "empty.png" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    assert (out / "metrics.json").read_text() == '{"scores": {}}'
