@@ -13,7 +13,8 @@
    ``DIR/checkpoint/``; assign every row with Ray Data model actors into
    ``DIR/assignments/`` (restarts: each into ``DIR/restarts/R/``, and their consensus);
    the algorithm's post-processing; check inputs = assigned + rejected; score the model
-   beside k-means (:mod:`deimos_ray.scoring`); write ``DIR/metrics.json``.
+   beside k-means (:mod:`deimos_ray.scoring`); write ``DIR/metrics.json``;
+4. draw ``DIR/report/index.html`` (:mod:`deimos_ray.report`): what is in each cluster.
 
 :func:`run_prepared` is also what a Ray Tune trial calls: one training of a given
 config on data prepared once, without argparse.
@@ -113,7 +114,9 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
     print(f"[{algorithm.job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
           f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
-    return run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0)
+    metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0)
+    draw_report(out, algorithm.job)
+    return metrics
 
 
 def run_identity(algorithm: Algorithm, cfg: JobConfig, data: PreparedData) -> dict[str, Any]:
@@ -215,6 +218,18 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     print(f"[{job}] scores (k={k}):\n{format_table(scores)}")
     print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
     return metrics
+
+
+def draw_report(out: Path, job: str) -> None:
+    """Draw ``out/report/`` (:func:`deimos_ray.report.write_report`). The run has finished
+    whatever happens here: a failure is a warning that names the command to redraw."""
+    from deimos_ray.report import write_report
+
+    try:
+        write_report(out)
+    except Exception as exc:  # the clustering is written; the pictures can be drawn later
+        warnings.warn(f"[{job}] the report could not be drawn ({type(exc).__name__}: {exc}); "
+                      f"redraw it with: python jobs/report.py {out}", stacklevel=2)
 
 
 def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:

@@ -27,7 +27,8 @@ scored per trial for the trials table and never used to choose.
 Outputs (``DIR``): ``trials.parquet`` (a row per trial), ``score_vs_k.png``,
 ``best_config.yaml`` (for ``--config`` of the job), ``trials/<trial>/`` (each trial's
 run folder), and the best trial's clustering as the sweep's own ``assignments/``,
-``checkpoint/``, ``metrics.json`` and ``rejected.parquet`` (copied, not retrained).
+``checkpoint/``, ``metrics.json`` and ``rejected.parquet`` (copied, not retrained), with
+its ``report/index.html`` (:mod:`deimos_ray.report`).
 A rerun with the same ``DIR`` resumes the sweep (Tune's restore): finished trials are
 kept, unfinished ones train again.
 """
@@ -50,6 +51,7 @@ from deimos_ray.algorithms import get_algorithm
 from deimos_ray.config import JobConfig, from_dict, override_all, save_yaml, to_dict
 from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data, write_rejected
 from deimos_ray.files import copy_dir, write_atomic, write_json
+from deimos_ray.job import draw_report
 from deimos_ray.metrics import internal_scores
 
 SEARCHES = ("grid", "random")
@@ -256,6 +258,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     print(f"[tune_sweep] {len(trials)} trials in {sweep_s:.0f} s; chosen by the objective: "
           + ", ".join(f"{key}={_plain(best[key])}" for key in grid)
           + f" (objective {best[OBJECTIVE]:.4f}, silhouette {best['silhouette']:.4f})", flush=True)
+    draw_report(out, "tune_sweep")
     return trials
 
 

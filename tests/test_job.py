@@ -59,6 +59,11 @@ def test_every_algorithm_keeps_the_job_contract(ray_session, tmp_path, name):
     assert set(metrics["scores"]) == {algorithm.model_name(cfg), "kmeans", "ward"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
+    # The report page: a montage per cluster, the 2-D map coordinates in the rows.
+    page = (out / "report" / "index.html").read_text()
+    assert "map2d.png" in page and all(f"cluster_{c}_confident.png" in page for c in rows["cluster"].unique())
+    assert {"x2d", "y2d"} <= set(pq.read_table(out / "assignments").column_names)
+
     # The same settings again: the training resumes from its checkpoint and the rows
     # come out the same.
     again = run_training_job(algorithm, cfg, out)

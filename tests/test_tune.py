@@ -85,6 +85,8 @@ def test_a_sweep_over_k_end_to_end_and_its_rerun_trains_nothing(ray_session, tmp
     chosen = pd.read_parquet(best["trial_dir"] + "/assignments").set_index("id")["cluster"]
     assert (rows.set_index("id")["cluster"] == chosen.loc[rows["id"]]).all()  # the trial's own rows
     assert len(pd.read_parquet(out / "rejected.parquet")) == 3
+    page = (out / "report" / "index.html").read_text()
+    assert "score_vs_k.png" in page and (out / "report" / "score_vs_k.png").is_file()
 
     # A rerun restores the finished sweep: no trial trains again.
     stamps = {p: os.stat(p).st_mtime_ns for p in out.glob("trials/*/metrics.json")}
