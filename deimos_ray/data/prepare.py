@@ -103,7 +103,8 @@ def _decode_size(cfg: DataConfig, features: FeatureConfig) -> DataConfig:
     return dataclasses.replace(cfg, image_size=features.image_size or DEFAULT_SIZE)
 
 
-def _normalize(good: ray.data.Dataset, how: str) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
+def _normalize(good: ray.data.Dataset, how: str, stats: dict[str, np.ndarray] | None = None
+               ) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
     if how == "none":
         return good, None
     if how == "l2":
@@ -112,8 +113,9 @@ def _normalize(good: ray.data.Dataset, how: str) -> tuple[ray.data.Dataset, dict
             batch["x"] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
             return batch
         return good.map_batches(unit, batch_format="numpy").materialize(), None
-    _, x = collect_features(good)
-    stats = {"mean": x.mean(axis=0), "std": x.std(axis=0) + 1e-6}
+    if stats is None:
+        _, x = collect_features(good)
+        stats = {"mean": x.mean(axis=0), "std": x.std(axis=0) + 1e-6}
 
     def standardize(batch):
         batch["x"] = ((np.asarray(batch["x"], dtype=np.float32) - stats["mean"]) / stats["std"]).astype(np.float32)
@@ -122,7 +124,8 @@ def _normalize(good: ray.data.Dataset, how: str) -> tuple[ray.data.Dataset, dict
 
 
 def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_dir: Path | None = None,
-                 use_gpu: bool = False, extract: bool = True) -> PreparedData:
+                 use_gpu: bool = False, extract: bool = True,
+                 feature_stats: dict[str, np.ndarray] | None = None) -> PreparedData:
     """Load, join metadata, decode, tile and normalise; split off unreadable inputs.
 
     Args:
@@ -133,6 +136,9 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
         use_gpu: Run the backbone on GPUs.
         extract: With a backbone, compute its features; False only decodes the images
             at its size (for a model that fine-tunes the backbone itself).
+        feature_stats: With ``features.normalize=standardize``: standardise with this
+            mean and standard deviation (a trained run's, for new images) instead of
+            the rows' own.
 
     Raises:
         ValueError: ``on_error: fail`` and an input could not be read (names the file),
@@ -188,7 +194,7 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
                               f"(most common reasons: {reasons})", rejected)
     input_shape = spec.shape
     if features.enabled:
-        good, stats = _normalize(good, features.normalize)
+        good, stats = _normalize(good, features.normalize, feature_stats)
         input_shape = (int(np.asarray(good.take(1)[0]["x"]).shape[0]),)
     if cfg.metadata_features:
         good = good.map_batches(_append_meta_features, batch_format="numpy").materialize()
