@@ -123,7 +123,8 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
     metadata = {"job": algorithm.job, "config": to_dict(cfg), "assigned_with": str(run)}
     restarts = sorted((run / "restarts").glob("*/checkpoint"), key=lambda p: int(p.parent.name))
     if restarts:
-        combine_restarts(algorithm.name, run, restarts, to_assign, out, metadata, use_gpu, run_metrics)
+        combine_restarts(algorithm.name, algorithm.n_clusters(cfg), run, restarts, to_assign, out, metadata,
+                         use_gpu, run_metrics)
     else:
         write_assignments(to_assign, run / "checkpoint", out / "assignments", metadata, use_gpu=use_gpu)
     merged = {int(old): int(new) for old, new in run_metrics.get("small_clusters_merged", {}).items()}
@@ -168,7 +169,7 @@ def _checkpoint_input_shape(run: Path) -> tuple[int, ...]:
     return tuple(load_state(run / "checkpoint")["input_shape"])
 
 
-def combine_restarts(name: str, run: Path, checkpoints: list[Path], rows: Any, out: Path,
+def combine_restarts(name: str, k: int, run: Path, checkpoints: list[Path], rows: Any, out: Path,
                      metadata: dict[str, Any], use_gpu: bool, run_metrics: dict[str, Any]) -> None:
     """Assign ``rows`` with every restart's model into ``out/restarts/R/assignments`` and
     write their combination as ``out/assignments`` (module docstring)."""
@@ -178,7 +179,6 @@ def combine_restarts(name: str, run: Path, checkpoints: list[Path], rows: Any, o
     for checkpoint in checkpoints:
         r = checkpoint.parent.name
         mine = pq.read_table(run / "restarts" / r / "assignments", columns=["id", "cluster"]).to_pandas()
-        k = int(max(final.max(), mine["cluster"].max())) + 1
         orders.append(match_clusters(mine["cluster"].to_numpy(), final.loc[mine["id"]].to_numpy(), k))
         parts.append(write_assignments(rows, checkpoint, out / "restarts" / r / "assignments", metadata,
                                        use_gpu=use_gpu))
@@ -201,7 +201,6 @@ def combine_restarts(name: str, run: Path, checkpoints: list[Path], rows: Any, o
         for column, values in dac_probability_columns(torch.from_numpy(mean)).items():
             table = table.set_column(table.schema.get_field_index(column), column, values)
     else:  # DESOM, the other algorithm with restarts: a vote
-        k = max(len(o) for o in orders)
         matched = [order[t.column("cluster").to_numpy()] for t, order in zip(aligned, orders, strict=True)]
         votes = np.zeros((len(ids), k), dtype=np.int64)
         for labels in matched:
