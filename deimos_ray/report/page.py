@@ -128,8 +128,12 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
     page = render_page(run, metrics, clusters, shown, montages, extras, sweep, labelled,
                        "DESOM's map" if algorithm.name == "desom" else "the model")
     path = write_text(out / "index.html", page)
-    print(f"[report] {path}: {len(clusters)} clusters, montages for {len(montages)}")
+    print(f"[report] {path}: {_clusters(len(clusters))}, montages for {len(montages)}")
     return path
+
+
+def _clusters(n: int) -> str:
+    return f"{n} cluster" + ("" if n == 1 else "s")
 
 
 def _score_column(table: pd.DataFrame) -> pd.Series:
@@ -286,7 +290,7 @@ def draw_sizes(clusters: pd.DataFrame, path: Path) -> Path:
                   rotation=90 if len(clusters) > 30 else 0)
     ax.set_xlabel("cluster")
     ax.set_ylabel("rows")
-    ax.set_title(f"{int(clusters['size'].sum())} rows in {len(clusters)} clusters")
+    ax.set_title(f"{int(clusters['size'].sum())} rows in {_clusters(len(clusters))}")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -389,7 +393,7 @@ def render_page(run: Path, metrics: dict[str, Any], clusters: pd.DataFrame, show
     """The HTML of ``index.html``."""
     accounting = metrics.get("accounting", {})
     scores = _score_table(metrics.get("scores", {}))
-    parts = [f"<h1>{html.escape(run.name)}: {len(clusters)} clusters</h1>",
+    parts = [f"<h1>{html.escape(run.name)}: {_clusters(len(clusters))}</h1>",
              f"<p>{html.escape(str(metrics.get('job')))} on "
              f"{html.escape(str(metrics.get('representation', 'pixels')))}; "
              f"{accounting.get('inputs', '?')} inputs = {accounting.get('assigned', '?')} assigned + "
