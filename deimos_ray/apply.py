@@ -47,6 +47,7 @@ from deimos_ray.errors import UsageError
 from deimos_ray.files import write_json, write_staged_dir
 from deimos_ray.metrics import format_table
 from deimos_ray.report.page import NotAFinishedRun, run_config
+from deimos_ray.restarts import read_aligned, read_dac_probabilities
 from deimos_ray.runtime import init_ray
 from deimos_ray.scoring import score_run
 
@@ -110,9 +111,9 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
         out.mkdir(parents=True, exist_ok=True)
         write_rejected(exc.rejected, out / "rejected.parquet")
         raise UsageError(f"{exc} (every one in {out / 'rejected.parquet'})") from exc
-    if tuple(data.input_shape) != tuple(_checkpoint_input_shape(run)):
-        raise UsageError(f"the new rows have shape {tuple(data.input_shape)}, the run's model takes "
-                         f"{tuple(_checkpoint_input_shape(run))}")
+    expected = _checkpoint_input_shape(run)
+    if tuple(data.input_shape) != expected:
+        raise UsageError(f"the new rows have shape {tuple(data.input_shape)}, the run's model takes {expected}")
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     write_rejected(data.rejected, out / "rejected.parquet")
@@ -182,33 +183,24 @@ def combine_restarts(name: str, k: int, run: Path, checkpoints: list[Path], rows
         orders.append(match_clusters(mine["cluster"].to_numpy(), final.loc[mine["id"]].to_numpy(), k))
         parts.append(write_assignments(rows, checkpoint, out / "restarts" / r / "assignments", metadata,
                                        use_gpu=use_gpu))
-    tables = [pq.read_table(p) for p in parts]
-    ids = tables[0].column("id").to_numpy(zero_copy_only=False)
-    aligned = []
-    for t in tables:  # every restart's rows in the first one's order
-        position = pd.Index(t.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
-        aligned.append(t.take(pa.array(position)))
-    base = aligned[kept if name == "desom" else 0]  # DESOM's map columns: the exported restart's
     if name == "dac":
-        mean = 0
-        for t, order in zip(aligned, orders, strict=True):
-            p = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
-            p = p / p.sum(axis=1, keepdims=True)
-            matched = np.zeros((len(p), len(order)))
-            matched[:, order] = p
-            mean = mean + matched / len(aligned)
-        table = base
+        table, probabilities = read_dac_probabilities(parts)  # rows in the first restart's order
+        mean = np.zeros((table.num_rows, k))
+        for p, order in zip(probabilities, orders, strict=True):
+            mean[:, order] += p / len(parts)
         for column, values in dac_probability_columns(torch.from_numpy(mean)).items():
             table = table.set_column(table.schema.get_field_index(column), column, values)
-    else:  # DESOM, the other algorithm with restarts: a vote
-        matched = [order[t.column("cluster").to_numpy()] for t, order in zip(aligned, orders, strict=True)]
-        votes = np.zeros((len(ids), k), dtype=np.int64)
+    else:  # DESOM, the other algorithm with restarts: a vote; its map columns the exported restart's
+        table, labelings = read_aligned(parts, "cluster", base=kept)
+        matched = [order[labels] for labels, order in zip(labelings, orders, strict=True)]
+        rows = np.arange(table.num_rows)
+        votes = np.zeros((table.num_rows, k), dtype=np.int64)
         for labels in matched:
-            votes[np.arange(len(ids)), labels] += 1
+            votes[rows, labels] += 1
         top = votes.max(axis=1)
         surest = matched[kept]
-        cluster = np.where(votes[np.arange(len(ids)), surest] == top, surest, votes.argmax(axis=1))
-        table = base.set_column(base.schema.get_field_index("cluster"), "cluster", pa.array(cluster, pa.int32()))
+        cluster = np.where(votes[rows, surest] == top, surest, votes.argmax(axis=1))
+        table = table.set_column(table.schema.get_field_index("cluster"), "cluster", pa.array(cluster, pa.int32()))
         share = pa.array(top / len(matched), pa.float32())  # as the run's: the restarts that agree
         table = table.append_column("confidence", share)
 
