@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Arguments passed to the main job, e.g. `make run ARGS="--data usps.npz --k 10"`.
 ARGS ?=
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test estimator-checks lint bench clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
+
+# Every scikit-learn estimator check on deimos_ray.DeepClusterer (about 10 minutes).
+estimator-checks: $(STAMP)
+	DEIMOS_RAY_ALL_ESTIMATOR_CHECKS=1 $(PY) -m pytest -q tests/test_estimator.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check deimos_ray jobs bench tests

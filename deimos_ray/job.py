@@ -62,13 +62,14 @@ from deimos_ray.train.driver import export_checkpoint
 
 
 def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
-                     overwrite: bool = False) -> dict[str, Any]:
+                     overwrite: bool = False, report: bool = True) -> dict[str, Any]:
     """Run ``algorithm`` end to end into ``out_dir`` (module docstring) and return the
     metrics dict that ``metrics.json`` holds.
 
     Nothing in ``out_dir`` changes until the checks have passed: the config, then (once
     the rows are known) that the folder holds no other training
-    (:mod:`deimos_ray.identity`). ``overwrite`` replaces a run that is there instead.
+    (:mod:`deimos_ray.identity`). ``overwrite`` replaces a run that is there instead;
+    ``report=False`` skips the pictures (``jobs/report.py`` draws them later).
     """
     algorithm.check(cfg)
     out = Path(out_dir).resolve()
@@ -115,7 +116,8 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     print(f"[{algorithm.job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
           f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
     metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0)
-    draw_report(out, algorithm.job)
+    if report:
+        draw_report(out, algorithm.job)
     return metrics
 
 

@@ -39,7 +39,8 @@ class DECConfig:
     """Hyperparameters of DEC / IDEC. Defaults come from the papers unless noted.
 
     Attributes:
-        n_clusters: Number of clusters K.
+        n_clusters: Number of clusters K. 1 is allowed (every row in one cluster, the
+            autoencoder still trained), as scikit-learn's k-means allows it.
         variant: ``dec`` (KL loss only) or ``idec`` (KL + gamma x reconstruction).
         autoencoder: ``dense`` (D-500-500-2000-d, the papers' net) or ``conv``.
         hidden_dims: Hidden widths of the dense autoencoder (DEC: 500, 500, 2000).
@@ -95,7 +96,7 @@ class DECConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.n_clusters >= 2, f"model.n_clusters must be >= 2, got {self.n_clusters}"),
+            (self.n_clusters >= 1, f"model.n_clusters must be >= 1, got {self.n_clusters}"),
             (self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}"),
             (self.autoencoder in AUTOENCODERS, f"model.autoencoder must be one of {AUTOENCODERS}"),
             (self.pretrain in PRETRAIN_MODES, f"model.pretrain must be one of {PRETRAIN_MODES}"),
