@@ -156,6 +156,8 @@ def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
     for key, values in grid.items():
         if not values:
             raise ValueError(f"sweep key {key} has no values")
+    if any(k < 2 for k in grid.get("model.n_clusters", [])):
+        raise ValueError("--k: a sweep compares k >= 2 (its scores need two clusters)")
     draw = tune.grid_search if search == "grid" else tune.choice
     return {key: draw(list(values)) for key, values in grid.items()}
 

@@ -109,7 +109,7 @@ def test_job_flags_override_yaml(tmp_path):
     cfg = job.build_config(args)
     assert (cfg.model.n_clusters, cfg.model.variant, cfg.model.tol) == (4, "idec", 0.5)
     assert cfg.data.limit == 300  # from --smoke-test
-    assert job.main(job.get_args_parser().parse_args(["--k", "1"])) == 2  # clear error, no work
+    assert job.main(job.get_args_parser().parse_args(["--k", "0"])) == 2  # clear error, no work
 
 
 def test_a_stored_config_without_a_newer_setting_reads_as_its_default():

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -91,8 +92,10 @@ def test_a_crash_at_any_rename_leaves_whole_files_and_the_next_run_finishes(ray_
     assert job.main(job.get_args_parser().parse_args(argv)) == 0
     first = pq.read_table(out / "assignments").to_pandas()
 
+    # The crashing runs join this session's Ray instead of starting their own (10 s each).
+    address = ray_session.get_runtime_context().gcs_address
     for point in ("checkpoint", "assignments", "metrics.json"):
-        env = {**os.environ, FAULT_VARIABLE: point, "RAY_ADDRESS": ""}
+        env = {**os.environ, FAULT_VARIABLE: point, "RAY_ADDRESS": address}
         done = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_dec.py"), *argv], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == FAULT_EXIT_CODE, done.stderr[-2000:]
@@ -109,6 +112,25 @@ def test_a_crash_at_any_rename_leaves_whole_files_and_the_next_run_finishes(ray_
     again = pq.read_table(out / "assignments").to_pandas()
     assert (again["id"] == first["id"]).all() and (again["cluster"] == first["cluster"]).all()
     assert json.loads((out / "metrics.json").read_text())["accounting"]["assigned"] == 40
+
+
+def test_driver_checkpoints_stay_in_the_run_and_a_corrupt_one_falls_back(ray_session, tmp_path):
+    job = load_job("train_dec")
+    out = tmp_path / "run"
+    argv = [*QUICK, "--out", str(out)]
+    temporary = set(Path(tempfile.gettempdir()).glob("deimos_ray_ckpt_*"))
+    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    assert set(Path(tempfile.gettempdir()).glob("deimos_ray_ckpt_*")) == temporary
+    kept = sorted((out / "ray" / "train" / "driver").glob("checkpoint_*"))
+    assert len(kept) == 2  # the last two of the run's reports
+
+    # A torn newest checkpoint: the rerun names it and resumes from the one before.
+    (kept[-1] / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match=f"checkpoint {kept[-1] / 'state.pt'} cannot be read"):
+        assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["resumed_at_epoch"] is not None
+    assert metrics["accounting"]["assigned"] == 40
 
 
 def test_a_written_file_replaces_the_old_one_whole(tmp_path):

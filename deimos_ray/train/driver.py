@@ -5,6 +5,7 @@ Kept apart from the loops so Ray Tune can call :func:`fit` unchanged from a tria
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from ray.train.torch import TorchTrainer
 
 from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
+from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
 
 
 def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, config: dict[str, Any]) -> Any:
@@ -45,9 +47,11 @@ def fit(
     """Run ``train_loop`` on ``scaling.num_workers`` workers over ``dataset``.
 
     A rerun with the same ``storage_path`` and ``name`` resumes from the latest
-    checkpoint (``ray.train.get_checkpoint()`` inside the loop); so does a retry after a
-    worker failure when ``max_failures`` > 0. The loop runs with ``scaling.threads``
-    PyTorch threads in the driver and in every worker alike.
+    checkpoint (:func:`deimos_ray.train.checkpoint.latest_state` inside the loop); so
+    does a retry after a worker failure when ``max_failures`` > 0. In the driver
+    (``num_workers=0``) the checkpoints are kept in ``storage_path/name/driver/``. The
+    loop runs with ``scaling.threads`` PyTorch threads in the driver and in every
+    worker alike.
 
     Raises:
         ray.train.TrainingFailedError: the loop raised on some worker.
@@ -71,7 +75,16 @@ def fit(
         ),
         datasets={"train": dataset},
     )
-    return trainer.fit()
+    if scaling.num_workers > 0:
+        return trainer.fit()
+    folder = Path(storage_path).resolve() / name / "driver"
+    with driver_checkpoints(folder):
+        result = trainer.fit()
+    if result.checkpoint is None and (kept := latest_driver_checkpoint(folder)) is not None:
+        # A rerun of a finished training reports nothing new; Ray Train's workers would
+        # hand back the restored checkpoint, so the driver does the same.
+        result = dataclasses.replace(result, checkpoint=ray.train.Checkpoint.from_directory(str(kept)))
+    return result
 
 
 def export_checkpoint(result: ray.train.Result, destination: str | Path) -> Path:

@@ -53,5 +53,5 @@ def test_config_resolves_papers_defaults():
     with pytest.raises(ValueError, match="layerwise needs the dense"):
         DECConfig(autoencoder="conv", pretrain="layerwise")
     with pytest.raises(ValueError, match="n_clusters"):
-        DECConfig(n_clusters=1)
+        DECConfig(n_clusters=0)
     assert isinstance(build_autoencoder(DECConfig(), (1, 8, 8)), DenseAutoencoder)
