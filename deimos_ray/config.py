@@ -52,7 +52,14 @@ class DataConfig:
             browse products); each tile is a row whose ``group`` is its source image.
         stride: Step between tiles (default ``tile``: no overlap). Tiles that would
             run past the image's edge are not cut.
-        max_pixels: Images with more pixels are rejected (decompression bombs).
+        max_pixels: Images with more pixels are rejected (decompression bombs); Pillow's
+            own limit follows it.
+        max_tiles: Tiles one image may be cut into; an image that would give more is
+            rejected with the count (raise it, or the stride).
+        max_member_bytes: Zip members whose uncompressed size is larger are rejected
+            before they are read.
+        max_compression_ratio: Zip members over 1 MiB that expand more than this many
+            times are rejected before they are read (zip bombs).
         metadata: A CSV whose columns are joined onto the rows.
         metadata_key: Its column holding the image id (matched against the row id, or
             the id's file name or stem when that is what the CSV holds).
@@ -74,6 +81,9 @@ class DataConfig:
     tile: int | None = None
     stride: int | None = None
     max_pixels: int = 50_000_000
+    max_tiles: int = 10_000
+    max_member_bytes: int = 256 * 2**20
+    max_compression_ratio: float = 100.0
     metadata: str | None = None
     metadata_key: str = "id"
     metadata_features: tuple[str, ...] = ()
@@ -98,6 +108,8 @@ class DataConfig:
             raise ValueError("data.metadata_features needs data.metadata (a CSV file)")
         if self.max_pixels < 1:
             raise ValueError(f"data.max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_tiles < 1 or self.max_member_bytes < 1 or self.max_compression_ratio < 1:
+            raise ValueError("data.max_tiles, data.max_member_bytes and data.max_compression_ratio must be >= 1")
 
 
 @dataclass(frozen=True)

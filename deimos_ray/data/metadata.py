@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import ray
 
+from deimos_ray.data.sources.base import reserved_clash
+
 KEY_FORMS = {
     "id": lambda s: s,
     "file name": lambda s: PurePosixPath(s).name,
@@ -25,10 +27,18 @@ KEY_FORMS = {
 
 
 def read_metadata(path: str, key: str) -> pd.DataFrame:
-    """The CSV indexed by its key column (as strings), with a clear error if absent."""
+    """The CSV indexed by its key column (as strings), with a clear error if absent.
+
+    Raises:
+        ValueError: no key column, duplicate keys, or a column named like one of
+            deimos_ray's own (:func:`~deimos_ray.data.sources.base.reserved_clash`).
+    """
     df = pd.read_csv(path)
     if key not in df.columns:
         raise ValueError(f"metadata file {path} has no column {key!r} (columns: {list(df.columns)})")
+    clash = reserved_clash(df.columns, allowed=(key,))
+    if clash:
+        raise ValueError(f"metadata file {path}: columns {clash} are deimos_ray's own; rename them in the CSV")
     df[key] = df[key].astype(str)
     if df[key].duplicated().any():
         raise ValueError(f"metadata file {path}: key column {key!r} has duplicate values")

@@ -12,6 +12,7 @@ memory stays bounded however many there are. A row whose image cannot be read ke
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ class ImageSpec:
     tile: int | None = None
     stride: int | None = None
     max_pixels: int = 50_000_000
+    max_tiles: int = 10_000
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -55,7 +57,7 @@ def resolve_image_spec(source_shape: tuple[int, ...] | None, cfg) -> ImageSpec:
     else:
         size = (DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE)
     stride = cfg.stride or cfg.tile
-    return ImageSpec(size, cfg.channels, cfg.tile, stride, cfg.max_pixels)
+    return ImageSpec(size, cfg.channels, cfg.tile, stride, cfg.max_pixels, cfg.max_tiles)
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -153,6 +155,10 @@ def cut_tiles(full: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, list[tuple
     positions = tile_positions(full.shape[1], full.shape[2], spec.tile, spec.stride)
     if not positions:
         raise ValueError(f"smaller than one tile: {full.shape[2]}x{full.shape[1]} < {spec.tile}")
+    if len(positions) > spec.max_tiles:
+        raise ValueError(f"{full.shape[2]}x{full.shape[1]} would cut {len(positions)} tiles of {spec.tile} px at "
+                         f"stride {spec.stride}, more than data.max_tiles={spec.max_tiles}; raise --stride "
+                         "or --set data.max_tiles=N")
     tiles = np.stack([full[:, y : y + spec.tile, x : x + spec.tile] for y, x in positions])
     return _fit(tiles, spec), positions
 
@@ -166,12 +172,21 @@ def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size
     data = batch["bytes"][i] if "bytes" in batch else None
     file = batch["file"][i] if "file" in batch else ""
     member = batch["member"][i] if "member" in batch else ""
-    with open_image(file, member, data) as img:
+    try:
+        img = open_image(file, member, data)
+    except Image.DecompressionBombError as exc:  # Pillow's check, at twice data.max_pixels
+        raise ValueError(f"too large: exceeds max_pixels={spec.max_pixels} ({exc})") from exc
+    with img:
         return image_to_array(img, spec, full_size)
 
 
 def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
     """Ray Data batch function: one output row per image (or per tile); failures kept."""
+    # Pillow's own bomb check follows data.max_pixels: it refuses at open anything over
+    # twice the limit, and image_to_array refuses over the limit before decoding; its
+    # warning for images between the two adds nothing to that rejection.
+    Image.MAX_IMAGE_PIXELS = spec.max_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     if spec.tile is not None:
         return _tile_batch(batch, spec)
     n = len(batch["id"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import stat
 import zipfile
 from pathlib import Path
 
@@ -167,6 +169,82 @@ def test_hirise_originals_only(ray_session):
     src = load_source(FIXTURES / "hirise", originals_only=True)
     assert sorted(rows_of(src)["id"]) == ["ESP_011289_1950_RED-0039.jpg", "ESP_016631_2535_RED-0021.jpg"]
     assert src.missing == 1  # the one absent original line
+
+
+def png_bytes(size=(8, 8)):
+    buffer = io.BytesIO()
+    Image.new("L", size, 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_hostile_zip(path, prefix=""):
+    """One good member and one of each member a zip source must refuse unread."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(f"{prefix}good.png", png_bytes())
+        # Over max_member_bytes below, and incompressible.
+        zf.writestr(f"{prefix}big.png", np.random.default_rng(0).bytes(2_500_000))
+        zf.writestr(f"{prefix}bomb.png", bytes(3 * 2**19))  # 1.5 MiB of zeros, about 1000:1
+        link = zipfile.ZipInfo(f"{prefix}link.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+        zf.writestr(f"{prefix}../escape.png", png_bytes())
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr(f"{prefix}good.png", png_bytes())
+    return path
+
+
+def test_hostile_zip_members_are_rejected_before_they_are_read(ray_session, tmp_path):
+    path = write_hostile_zip(tmp_path / "hostile.zip")
+    src = load_source(path, max_member_bytes=2_000_000)
+    assert rows_of(src)["id"].tolist() == ["good.png"]
+    reasons = {r["id"]: r["reason"] for r in src.rejected}
+    assert "max_member_bytes=2000000" in reasons["big.png"]
+    assert "compression ratio" in reasons["bomb.png"] and "max_compression_ratio=100" in reasons["bomb.png"]
+    assert "symbolic link" in reasons["link.png"] and "unsafe" in reasons["../escape.png"]
+    assert len(src.rejected) == 5 and "duplicate member name" in src.rejected[-1]["reason"]
+    assert src.num_inputs == 6  # every member is an input: 1 read + 5 refused
+
+
+def test_a_hirise_zip_records_its_refused_members_as_the_plain_zip_does(ray_session, tmp_path):
+    path = make_v32_zip(tmp_path, "labels-map-proj_v3_2.txt")
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("hirise-map-proj-v3_2/map-proj-v3_2/../../escape.jpg", png_bytes())
+        link = zipfile.ZipInfo("hirise-map-proj-v3_2/map-proj-v3_2/link.jpg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    src = load_source(path)
+    reasons = {r["path"].split("!/")[1]: r["reason"] for r in src.rejected}
+    assert "unsafe" in reasons["hirise-map-proj-v3_2/map-proj-v3_2/../../escape.jpg"]
+    assert "symbolic link" in reasons["hirise-map-proj-v3_2/map-proj-v3_2/link.jpg"]
+    assert src.num_inputs == 5 + 2
+
+
+def test_tiles_per_image_are_capped_with_the_count(ray_session, tmp_path):
+    Image.new("L", (64, 64)).save(tmp_path / "wide.png")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    data = prepare_data(DataConfig(spec=str(tmp_path), tile=4, stride=1, max_tiles=100))
+    assert data.rejected["id"].tolist() == ["wide.png"]
+    assert "would cut 3721 tiles" in data.rejected["reason"][0] and "data.max_tiles=100" in data.rejected["reason"][0]
+    assert data.num_rows == 25  # small.png's tiles
+
+
+def test_pillow_pixel_limit_follows_max_pixels():
+    from deimos_ray.data.preprocess import ImageSpec, _preprocess_batch
+
+    spec = ImageSpec((4, 4), 1, max_pixels=300_000_000)  # above Pillow's own default limit
+    _preprocess_batch({"id": np.array(["a"]), "bytes": np.array([png_bytes()], dtype=object)}, spec)
+    assert Image.MAX_IMAGE_PIXELS == 300_000_000
+
+
+def test_manifest_and_metadata_columns_cannot_shadow_the_tools_own(ray_session, tmp_path):
+    pd.DataFrame({"path": ["a.png"], "cluster": [1], "x": [0.5]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match=r"columns \['cluster', 'x'\] are deimos_ray's own"):
+        load_source(tmp_path / "m.csv")
+    from deimos_ray.data.metadata import read_metadata
+
+    pd.DataFrame({"id": ["a.png"], "_source_id": ["b"], "exposure": [3.0]}).to_csv(tmp_path / "meta.csv", index=False)
+    with pytest.raises(ValueError, match=r"\['_source_id'\] are deimos_ray's own"):
+        read_metadata(str(tmp_path / "meta.csv"), "id")
 
 
 def make_v32_zip(tmp_path, labels_name):

@@ -56,6 +56,21 @@ class Source:
     rejected: tuple[dict, ...] = field(default_factory=tuple)
 
 
+# Columns deimos_ray itself writes or reads on the way to the Parquet rows; a metadata
+# column of the same name would shadow or be shadowed by them.
+RESERVED_COLUMNS = frozenset({
+    "id", "path", "group", "label", "image", "bytes", "file", "member", "x", "ok", "reason", "stage",
+    "cluster", "confidence", "embedding", "topk_clusters", "topk_probs", "som_row", "som_col",
+    "bmu_distance", "x2d", "y2d", "tile_y", "tile_x", "class_name", "augmentation", "set",
+})
+
+
+def reserved_clash(columns, allowed=()) -> list[str]:
+    """The ``columns`` of a user's table (manifest, metadata CSV) named like one of
+    deimos_ray's own (:data:`RESERVED_COLUMNS`, or starting with ``_``), but ``allowed``."""
+    return sorted(str(c) for c in columns
+                  if str(c) not in allowed and (str(c) in RESERVED_COLUMNS or str(c).startswith("_")))
+
 def is_image_name(name: str) -> bool:
     """True for file names with an image extension (any case)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)

@@ -13,6 +13,7 @@ from deimos_ray.data.sources.base import (
     file_columns,
     hidden,
     is_image_name,
+    reserved_clash,
     table_dataset,
 )
 
@@ -64,6 +65,9 @@ def load_manifest_source(location: str, cfg) -> Source:
         raise ValueError(f"manifest {path} needs a 'path' column (found {list(df.columns)})")
     if df.empty:
         raise ValueError(f"manifest {path} lists no images")
+    clash = reserved_clash(df.columns, allowed=("path", "id", "label", "group"))
+    if clash:
+        raise ValueError(f"manifest {path}: columns {clash} are deimos_ray's own; rename them")
     files = [str(p if Path(p).is_absolute() else (path.parent / p)) for p in df["path"].astype(str)]
     ids = df["id"].astype(str).tolist() if "id" in df.columns else df["path"].astype(str).tolist()
     if len(set(ids)) != len(ids):

@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from deimos_ray.data.sources.archive import member_path, unsafe_member
+from deimos_ray.data.sources.archive import member_path, refused_rows, screen_member
 from deimos_ray.data.sources.base import (
     Source,
     apply_limit,
@@ -56,15 +56,24 @@ class _Listing:
     root: Path
     names: list[str]
     is_zip: bool
+    refused: list[tuple[str, str]]  # zip image members never read, and why
 
     @classmethod
-    def of(cls, location: Path) -> _Listing:
+    def of(cls, location: Path, cfg) -> _Listing:
         if location.is_dir():
             names = [p.relative_to(location).as_posix() for p in location.rglob("*") if p.is_file()]
-            return cls(location, names, False)
+            return cls(location, names, False, [])
+        names, refused, seen = [], [], set()
         with zipfile.ZipFile(location) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/") and not unsafe_member(n)]
-        return cls(location, names, True)
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                why = screen_member(info, seen, cfg)
+                if why is None:
+                    names.append(info.filename)
+                elif is_image_name(info.filename):
+                    refused.append((info.filename, why))
+        return cls(location, names, True, refused)
 
     def visible(self) -> list[str]:
         return [n for n in self.names if not hidden(PurePosixPath(n).parts)]
@@ -103,7 +112,7 @@ def _parse_labels(text: str) -> list[list[str]]:
 
 def load_hirise_source(location: str, cfg) -> Source:
     """Rows for every landmark file present, labelled from the release's lists."""
-    listing = _Listing.of(Path(location))
+    listing = _Listing.of(Path(location), cfg)
     labels_name = listing.find(SPLITS_RE) or listing.find(LABELS_RE)
     if labels_name is None:
         raise ValueError(f"{location} holds no HiRISE labels file (labels-map-proj-v3.txt or _v3_2)")
@@ -122,6 +131,7 @@ def load_hirise_source(location: str, cfg) -> Source:
     ids, files, members, paths, labels, groups = [], [], [], [], [], []
     extra = {"class_name": [], "augmentation": [], "set": []}
     listed, missing = set(), 0
+    refused = {PurePosixPath(name).name for name, _ in listing.refused}
     for parts in lines:
         filename, class_id = parts[0], int(parts[1]) if len(parts) > 1 else -1
         listed.add(filename)
@@ -129,7 +139,7 @@ def load_hirise_source(location: str, cfg) -> Source:
         if cfg.originals_only and tag:
             continue
         if filename not in images:
-            missing += 1
+            missing += filename not in refused  # a refused member is a rejected row, not missing
             continue
         _append(listing, images[filename], filename, original, class_id, tag,
                 parts[2] if len(parts) > 2 else "", classes, ids, files, members, paths, labels, groups, extra)
@@ -149,8 +159,9 @@ def load_hirise_source(location: str, cfg) -> Source:
         f"{len(ids)} files used{' (originals only)' if cfg.originals_only else ''}; "
         f"{missing} listed but missing; {len(unlisted)} present but unlisted",
     )
-    return Source(table_dataset(columns), len(columns["id"]), Path(location).stem, "hirise",
-                  has_labels=True, missing=missing, notes=notes)
+    rejected = refused_rows(listing.root, listing.refused)
+    return Source(table_dataset(columns), len(columns["id"]) + len(rejected), Path(location).stem, "hirise",
+                  has_labels=True, missing=missing, notes=notes, rejected=rejected)
 
 
 def _append(listing, name, filename, original, class_id, tag, split, classes,
