@@ -11,6 +11,7 @@ from typing import Any
 
 from deimos_ray.config import from_dict, load_yaml, override_all, parse_override
 from deimos_ray.errors import UsageError
+from deimos_ray.files import check_writable
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
@@ -128,7 +129,9 @@ def main(algorithm: Any, build: Callable[[argparse.Namespace], Any], args: argpa
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_training_job(algorithm, cfg, default_out(algorithm.job, args.out), overwrite=args.overwrite)
+        out = default_out(algorithm.job, args.out)
+        check_writable(out)
+        run_training_job(algorithm, cfg, out, overwrite=args.overwrite)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -345,15 +345,58 @@ def _resolve_type(tp: Any) -> Any:
     return tp
 
 
-def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    """Build the frozen dataclass ``cls`` from a nested dict, rejecting unknown keys.
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether ``value`` is of the annotated type ``tp`` (scalars and tuples checked;
+    other annotations are left to the field's own validation)."""
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, list | tuple)
+    return True
+
+
+def _checked(path: str, tp: Any, value: Any) -> Any:
+    """``value`` for the field ``path`` of annotated type ``tp``, or a one-line
+    ValueError naming the key, what it takes and what it got. A float field also takes
+    a string that reads as one (YAML reads ``1e-3`` as a string)."""
+    options = [tp] if typing.get_origin(tp) not in (typing.Union, types.UnionType) else list(typing.get_args(tp))
+    if value is None:
+        if type(None) in options:
+            return value
+    elif any(_fits(option, value) for option in options):
+        return float(value) if float in options and int not in options and isinstance(value, int) else value
+    elif float in options and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    words = " or ".join(_TYPE_WORDS.get(o, "a list" if typing.get_origin(o) is tuple else "null")
+                        for o in options)
+    raise ValueError(f"{path} must be {words}, got {value!r} (in --set {path}=VALUE or the --config file)")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, _path: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a nested dict, rejecting unknown keys and
+    values of the wrong type.
 
     Args:
         cls: A dataclass type whose fields may themselves be dataclasses.
         data: Plain values as read from YAML; missing keys take the defaults.
 
     Raises:
-        ValueError: A key is not a field of ``cls`` (typos must not pass silently).
+        ValueError: A key is not a field of ``cls`` (typos must not pass silently), or
+            a value is not of its field's type.
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
@@ -367,9 +410,11 @@ def from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     for name, value in data.items():
         tp = _resolve_type(hints[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value)
-        elif isinstance(value, list):
-            value = tuple(value)  # YAML lists become tuples so configs stay hashable
+            value = from_dict(tp, value, f"{_path}{name}.")
+        else:
+            value = _checked(f"{_path}{name}", hints[name], value)
+            if isinstance(value, list):
+                value = tuple(value)  # YAML lists become tuples so configs stay hashable
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -468,7 +513,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     with p.open() as stream:  # a stream, so that errors name the file and line
-        loaded = yaml.load(stream, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no arbitrary objects
+        try:
+            loaded = yaml.load(stream, Loader=_UniqueKeyLoader) or {}  # a SafeLoader: no arbitrary objects
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark else ""
+            raise ValueError(f"config file {p}{where} is not valid YAML: "
+                             f"{getattr(exc, 'problem', None) or exc}") from exc
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {p} must hold a mapping at the top level")
     return loaded

@@ -101,3 +101,32 @@ def remove_partials(folder: str | Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+
+
+MIN_FREE_BYTES = 200 * 2**20  # checkpoints, Parquet and pictures of a small run
+
+
+def check_writable(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be created or written or whose
+    file system has less than ``min_free`` bytes free.
+
+    Raises:
+        UsageError: naming the folder, the reason and the fix.
+    """
+    from deimos_ray.errors import UsageError
+
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; name a folder")
+    existing = out
+    while not existing.exists():  # the nearest folder that exists is where it will be made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, not a folder; name another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable; name a folder you can write to")
+    free = shutil.disk_usage(existing).free
+    if free < min_free:
+        raise UsageError(f"--out {out}: only {free / 2**20:.0f} MiB free on its file system "
+                         f"(a run needs at least {min_free / 2**20:.0f} MiB); free space or name another folder")
+

@@ -18,6 +18,7 @@ import sys
 
 from deimos_ray.apply import assign_new
 from deimos_ray.errors import UsageError
+from deimos_ray.files import check_writable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="skip report/index.html")
     args = p.parse_args(argv)
     try:
+        check_writable(args.out)
         assign_new(args.run, args.data, args.out, use_gpu=args.use_gpu, report=not args.no_report)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

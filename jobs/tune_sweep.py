@@ -35,6 +35,7 @@ from pathlib import Path
 from deimos_ray import cli
 from deimos_ray.algorithms import ALGORITHMS, get_algorithm
 from deimos_ray.config import parse_override
+from deimos_ray.files import check_writable
 from deimos_ray.tune import SEARCHES
 
 JOB = "tune_sweep"
@@ -97,6 +98,7 @@ def main(args: argparse.Namespace) -> int:
 
         detect_format(cfg.data.spec)
         out = cli.default_out(JOB, args.out)
+        check_writable(out)
         run_sweep(args.algorithm, cfg, grid, out, search=args.search, samples=args.samples,
                   max_concurrent=args.max_concurrent, min_cluster_fraction=args.min_cluster_fraction)
     except (ValueError, FileNotFoundError) as exc:

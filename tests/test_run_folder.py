@@ -18,7 +18,7 @@ import pytest
 from deimos_ray.algorithms import ALGORITHMS
 from deimos_ray.config import override_all
 from deimos_ray.errors import UsageError
-from deimos_ray.files import FAULT_EXIT_CODE, FAULT_VARIABLE, write_text
+from deimos_ray.files import FAULT_EXIT_CODE, FAULT_VARIABLE, check_writable, write_text
 from deimos_ray.identity import IDENTITY_FILE, check_identity, settings_identity, write_identity
 from tests.helpers import ROOT, load_job, write_bad_files, write_image_folder
 
@@ -161,3 +161,24 @@ def test_more_clusters_than_rows_stops_before_training(ray_session, tmp_path, ca
     assert job.main(job.get_args_parser().parse_args([*QUICK, "--limit", "5", "--k", "8", "--out", str(out)])) == 2
     assert "5 readable rows cannot make 8 clusters" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_config_and_folder_errors_are_one_line_before_any_work(tmp_path, capsys):
+    job = load_job("train_dec")
+    parser = job.get_args_parser()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  epochs: [1, 2\n")
+    cases = [
+        (["--config", str(bad_yaml)], f"config file {bad_yaml}, line 3 is not valid YAML"),
+        (["--set", "model.epochs=abc"], "model.epochs must be an integer, got 'abc'"),
+        (["--set", "data.max_pixels=true"], "data.max_pixels must be an integer, got True"),
+        (["--out", str(bad_yaml / "run")], f"{bad_yaml} is a file, not a folder"),
+    ]
+    for argv, message in cases:
+        assert job.main(parser.parse_args([*argv, "--smoke-test"])) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    # YAML reads 1e-3 as a string; a float field takes it as the number it means.
+    assert job.build_config(parser.parse_args(["--set", "model.lr=1e-3"])).model.lr == 0.001
+    with pytest.raises(UsageError, match="MiB free on its file system"):
+        check_writable(tmp_path / "run", min_free=2**62)
