@@ -24,9 +24,11 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
                    "(its training, checkpoint and outputs; the feature cache stays)")
     p.add_argument("--config", help=f"YAML config (see configs/{job}.yaml); flags override it")
-    p.add_argument("--k", type=int, help="number of clusters (default 10)")
-    p.add_argument("--epochs", type=int, help="training epochs (an upper bound where the "
-                   "algorithm has its own stopping rule)")
+    desom = job == "train_desom"
+    p.add_argument("--k", type=int, help="number of clusters (default: every map node is a cluster)"
+                   if desom else "number of clusters (default 10)")
+    p.add_argument("--epochs", type=int, help="refused: DESOM counts training in --iterations" if desom
+                   else "training epochs (an upper bound where the algorithm has its own stopping rule)")
     p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE (default: native "
                    "size of arrays, the tile size when tiling, 28 for files); cost grows quadratically")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale, default) or 3 (RGB)")
@@ -55,8 +57,9 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--feature-cache", metavar="DIR", help="feature cache folder (default "
                    "OUT/features): a later run over the same inputs reads the features from it")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (default 1; 0 runs in the "
-                   "driver process, fastest to start, no resume)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+                   "driver process: fastest to start on small data, resumes from its own checkpoints)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker and per assignment or "
+                   "backbone actor: the cluster needs that many GPUs")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field by dotted path, e.g. --set model.tol=0.0005 (repeatable)")
