@@ -38,11 +38,11 @@ NOT_APPLICABLE = {
 
 
 # The checks that fit, run in ``make test`` (not their read-only-memmap repeats): the
-# clusterer's contract, input validation, fitted state and pickling.
+# clusterer's contract, input validation and fitted state.
 FITTING_CHECKS_IN_MAKE_TEST = {
     "check_clustering", "check_fit2d_1sample", "check_n_features_in_after_fitting",
     "check_estimators_nan_inf", "check_fit_check_is_fitted", "check_estimators_fit_returns_self",
-    "check_fit2d_predict1d", "check_estimators_pickle",
+    "check_fit2d_predict1d",
 }
 # The checks that never fit (parameters, tags, cloning, unfitted errors, sparse input).
 NO_FIT_CHECKS = {

@@ -69,7 +69,7 @@ def test_a_sweep_over_k_end_to_end_and_its_rerun_trains_nothing(ray_session, tmp
     out = tmp_path / "sweep"
     job = load_job("tune_sweep")
     argv = ["--algorithm", "dec", "--data", str(images), "--image-size", "8", "--smoke-test",
-            "--k", "2", "3", "--out", str(out)]
+            "--k", "2", "3", "--max-concurrent", "2", "--out", str(out)]
     assert job.main(job.get_args_parser().parse_args(argv)) == 0
 
     trials = pd.read_parquet(out / "trials.parquet")

@@ -32,10 +32,10 @@ def test_the_latest_checkpoint_is_exported_and_found_by_a_rerun(ray_session, tmp
     exported = export_checkpoint(first, tmp_path / "checkpoint")
     state = load_state(exported)
     assert state["epoch"] == 3 and torch.equal(state["weights"], torch.full((2,), 2.0))
-    if workers:  # with workers the run lives in storage, and a rerun continues it
-        second = fit(counting_loop, {"epochs": 5}, ray_session.data.range(2), scaling, tmp_path / "ray", name="run")
-        assert second.return_value["started_at"] == 3
-        assert load_state(export_checkpoint(second, tmp_path / "checkpoint"))["epoch"] == 5
+    # The run lives in storage (the driver's in ray/run/driver/), and a rerun continues it.
+    second = fit(counting_loop, {"epochs": 5}, ray_session.data.range(2), scaling, tmp_path / "ray", name="run")
+    assert second.return_value["started_at"] == 3
+    assert load_state(export_checkpoint(second, tmp_path / "checkpoint"))["epoch"] == 5
 
 
 class NotATensor:
