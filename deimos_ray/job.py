@@ -89,9 +89,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
         raise
     identity = run_identity(algorithm, cfg, data)
     check_identity(out, identity, cfg, overwrite)
-    if data.num_rows < algorithm.n_clusters(cfg):
-        raise UsageError(f"{data.num_rows} readable rows cannot make {algorithm.n_clusters(cfg)} clusters; "
-                         "lower --k or add images")
+    algorithm.check_data(cfg, data)
     if overwrite:
         clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,6 +143,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         The metrics dict: accounting, scores, training summary, restarts, timings.
     """
     out = Path(out_dir).resolve()
+    algorithm.check_data(cfg, data)  # a sweep trial's; already passed in run_training_job
     identity = run_identity(algorithm, cfg, data)
     check_identity(out, identity, cfg)  # a sweep trial's folder, or a no-op after run_training_job
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import ray
 
 from deimos_ray.config import JobConfig
 from deimos_ray.data.prepare import PreparedData
+from deimos_ray.errors import UsageError
 
 
 class Algorithm:
@@ -55,6 +56,17 @@ class Algorithm:
         """Whether training updates the backbone (``cfg.features``) itself: the job then
         hands it images decoded at the backbone's size, not cached features."""
         return False
+
+    def check_data(self, cfg: JobConfig, data: PreparedData) -> None:
+        """Refuse settings the prepared rows cannot serve, before the run folder is
+        written (default: the rows make ``n_clusters`` clusters).
+
+        Raises:
+            UsageError: naming the flag and the fix.
+        """
+        if data.num_rows < self.n_clusters(cfg):
+            raise UsageError(f"{data.num_rows} readable rows cannot make {self.n_clusters(cfg)} clusters; "
+                             "lower --k or add images")
 
     def training_rows(self, cfg: JobConfig, data: PreparedData) -> ray.data.Dataset:
         """The dataset the loop trains on (default: the ``x`` column)."""

@@ -47,10 +47,13 @@ class DACAlgorithm(Algorithm):
     def fine_tunes_backbone(self, cfg: DACJobConfig) -> bool:
         return cfg.model.fine_tune_backbone
 
+    def check_data(self, cfg: DACJobConfig, data: PreparedData) -> None:
+        super().check_data(cfg, data)
+        if cfg.model.labeled_fraction > 0 and not data.has_labels:
+            raise UsageError("--labeled-fraction needs a source with labels (none has a label)")
+
     def training_rows(self, cfg: DACJobConfig, data: PreparedData) -> ray.data.Dataset:
         fraction = cfg.model.labeled_fraction
-        if fraction > 0 and not data.has_labels:
-            raise UsageError("--labeled-fraction needs a source with labels (none has a label)")
         return data.good.select_columns(["id", "label", "x"]).map_batches(
             _draw_known_labels, fn_kwargs={"fraction": fraction, "seed": cfg.seed}, batch_format="numpy")
 

@@ -118,6 +118,7 @@ def test_labeled_fraction_without_labels_is_refused(ray_session, tmp_path, capsy
                                              "--smoke-test", "--k", "3", "--labeled-fraction", "0.5"])
     assert job.main(args) == 2
     assert "--labeled-fraction needs a source with labels" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before the run folder is written
 
 
 def test_recipe_sits_under_smoke_test_flags_and_set():
