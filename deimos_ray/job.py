@@ -4,8 +4,8 @@
 
 1. check the config, and that ``DIR`` holds no other training (:mod:`deimos_ray.identity`);
 2. start or join Ray; load and preprocess the source in Ray Data
-   (:mod:`deimos_ray.data.prepare`); check that ``DIR`` holds no training on other rows;
-   only then write ``DIR/identity.json``, ``DIR/config.yaml`` and
+   (:mod:`deimos_ray.data.prepare`); check that ``DIR`` holds no training on other rows
+   and that the rows serve the settings (``Algorithm.check_data``); only then write ``DIR/identity.json``, ``DIR/config.yaml`` and
    ``DIR/rejected.parquet`` (every unreadable input with the reason), and remove an
    earlier run's ``metrics.json``;
 3. :func:`run_prepared` on those rows: train on Ray Train (``DIR/ray/``; a rerun with
