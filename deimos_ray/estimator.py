@@ -94,7 +94,6 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         from deimos_ray.job import run_training_job
 
         algorithm = get_algorithm(self.algorithm)
-        run = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="deimos_ray_fit_"))
         with tempfile.TemporaryDirectory(prefix="deimos_ray_input_") as staging:
             spec, ids, channels = self._stage(X, Path(staging), fitting=True)
             overrides = {
@@ -107,6 +106,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             if ids is not None and len(ids) < self.n_clusters:
                 raise ValueError(f"n_samples={len(ids)} should be >= n_clusters={self.n_clusters}")
             algorithm.check(cfg)
+            # Made only once the input and settings have passed: a refused fit leaves nothing.
+            run = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="deimos_ray_fit_"))
             with self._quiet():
                 metrics = run_training_job(algorithm, cfg, run, report=self.report)
         rows = pd.read_parquet(run / "assignments", columns=["id", "cluster", "embedding"])
@@ -158,11 +159,9 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             return str(X), None, channels
         X = validate_data(self, X, reset=fitting, allow_nd=True, dtype="numeric")
         if fitting:
-            self._scale = _scale_of(X)
+            self._scale, self._input_shape = _scale_of(X), X.shape[1:]
         elif X.shape[1:] != self._input_shape:
             raise ValueError(f"X has rows of shape {X.shape[1:]}, the model was fitted on {self._input_shape}")
-        if fitting:
-            self._input_shape = X.shape[1:]
         images = _as_images(X)
         lo, hi = self._scale
         scaled = np.clip((images.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

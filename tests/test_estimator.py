@@ -11,6 +11,7 @@ the checks that cost no fit and the ones below; ``make estimator-checks`` runs t
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ def test_fit_predict_on_the_digits_beats_kmeans_on_the_pixels(tmp_path):
 
 
 def test_bad_input_is_refused_before_ray_starts():
+    folders = set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*"))
     est = DeepClusterer(n_clusters=5)
     with pytest.raises(ValueError, match="n_samples=3 should be >= n_clusters=5"):
         est.fit(np.zeros((3, 4)))
@@ -102,6 +104,7 @@ def test_bad_input_is_refused_before_ray_starts():
         est.fit(np.zeros((10, 4, 4, 2)))
     with pytest.raises(ValueError, match="NaN"):
         est.fit(np.full((10, 4), np.nan))
+    assert set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*")) == folders  # no run folder made
 
 
 def test_fewer_clusters_than_asked_is_a_warning():
