@@ -60,6 +60,9 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
                    "driver process: fastest to start on small data, resumes from its own checkpoints)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker and per assignment or "
                    "backbone actor: the cluster needs that many GPUs")
+    p.add_argument("--max-failures", type=int, metavar="N", help="retry training from its latest "
+                   "checkpoint after up to N lost or failed workers (-1: no limit; default 3 when "
+                   "submitted to a cluster, 0 on a private local Ray)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field by dotted path, e.g. --set model.tol=0.0005 (repeatable)")
@@ -97,7 +100,7 @@ def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "features.image_size": args.feature_size, "features.cache": args.feature_cache,
         "model.n_clusters": args.k, "model.epochs": args.epochs,
         "scaling.num_workers": args.num_workers, "seed": args.seed,
-        "scaling.use_gpu": True if args.use_gpu else None,
+        "scaling.use_gpu": True if args.use_gpu else None, "max_failures": args.max_failures,
     }
     return {k: v for k, v in flags.items() if v is not None}
 

@@ -245,7 +245,11 @@ class JobConfig:
             training stage; 0 reports every epoch. Each report waits up to 2 s for
             Train's controller, which would dominate epochs of milliseconds; on large
             data, where an epoch outlasts the interval, every epoch is checkpointed.
-        max_failures: Worker failures to retry from the latest checkpoint.
+        max_failures: Lost or failed Ray Train workers to retry from the latest
+            checkpoint (``--max-failures``). None: 3 when the job joins a running
+            cluster (``ray job submit``, ``RAY_ADDRESS``), where nodes come and go; 0 on
+            the private local instance, where a failure is a fault to see at once.
+            Training in the driver (``--num-workers 0``) is never retried.
         metrics_sample: Points in the seeded sample for silhouette and Dunn.
         baseline_n_init: Restarts of the k-means baseline.
         baseline_ward: Also score Ward's agglomerative clustering (fitted on at most
@@ -258,12 +262,14 @@ class JobConfig:
     seed: int = 0
     restarts: RestartConfig = field(default_factory=RestartConfig)
     checkpoint_interval_s: float = 30.0
-    max_failures: int = 0
+    max_failures: int | None = None
     metrics_sample: int = 2000
     baseline_n_init: int = 10
     baseline_ward: bool = True
 
     def __post_init__(self) -> None:
+        if self.max_failures is not None and self.max_failures < -1:
+            raise ValueError(f"max_failures (--max-failures) must be >= 0 (or -1: no limit), got {self.max_failures}")
         if self.checkpoint_interval_s < 0:
             raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
         if min(self.restarts.concurrent, self.restarts.count) > 1 and self.scaling.num_workers == 0:

@@ -27,7 +27,7 @@ def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Train V2 patches print() on workers and each line reaches the driver twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if os.environ.get("RAY_ADDRESS"):
+    if on_cluster():
         ray.init()
     else:
         # The dashboard (bound to 127.0.0.1) serves the state API that Train's cleanup
@@ -74,6 +74,23 @@ def configure_data_context(quiet: bool = False) -> None:
 
 def _drop_progress_bar_advice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Progress bars disabled")
+
+
+CLUSTER_RETRIES = 3
+
+
+def on_cluster() -> bool:
+    """True when the job joins a running Ray cluster (``ray job submit`` sets
+    ``RAY_ADDRESS``) rather than starting a private local instance."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def worker_retries(max_failures: int | None) -> int:
+    """Ray Train's ``max_failures`` for ``--max-failures`` (None: :data:`CLUSTER_RETRIES`
+    on a cluster, 0 on a private local instance)."""
+    if max_failures is not None:
+        return max_failures
+    return CLUSTER_RETRIES if on_cluster() else 0
 
 
 def training_cpus(num_workers: int, cpus_per_worker: float) -> float:

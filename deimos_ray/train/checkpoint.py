@@ -8,18 +8,20 @@ With workers, Ray Train keeps the checkpoints in the run's storage and hands the
 back on a retry or a rerun. Ray Train's local mode (``num_workers=0``, the loop in the
 driver) keeps none, so here the driver's checkpoints go to a folder of the run's own
 (:func:`driver_checkpoints`, set by :func:`deimos_ray.train.driver.fit`): the last two
-are kept, a rerun resumes from the newest, and an unreadable one falls back to the one
-before with a warning that names it.
+are kept and a rerun resumes from the newest. In either mode an unreadable checkpoint
+falls back to the one before it, with a warning that names the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import posixpath
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,26 +111,53 @@ def report_epoch(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
 
 
 def latest_state() -> dict[str, Any] | None:
-    """The state of the run's latest checkpoint (after a retry or a rerun), or None."""
+    """The state of the run's latest readable checkpoint (after a retry or a rerun), or
+    None. An unreadable checkpoint (a torn or corrupt ``state.pt``) is named in a warning
+    and the one before it is tried, down to training from the start."""
     if _local_mode():
-        return _latest_driver_state()
+        return _first_readable(
+            [(directory, functools.partial(load_state, directory)) for directory in reversed(_driver_checkpoint_dirs())],
+            discard=lambda directory: shutil.rmtree(directory, ignore_errors=True))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as directory:
-        return load_state(directory)
+    return worker_state(checkpoint)
 
 
-def _latest_driver_state() -> dict[str, Any] | None:
-    """The newest readable driver checkpoint's state; an unreadable one is named in a
-    warning and removed, and the one before it is tried."""
-    for directory in reversed(_driver_checkpoint_dirs()):
-        try:
+def worker_state(checkpoint: ray.train.Checkpoint) -> dict[str, Any] | None:
+    """The state of ``checkpoint`` (Ray Train's latest), or of the newest readable one
+    before it in the same run folder. Ray names its checkpoints by time
+    (``checkpoint_<date>_<time>``), so the name orders them; the folder is listed with
+    the checkpoint's own filesystem, local or remote."""
+    import pyarrow.fs
+
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    listed = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    earlier = sorted((info.path for info in listed if info.type == pyarrow.fs.FileType.Directory
+                      and posixpath.basename(info.path).startswith("checkpoint_")
+                      and posixpath.basename(info.path) < name), reverse=True)
+    candidates = [checkpoint, *(ray.train.Checkpoint(path, filesystem=checkpoint.filesystem) for path in earlier)]
+
+    def load(candidate: ray.train.Checkpoint) -> dict[str, Any]:
+        with candidate.as_directory() as directory:
             return load_state(directory)
+
+    return _first_readable([(posixpath.join(c.path, STATE_FILE), functools.partial(load, c)) for c in candidates])
+
+
+def _first_readable(candidates: list[tuple[Any, Callable[[], dict[str, Any]]]],
+                    discard: Callable[[Any], None] | None = None) -> dict[str, Any] | None:
+    """The first state in ``candidates`` (newest first: a name and its loader) that
+    loads; each one that does not is named in a warning (by rank 0) and ``discard``-ed."""
+    for i, (where, load) in enumerate(candidates):
+        try:
+            return load()
         except Exception as exc:  # a torn or corrupt file: fall back, never resume from it
-            warnings.warn(f"checkpoint {directory / STATE_FILE} cannot be read ({type(exc).__name__}: {exc}); "
-                          "resuming from the one before it", stacklevel=2)
-            shutil.rmtree(directory, ignore_errors=True)
+            if rank() == 0:
+                then = "resuming from the one before it" if i + 1 < len(candidates) else "training from the start"
+                warnings.warn(f"checkpoint {where} cannot be read ({type(exc).__name__}: {exc}); {then}", stacklevel=3)
+            if discard is not None:
+                discard(where)
     return None
 
 

@@ -204,7 +204,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         config: ``{"model": DECConfig as dict, "seed": int, "input_shape": [C, H, W]}``.
 
     Returns:
-        Summary of the clustering phase (rank 0's is ``Result.return_value``).
+        Summary of the clustering phase (rank 0's is ``Result.return_value``), and
+        ``resumed_from``: the phase and epoch of the checkpoint it started from (a retry
+        after a lost worker, or a rerun), or None.
     """
     cfg = from_dict(DECConfig, config["model"])
     seed = int(config["seed"])
@@ -225,6 +227,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         common.check_resumable(state, "dec", cfg, input_shape)
         _log(f"resuming from checkpoint: phase {state['phase']}")
     base_state = {"algorithm": "dec", "config": to_dict(cfg), "input_shape": list(input_shape), "seed": seed}
+    resumed_from = None if state is None else {
+        "phase": state["phase"], "epoch": state["pretrain_epochs_done"] if state["phase"] == "pretrain" else state["epoch"]}
 
     autoencoder = build_autoencoder(cfg, input_shape).to(device)
     if state is not None and state["phase"] == "pretrain":
@@ -239,7 +243,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         init_centres(cfg, model, x_local, device, seed)
         _log("centres initialised by k-means")
         state = None  # clustering starts from scratch
-    return cluster(cfg, model, x_local, batches, device, state, base_state, clock)
+    summary = cluster(cfg, model, x_local, batches, device, state, base_state, clock)
+    return {**summary, "resumed_from": resumed_from}
 
 
 def cluster(

@@ -18,6 +18,7 @@ from ray.train.torch import TorchTrainer
 
 from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
+from deimos_ray.runtime import worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
 
 
@@ -42,13 +43,14 @@ def fit(
     scaling: ScalingConfig,
     storage_path: str | Path,
     name: str = "train",
-    max_failures: int = 0,
+    max_failures: int | None = None,
 ) -> ray.train.Result:
     """Run ``train_loop`` on ``scaling.num_workers`` workers over ``dataset``.
 
     A rerun with the same ``storage_path`` and ``name`` resumes from the latest
     checkpoint (:func:`deimos_ray.train.checkpoint.latest_state` inside the loop); so
-    does a retry after a worker failure when ``max_failures`` > 0. In the driver
+    does a retry after a worker failure, up to ``max_failures`` times (None: as
+    :func:`deimos_ray.runtime.worker_retries` decides). In the driver
     (``num_workers=0``) the checkpoints are kept in ``storage_path/name/driver/``. The
     loop runs with ``scaling.threads`` PyTorch threads in the driver and in every
     worker alike.
@@ -70,7 +72,7 @@ def fit(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=worker_retries(max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": dataset},
