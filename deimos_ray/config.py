@@ -128,12 +128,16 @@ class ScalingConfig:
             order in which floating-point sums are added up, and self-supervised
             training (DAC above all) amplifies those differences, so one count
             everywhere is what makes a seed give the same model wherever it trains.
+        wait_for_nodes: On a cluster too small for the workers and Ray Data's tasks,
+            wait for resources (an autoscaler that adds nodes on demand) instead of
+            refusing before training (:func:`deimos_ray.runtime.check_room`).
     """
 
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     torch_threads: int | None = None
+    wait_for_nodes: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:

@@ -56,7 +56,7 @@ from deimos_ray.identity import (
 )
 from deimos_ray.metrics import format_table
 from deimos_ray.restarts import fit_restarts
-from deimos_ray.runtime import init_ray, local_cpus_needed
+from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
 from deimos_ray.scoring import score_run, scores_space
 from deimos_ray.train.driver import export_checkpoint
 
@@ -77,6 +77,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     t0 = time.perf_counter()
     at_once = min(cfg.restarts.concurrent, cfg.restarts.count)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
+    check_room(cfg.scaling)
 
     fine_tune = algorithm.fine_tunes_backbone(cfg)
     try:

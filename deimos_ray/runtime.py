@@ -9,6 +9,9 @@ import sys
 
 import ray
 
+from deimos_ray.config import ScalingConfig
+from deimos_ray.errors import UsageError
+
 
 def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
     """Connect to the cluster a job was submitted to, or start a private local instance.
@@ -77,6 +80,7 @@ def _drop_progress_bar_advice(record: logging.LogRecord) -> bool:
 
 
 CLUSTER_RETRIES = 3
+WAIT_VARIABLE = "DEIMOS_RAY_WAIT_FOR_NODES"
 
 
 def on_cluster() -> bool:
@@ -97,6 +101,45 @@ def training_cpus(num_workers: int, cpus_per_worker: float) -> float:
     """Logical CPUs that training needs on a cluster: the workers', and one more so Ray
     Data tasks can run beside them (otherwise they wait forever)."""
     return num_workers * cpus_per_worker + 1
+
+
+def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:
+    """Refuse at once a training the cluster can never run beside Ray Data.
+
+    Ray Train's workers take their CPUs first; Ray Data's tasks (decoding, feeding the
+    workers, assigning) then need at least one more. Without it the workers start and
+    wait forever for their data, silently. A private local instance is started large
+    enough (:func:`local_cpus_needed`); a cluster is what it is, so it is checked here:
+    total CPUs (and GPUs) against :func:`training_cpus`, and one node against one
+    worker. ``extra_cpus`` counts other processes that hold CPUs during training (a Tune
+    trial's own). ``scaling.wait_for_nodes``, or ``DEIMOS_RAY_WAIT_FOR_NODES=1`` in the
+    cluster's environment (``cluster.yaml`` sets it on the head), skips the check, for an
+    autoscaler that adds nodes on demand.
+
+    Raises:
+        UsageError: naming what is missing and the flags that fix it.
+    """
+    if scaling.num_workers == 0 or scaling.wait_for_nodes or os.environ.get(WAIT_VARIABLE) == "1":
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("CPU", 0.0) for n in nodes)
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    need = training_cpus(scaling.num_workers, scaling.cpus_per_worker) + extra_cpus
+    workers = f"{scaling.num_workers} Ray Train worker(s) x {scaling.cpus_per_worker:g} CPU"
+    fix = ("use fewer --num-workers, or --set scaling.cpus_per_worker=0.5 (fractional CPUs), or add "
+           "nodes (--set scaling.wait_for_nodes=true if an autoscaler adds them on demand)")
+    if cpus < need:
+        raise UsageError(f"the cluster has {cpus:g} CPUs and {workers}{' and the trial' if extra_cpus else ''} "
+                         f"need {need:g} (one left for Ray Data's tasks, without which training waits "
+                         f"forever): {fix}")
+    if largest < scaling.cpus_per_worker:
+        raise UsageError(f"no node has {scaling.cpus_per_worker:g} CPUs for one Ray Train worker (the largest "
+                         f"has {largest:g}): {fix}")
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    if scaling.use_gpu and gpus < scaling.num_workers:
+        raise UsageError(f"--use-gpu gives each of {scaling.num_workers} workers a GPU and the cluster has "
+                         f"{gpus:g}: use --num-workers {int(gpus)} or add GPU nodes" if gpus else
+                         "--use-gpu needs GPUs and the cluster has none: drop --use-gpu")
 
 
 def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:

@@ -190,7 +190,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
         settings_identity,
         write_identity,
     )
-    from deimos_ray.runtime import init_ray, local_cpus_needed
+    from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
 
     algorithm = get_algorithm(algorithm_name)
     space = search_space(grid, search)
@@ -207,6 +207,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     check_identity(out, identity, cfg)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * max_concurrent, cfg.scaling.cpus_per_worker)
              + math.ceil(TRIAL_CPUS * max_concurrent))
+    check_room(cfg.scaling, extra_cpus=TRIAL_CPUS)
 
     t0 = time.perf_counter()
     fine_tune = algorithm.fine_tunes_backbone(cfg)
