@@ -24,9 +24,10 @@ OWN_COLUMNS = {
 }
 OWN_SETTINGS = {"dac": {}, "dec": {}, "desom": {"model.map_size": [2, 2]}}
 RESUMED_AT = {"dac": "resumed_at_epoch", "dec": "resumed_at_epoch", "desom": "resumed_at_iteration"}
-# One algorithm goes through Ray Train's worker group (about 30 s to start, twice here),
-# the others train in the driver; every loop's workers are tested in tests/train/.
-NUM_WORKERS = {"dac": 0, "dec": 1, "desom": 0}
+# Every algorithm trains in the driver here (a worker group costs about 30 s to start,
+# twice per test); the jobs run through worker groups in tests/test_worker_failure.py
+# (DEC, two workers) and tests/test_cluster_submit.py (DAC), every loop's in tests/train/.
+NUM_WORKERS = {"dac": 0, "dec": 0, "desom": 0}
 
 
 @pytest.mark.slow
