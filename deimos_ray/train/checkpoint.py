@@ -116,8 +116,8 @@ def latest_state() -> dict[str, Any] | None:
     and the one before it is tried, down to training from the start."""
     if _local_mode():
         return _first_readable(
-            [(directory, functools.partial(load_state, directory)) for directory in reversed(_driver_checkpoint_dirs())],
-            discard=lambda directory: shutil.rmtree(directory, ignore_errors=True))
+            [(d / STATE_FILE, functools.partial(load_state, d)) for d in reversed(_driver_checkpoint_dirs())],
+            discard=lambda state_file: shutil.rmtree(state_file.parent, ignore_errors=True))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
