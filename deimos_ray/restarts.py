@@ -36,7 +36,7 @@ from deimos_ray.assign import (
 )
 from deimos_ray.config import JobConfig, ScalingConfig
 from deimos_ray.consensus import combine_labelings, combine_probabilities
-from deimos_ray.runtime import training_cpus
+from deimos_ray.runtime import shortfall
 from deimos_ray.train.driver import fit
 
 RESTART_SEED_STRIDE = 1000  # restart r trains from seed + 1000 r: apart from nearby user seeds
@@ -121,12 +121,7 @@ def fit_restarts(
 def _warn_if_cluster_too_small(scaling: ScalingConfig, concurrent: int) -> None:
     """Concurrent trainings the cluster cannot hold at once do not fail: they wait for
     resources (or for an autoscaler). Say so, since the wall time then does not shrink."""
-    have = ray.cluster_resources()
-    workers = scaling.num_workers * concurrent
-    need = {"CPU": training_cpus(workers, scaling.cpus_per_worker)}
-    if scaling.use_gpu:
-        need["GPU"] = workers
-    short = {k: (have.get(k, 0), v) for k, v in need.items() if have.get(k, 0) < v}
+    short = shortfall(scaling, trainings=concurrent)
     if short:
         warnings.warn(f"{concurrent} restarts at once need " + ", ".join(f"{v:g} {k}" for k, (_, v) in short.items())
                       + " but the cluster has " + ", ".join(f"{h:g}" for h, _ in short.values())

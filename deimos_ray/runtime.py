@@ -103,6 +103,17 @@ def training_cpus(num_workers: int, cpus_per_worker: float) -> float:
     return num_workers * cpus_per_worker + 1
 
 
+def shortfall(scaling: ScalingConfig, trainings: int = 1, extra_cpus: float = 0.0) -> dict[str, tuple[float, float]]:
+    """What the live cluster lacks for ``trainings`` trainings at once beside Ray Data:
+    ``{"CPU" or "GPU": (the cluster's, needed)}``, empty when they fit."""
+    have = ray.cluster_resources()
+    workers = scaling.num_workers * trainings
+    need = {"CPU": training_cpus(workers, scaling.cpus_per_worker) + extra_cpus}
+    if scaling.use_gpu:
+        need["GPU"] = workers
+    return {k: (have.get(k, 0.0), v) for k, v in need.items() if have.get(k, 0.0) < v}
+
+
 def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:
     """Refuse at once a training the cluster can never run beside Ray Data.
 
@@ -121,25 +132,25 @@ def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:
     """
     if scaling.num_workers == 0 or scaling.wait_for_nodes or os.environ.get(WAIT_VARIABLE) == "1":
         return
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpus = sum(n.get("CPU", 0.0) for n in nodes)
-    largest = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
-    need = training_cpus(scaling.num_workers, scaling.cpus_per_worker) + extra_cpus
+    short = shortfall(scaling, extra_cpus=extra_cpus)
+    largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
     workers = f"{scaling.num_workers} Ray Train worker(s) x {scaling.cpus_per_worker:g} CPU"
     fix = ("use fewer --num-workers, or --set scaling.cpus_per_worker=0.5 (fractional CPUs), or add "
            "nodes (--set scaling.wait_for_nodes=true if an autoscaler adds them on demand)")
-    if cpus < need:
+    if "CPU" in short:
+        cpus, need = short["CPU"]
         raise UsageError(f"the cluster has {cpus:g} CPUs and {workers}{' and the trial' if extra_cpus else ''} "
                          f"need {need:g} (one left for Ray Data's tasks, without which training waits "
                          f"forever): {fix}")
     if largest < scaling.cpus_per_worker:
         raise UsageError(f"no node has {scaling.cpus_per_worker:g} CPUs for one Ray Train worker (the largest "
                          f"has {largest:g}): {fix}")
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    if scaling.use_gpu and gpus < scaling.num_workers:
+    if "GPU" in short:
+        gpus = int(short["GPU"][0])
+        if gpus == 0:
+            raise UsageError("--use-gpu needs GPUs and the cluster has none: drop --use-gpu")
         raise UsageError(f"--use-gpu gives each of {scaling.num_workers} workers a GPU and the cluster has "
-                         f"{gpus:g}: use --num-workers {int(gpus)} or add GPU nodes" if gpus else
-                         "--use-gpu needs GPUs and the cluster has none: drop --use-gpu")
+                         f"{gpus}: use --num-workers {gpus} or add GPU nodes")
 
 
 def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:
