@@ -57,7 +57,7 @@ from deimos_ray.config import load_yaml, override_all, parse_override, stored_se
 from deimos_ray.job import run_training_job  # noqa: E402
 from deimos_ray.metrics import HELDOUT_PREFIX  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402
-from deimos_ray.runtime import init_ray  # noqa: E402
+from deimos_ray.runtime import init_ray, local_cpus_needed  # noqa: E402
 
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
@@ -237,7 +237,7 @@ def main() -> int:
                     build_config(dataset, method, args.seeds[0], args, backbone)
     except (ValueError, FileNotFoundError) as e:
         p.error(f"{dataset} {method}: {e}")
-    init_ray(quiet=True)
+    init_ray(num_cpus=local_cpus_needed(args.num_workers, 1.0), quiet=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="deimos_bench_"))
     args.feature_cache = workdir / "feature-cache"
     rows = []

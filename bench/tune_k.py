@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
 from deimos_ray.config import override_all  # noqa: E402
-from deimos_ray.runtime import init_ray  # noqa: E402
 from deimos_ray.tune import run_sweep  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -89,7 +88,6 @@ def main() -> None:
                    "a finished sweep found there is restored, not rerun")
     args = p.parse_args()
     args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="tune_k-"))).resolve()
-    init_ray(quiet=True)
 
     rows, timings = [], []
     for dataset in args.datasets:
