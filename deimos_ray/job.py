@@ -129,7 +129,8 @@ def run_identity(algorithm: Algorithm, cfg: JobConfig, data: PreparedData) -> di
 
 
 def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_dir: str | Path,
-                 data_s: float = 0.0) -> dict[str, Any]:
+                 data_s: float = 0.0, progress_rows: int = 0,
+                 callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train, assign, check and score on rows already prepared; write ``metrics.json``.
 
     Args:
@@ -139,6 +140,10 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
             trainings.
         out_dir: The run directory (checkpoints, assignments, metrics).
         data_s: Seconds spent preparing ``data``, for ``timings_s``.
+        progress_rows: With more than 0, every epoch reports the silhouette of the
+            model's current clusters on this many rows
+            (:class:`deimos_ray.train.common.ProgressProbe`; a sweep's early stopping).
+        callbacks: Ray Train callbacks of each training (a sweep's report to Tune).
 
     Returns:
         The metrics dict: accounting, scores, training summary, restarts, timings.
@@ -154,13 +159,13 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
 
     t = time.perf_counter()
     loop_config = {"model": to_dict(cfg.model), "seed": cfg.seed, "input_shape": list(data.input_shape),
-                   "checkpoint_interval_s": cfg.checkpoint_interval_s}
+                   "checkpoint_interval_s": cfg.checkpoint_interval_s, "progress_rows": progress_rows}
     if algorithm.fine_tunes_backbone(cfg):
         loop_config["backbone"] = {"name": cfg.features.backbone, "weights": cfg.features.weights,
                                    "image_size": data.spec.size[0]}
     rows = algorithm.training_rows(cfg, data)
     results, restarts, kept = fit_restarts(algorithm.train_loop, loop_config, rows, cfg, out,
-                                           algorithm.final_loss, job)
+                                           algorithm.final_loss, job, callbacks)
     checkpoint = export_checkpoint(results[kept], out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
 

@@ -50,6 +50,7 @@ def fit_restarts(
     out: Path,
     objective: Callable[[dict[str, Any]], float],
     job: str,
+    callbacks: list[Any] | None = None,
 ) -> tuple[list[ray.train.Result], list[dict[str, Any]] | None, int]:
     """Train once, or ``cfg.restarts.count`` times from seeds ``seed + 1000 r``,
     ``cfg.restarts.concurrent`` at a time.
@@ -60,13 +61,13 @@ def fit_restarts(
     ``train-restart{r}``, so a rerun resumes each where it stopped. Concurrent restarts
     are separate Ray Train runs started from threads of this driver; each record's
     ``started_s`` and ``finished_s`` (seconds after the first start) show how they
-    overlapped. If one fails, no further restart starts, the running ones finish (their
+    overlapped. ``callbacks`` go to every training's Ray Train run. If one fails, no further restart starts, the running ones finish (their
     checkpoints let a rerun resume them), and the error is raised.
     """
     restarts = cfg.restarts.count
     if restarts == 1:
         return [fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
-                    max_failures=cfg.max_failures)], None, 0
+                    max_failures=cfg.max_failures, callbacks=callbacks)], None, 0
     concurrent = min(cfg.restarts.concurrent, restarts)
     if concurrent > 1:
         _warn_if_cluster_too_small(cfg.scaling, concurrent)
@@ -82,7 +83,8 @@ def fit_restarts(
         r = record["restart"]
         try:
             result = fit(train_loop, {**loop_config, "seed": record["seed"]}, rows, cfg.scaling, out / "ray",
-                         name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures)
+                         name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures,
+                         callbacks=callbacks)
         except BaseException:
             failed.set()
             raise

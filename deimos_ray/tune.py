@@ -31,6 +31,14 @@ run folder), and the best trial's clustering as the sweep's own ``assignments/``
 its ``report/index.html`` (:mod:`deimos_ray.report`).
 A rerun with the same ``DIR`` resumes the sweep (Tune's restore): finished trials are
 kept, unfinished ones train again.
+
+Early stopping (``scheduler="asha"``, off by default: a grid over k should train every
+k to the end) stops trials by Tune's ASHA on a per-epoch label-free score: the
+silhouette of the model's current clusters on a fixed sample of rows in the model's
+input space (:class:`deimos_ray.train.common.ProgressProbe`; DEC reports it from its
+self-training phase on, DESOM's clusters are its map nodes). A trial stopped early
+has no assignments and no objective; its row in the trials table says so, and it is
+never chosen.
 """
 
 from __future__ import annotations
@@ -53,8 +61,10 @@ from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data
 from deimos_ray.files import copy_dir, write_atomic, write_json
 from deimos_ray.job import draw_report
 from deimos_ray.metrics import internal_scores
+from deimos_ray.train.common import PROGRESS_SCORE
 
 SEARCHES = ("grid", "random")
+SCHEDULERS = ("fifo", "asha")  # fifo: every trial trains to the end
 OBJECTIVE = "objective"
 LABEL_SCORES = ("accuracy", "nmi", "ari", "purity")
 REFERENCE_DIMS = 50  # PCA components of the pixel reference space
@@ -119,10 +129,31 @@ def stability(run_dir: Path) -> float | None:
     return float(np.mean(aris))
 
 
+def _progress_to_tune() -> Any:
+    """A Ray Train callback that hands rank 0's per-epoch :data:`PROGRESS_SCORE` to Tune
+    (what ASHA stops by) and nothing else: the loops' other reports carry no score, and
+    Tune refuses a result without the scheduler's metric."""
+    from ray.train.v2.api.callback import UserCallback
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ProgressToTune(UserCallback):
+        def __init__(self) -> None:
+            self.forward = TuneReportCallback()  # made in the trial, where Tune's session is
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if PROGRESS_SCORE in metrics[0]:
+                self.forward.after_report(run_context, [{PROGRESS_SCORE: metrics[0][PROGRESS_SCORE],
+                                                         "epoch": metrics[0].get("epoch")}], None)
+
+    return ProgressToTune()
+
+
 def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any], data: PreparedData,
-           out: str, reference: tuple[np.ndarray, np.ndarray], min_cluster_fraction: float) -> None:
+           out: str, reference: tuple[np.ndarray, np.ndarray], min_cluster_fraction: float,
+           progress_rows: int = 0) -> None:
     """One Tune trial: a full training through the job spine in ``out/trials/<trial>``,
-    then its scores in the reference space, reported to Tune."""
+    then its scores in the reference space, reported to Tune. With ``progress_rows``
+    (early stopping) every epoch's progress score reaches Tune first."""
     from ray import tune
 
     from deimos_ray.job import run_prepared
@@ -131,7 +162,8 @@ def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any],
     cfg = override_all(from_dict(algorithm.config_class, base), config)
     trial_dir = Path(out) / "trials" / tune.get_context().get_trial_id()
     t0 = time.perf_counter()
-    metrics = run_prepared(algorithm, cfg, data, trial_dir)
+    early = {"progress_rows": progress_rows, "callbacks": [_progress_to_tune()]} if progress_rows else {}
+    metrics = run_prepared(algorithm, cfg, data, trial_dir, **early)
     train_s = time.perf_counter() - t0
     rows = pd.read_parquet(trial_dir / "assignments", columns=["id", "cluster"]).set_index("id")["cluster"]
     ids, x = reference
@@ -139,9 +171,10 @@ def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any],
     scores = objective_scores(x, rows.loc[ids].to_numpy(), rows.to_numpy(), k, min_cluster_fraction, cfg.seed)
     model = metrics["scores"][algorithm.model_name(cfg)]
     labelled = {f"label_{name}": model[name] for name in LABEL_SCORES if name in model}
+    # NaN progress: Tune wants the scheduler's metric in every result; ASHA ignores NaN.
     tune.report({**scores, "k": k, "silhouette_embedding": model.get("silhouette_embedding"),
                  "stability": stability(trial_dir), "train_s": train_s,
-                 "trial_dir": str(trial_dir), **labelled})
+                 "trial_dir": str(trial_dir), **labelled, PROGRESS_SCORE: float("nan")})
 
 
 def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
@@ -164,7 +197,8 @@ def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
 
 def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], out_dir: str | Path,
               search: str = "grid", samples: int = 1, max_concurrent: int = 1,
-              sample_size: int = 2000, min_cluster_fraction: float = 0.005) -> pd.DataFrame:
+              sample_size: int = 2000, min_cluster_fraction: float = 0.005, scheduler: str = "fifo",
+              grace_period: int = 2, reduction_factor: int = 3, progress_rows: int = 500) -> pd.DataFrame:
     """Run a sweep into ``out_dir`` (module docstring) and return the trials table.
 
     Args:
@@ -177,6 +211,11 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
         max_concurrent: Trials training at the same time.
         sample_size: Rows of the scored sample.
         min_cluster_fraction: Share of the rows below which a cluster counts as collapsed.
+        scheduler: ``fifo`` (every trial to the end) or ``asha`` (early stopping, module
+            docstring).
+        grace_period: ASHA: epochs every trial trains before it can be stopped.
+        reduction_factor: ASHA: at each rung only the best 1 / ``reduction_factor`` go on.
+        progress_rows: ASHA: rows of the per-epoch progress score.
 
     Raises:
         ValueError: Bad settings (before any work), or every trial failed.
@@ -200,10 +239,18 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
         raise ValueError("a sweep trains each trial in Ray Train workers: scaling.num_workers must be >= 1")
     if samples < 1 or max_concurrent < 1:
         raise ValueError("samples and max_concurrent must be >= 1")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if scheduler == "asha":
+        if grace_period < 1 or reduction_factor < 2 or progress_rows < 2:
+            raise ValueError("ASHA needs --grace-period >= 1, --reduction-factor >= 2 and progress_rows >= 2")
+        if cfg.restarts.count > 1:
+            raise ValueError("--scheduler asha stops a trial by its epochs; with --restarts-per-trial the "
+                             "restarts' epochs would mix: use one or the other")
     out = Path(out_dir).resolve()
     identity = {**settings_identity(f"tune_sweep:{algorithm_name}", cfg),
                 "sweep": {"grid": {key: list(values) for key, values in grid.items()}, "search": search,
-                          "samples": samples}}
+                          "samples": samples, "scheduler": scheduler}}
     check_identity(out, identity, cfg)
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * max_concurrent, cfg.scaling.cpus_per_worker)
              + math.ceil(TRIAL_CPUS * max_concurrent))
@@ -227,17 +274,25 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, algorithm_name=algorithm_name, base=to_dict(cfg), data=data, out=str(out),
-                             reference=reference[:2], min_cluster_fraction=min_cluster_fraction),
+                             reference=reference[:2], min_cluster_fraction=min_cluster_fraction,
+                             progress_rows=progress_rows if scheduler == "asha" else 0),
         {"cpu": TRIAL_CPUS})
     storage = out / "tune"
     if tune.Tuner.can_restore(storage / "sweep"):
         print(f"[tune_sweep] resuming the sweep in {storage / 'sweep'}", flush=True)
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
     else:
+        # No metric for Tune itself: the best trial is chosen from the trials table (and
+        # ASHA, when on, brings its own metric).
+        early = None
+        if scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            early = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS_SCORE, mode="max",
+                                  max_t=1_000_000, grace_period=grace_period, reduction_factor=reduction_factor)
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", num_samples=samples,
-                                        max_concurrent_trials=max_concurrent),
+            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=early),
             run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
     t = time.perf_counter()
     results = tuner.fit()
@@ -245,20 +300,24 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
 
     trials = trials_table(results, list(grid))
     trials.attrs["sweep_s"] = sweep_s
-    if trials.empty:
-        raise ValueError(f"every trial failed: {[str(e) for e in results.errors][:3]}")
+    finished = trials[trials["status"] == "finished"] if not trials.empty else trials
+    if finished.empty:
+        raise ValueError(f"no trial finished: {[str(e) for e in results.errors][:3]}")
     write_atomic(out / "trials.parquet", lambda tmp: trials.to_parquet(tmp, index=False))
-    best = trials.loc[trials[OBJECTIVE].idxmax()]
+    best = finished.loc[finished[OBJECTIVE].idxmax()]
     best_cfg = override_all(cfg, {key: _plain(best[key]) for key in grid})
     save_yaml(best_cfg, out / "best_config.yaml")
-    plot_scores(trials, out / "score_vs_k.png", int(best["k"]))
+    plot_scores(finished, out / "score_vs_k.png", int(best["k"]))
+    stopped = len(trials) - len(finished)
     _adopt_trial(Path(best["trial_dir"]), out, {
         "objective": "silhouette in the reference space - collapsed clusters / k",
         "reference_space": reference[2], "chosen_by": OBJECTIVE, "search": search,
-        "trials": len(trials), "failed_trials": len(results.errors),
+        "trials": len(trials), "failed_trials": len(results.errors), "scheduler": scheduler,
+        "stopped_early": stopped,
         "best": {key: _plain(best[key]) for key in (*grid, OBJECTIVE, "silhouette", "davies_bouldin")},
         "timings_s": {"data_s": data_s, "sweep_s": sweep_s}})
-    print(f"[tune_sweep] {len(trials)} trials in {sweep_s:.0f} s; chosen by the objective: "
+    print(f"[tune_sweep] {len(trials)} trials in {sweep_s:.0f} s"
+          + (f" ({stopped} stopped early by ASHA)" if scheduler == "asha" else "") + "; chosen by the objective: "
           + ", ".join(f"{key}={_plain(best[key])}" for key in grid)
           + f" (objective {best[OBJECTIVE]:.4f}, silhouette {best['silhouette']:.4f})", flush=True)
     draw_report(out, "tune_sweep")
@@ -266,14 +325,20 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
 
 
 def trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
-    """One row per finished trial: its swept settings, every score, its folder."""
+    """One row per trial that did not fail: its swept settings, its ``status``
+    (``finished``, or ``stopped early`` by ASHA: then only its last progress score and
+    epochs), every score, its folder."""
     rows = []
     for result in results:
-        if result.error is not None or not result.metrics or OBJECTIVE not in result.metrics:
+        if result.error is not None or not result.metrics:
             continue
         metrics = result.metrics
-        rows.append({"trial_id": metrics.get("trial_id"), **{key: result.config[key] for key in keys},
-                     **{name: metrics[name] for name in metrics if _is_score(name)}})
+        row = {"trial_id": metrics.get("trial_id"), **{key: result.config[key] for key in keys}}
+        if OBJECTIVE in metrics:
+            rows.append({**row, "status": "finished", **{name: metrics[name] for name in metrics if _is_score(name)}})
+        elif PROGRESS_SCORE in metrics:
+            rows.append({**row, "status": "stopped early", PROGRESS_SCORE: metrics[PROGRESS_SCORE],
+                         "progress_reports": metrics.get("training_iteration")})
     return pd.DataFrame(rows).sort_values(keys, kind="stable").reset_index(drop=True) if rows else pd.DataFrame()
 
 

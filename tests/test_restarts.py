@@ -46,7 +46,7 @@ def test_a_failing_concurrent_restart_stops_the_ones_not_started(monkeypatch, tm
     started, finished = [], []
     zero_running = threading.Event()
 
-    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures):
+    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures, callbacks):
         started.append(name)
         if name == "train":
             zero_running.set()

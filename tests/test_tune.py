@@ -127,6 +127,37 @@ def test_an_interrupted_sweep_over_k_resumes_keeping_its_finished_trial_and_ends
     assert "score_vs_k.png" in page and (out / "report" / "score_vs_k.png").is_file()
 
 
+@pytest.mark.slow
+def test_asha_stops_a_trailing_trial_and_the_next_trial_still_gets_workers(ray_session, tmp_path):
+    out = tmp_path / "sweep"
+    # Reduction factor 100: at the first rung a trial goes on only if it leads every trial
+    # before it there; one trial at a time, in the order of k.
+    argv = ["--algorithm", "dec", "--smoke-test", "--limit", "200", "--k", "2", "3", "4", "--scheduler", "asha",
+            "--grace-period", "1", "--reduction-factor", "100", "--out", str(out)]
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    # A process of its own: a stopped trial that kept its Ray Train workers (the hazard of
+    # ray-project/ray#54305) would leave the next one waiting for good, and the timeout
+    # fails the test instead of hanging it.
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "tune_sweep.py"), *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = pd.read_parquet(out / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
+    assert trials.loc[0, "status"] == "finished"  # the first trial leads at every rung it reaches
+    stopped = trials.index[trials["status"] == "stopped early"].tolist()
+    # A trial before the last was stopped, and every trial has its row: the one after the
+    # stopped trial was given workers and trained.
+    assert stopped and stopped[0] < 2, trials[["model.n_clusters", "status", "progress_silhouette"]]
+    assert trials["model.n_clusters"].tolist() == [2, 3, 4]
+    # Stopped at the first rung, after one progress report, with no clustering of its own.
+    assert (trials.loc[stopped, "progress_reports"] == 1).all()
+    assert not any((out / "trials" / trials.loc[i, "trial_id"] / "assignments").exists() for i in stopped)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sweep"]["stopped_early"] == len(stopped) and metrics["sweep"]["scheduler"] == "asha"
+    assert metrics["sweep"]["best"]["model.n_clusters"] in trials.loc[trials["status"] == "finished",
+                                                                      "model.n_clusters"].tolist()
+    assert "stopped early by ASHA" in done.stdout
+
+
 def test_bad_sweep_settings_fail_before_any_work(tmp_path, capsys):
     job = load_job("tune_sweep")
     args = job.get_args_parser().parse_args(["--algorithm", "dec", "--grid", "model.lr", "--out", str(tmp_path)])

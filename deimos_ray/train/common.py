@@ -1,6 +1,7 @@
 """Pieces every training loop shares: reading a worker's shard, batches with the same
-number of steps on every rank, global counts, the clock that paces reports, and the
-check that a checkpoint may be resumed."""
+number of steps on every rank, global counts, the clock that paces reports, the score
+a sweep's early stopping compares trials by, and the check that a checkpoint may be
+resumed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from deimos_ray.train import collective as C
 
 FEATURE_COLUMN = "x"
+PROGRESS_SCORE = "progress_silhouette"  # the per-epoch score ASHA compares trials by
 
 
 def load_shard(shard: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -84,6 +86,43 @@ class CheckpointClock:
         if due:
             self.last = now
         return due
+
+
+class ProgressProbe:
+    """The label-free score a sweep's early stopping (ASHA) compares trials by at equal
+    progress: the silhouette of the model's current clusters on a fixed, seeded sample of
+    ``rows`` of rank 0's shard, in the model's input space (the pixels or the cached
+    features, which every trial of a sweep shares, so the scores are comparable across
+    trials and k). A sample that falls in one cluster scores -1, the worst.
+
+    ``rows=0`` (the jobs' default) switches it off: loops then report only when their
+    :class:`CheckpointClock` is due. When on, they report every epoch (each report can
+    block up to 2 s: the cost of early stopping), with the score from rank 0 only, the
+    rank whose report reaches Tune.
+    """
+
+    def __init__(self, x_local: torch.Tensor, rows: int, seed: int):
+        self.on = rows > 0
+        self.scored = self.on and C.rank() == 0
+        if self.scored:
+            pick = np.random.default_rng(seed).choice(len(x_local), min(rows, len(x_local)), replace=False)
+            self.index = torch.from_numpy(np.sort(pick))
+            self.x = x_local[self.index]
+            self.flat = self.x.reshape(len(self.x), -1).numpy()
+
+    def score(self, labels_of: Any) -> dict[str, float]:
+        """``{PROGRESS_SCORE: silhouette}`` with ``labels_of(self.x)`` (or of this probe
+        itself, for a loop that holds its rows' labels), or ``{}`` on ranks that do not score."""
+        if not self.scored:
+            return {}
+        from sklearn.metrics import silhouette_score
+
+        with torch.no_grad():
+            labels = labels_of(self)
+        labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if len(np.unique(labels)) < 2:
+            return {PROGRESS_SCORE: -1.0}
+        return {PROGRESS_SCORE: float(silhouette_score(self.flat, labels))}
 
 
 class Batches:

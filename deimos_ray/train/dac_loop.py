@@ -155,6 +155,16 @@ def chunk_step_loss(
     return _loss_and_stats(features @ features.T, same, different, valid, known, known, cfg, False)
 
 
+def _predict(net: DACNet, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The cluster (the largest logit) of each row of ``x``, in eval mode."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        clusters = torch.cat([net(part.to(device)).argmax(dim=1).cpu() for part in common.batched(x)])
+    net.train(was_training)
+    return clusters
+
+
 def _learn(opt: torch.optim.Optimizer, loss: torch.Tensor, stats: dict[str, Any], sums: dict[str, Any]) -> None:
     """One optimiser step; the step's statistics are added to the epoch's ``sums``."""
     opt.zero_grad()
@@ -209,6 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ddp = C.wrap_ddp(net, device)
     opt = torch.optim.RMSprop(net.parameter_groups(cfg), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
 
     epoch, lam, history, resumed_at = 0, 0.0, [], None
     state = latest_state()
@@ -251,11 +262,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(record)
         _log(common.format_metrics(record, 4))
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
-        if not clock.due(final=schedule_done(cfg, lam, epoch)):
+        due = clock.due(final=schedule_done(cfg, lam, epoch))
+        if not due and not probe.on:
             continue
         report_epoch(
-            {"phase": "dac", **record},
-            {
+            {"phase": "dac", **record, **probe.score(lambda p: _predict(net, p.x, device))},
+            None if not due else {
                 "algorithm": "dac",
                 "config": to_dict(cfg),
                 "input_shape": list(input_shape),

@@ -243,7 +243,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         init_centres(cfg, model, x_local, device, seed)
         _log("centres initialised by k-means")
         state = None  # clustering starts from scratch
-    summary = cluster(cfg, model, x_local, batches, device, state, base_state, clock)
+    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
+    summary = cluster(cfg, model, x_local, batches, device, state, base_state, clock, probe)
     return {**summary, "resumed_from": resumed_from}
 
 
@@ -256,9 +257,12 @@ def cluster(
     state: dict[str, Any] | None,
     base_state: dict[str, Any],
     clock: CheckpointClock,
+    probe: common.ProgressProbe,
 ) -> dict[str, Any]:
     """DEC's self-training phase; reports with checkpoints follow ``clock`` and always
-    close the phase."""
+    close the phase. With ``probe`` on, every epoch also reports the silhouette of the
+    labels of the latest target update (the pretraining phase reports none: it has no
+    clusters yet)."""
     net = C.wrap_ddp(model, device)
     opt_name, lr = cfg.cluster_optimizer
     opt = make_optimizer(opt_name, [p for p in net.parameters() if p.requires_grad], lr)
@@ -309,10 +313,11 @@ def cluster(
         }
         if _should_log(epoch - 1, cfg.epochs) or converged:
             _log(common.format_metrics(metrics))
-        if not clock.due(final=converged or epoch >= cfg.epochs):
+        due = clock.due(final=converged or epoch >= cfg.epochs)
+        if not due and not probe.on:
             continue
         report_epoch(
-            metrics,
+            {**metrics, **probe.score(lambda p, labels=labels_prev: labels[p.index])},
             {
                 **base_state,
                 "phase": "cluster",
@@ -323,7 +328,7 @@ def cluster(
                 "model": model.state_dict(),
                 "target_model": target_model.state_dict(),
                 "optimizer": opt.state_dict(),
-            },
+            } if due else None,
         )
     return {"epochs": epoch, "steps": step, "converged": converged, "delta_label": delta,
             "resumed_at_epoch": resumed_at}

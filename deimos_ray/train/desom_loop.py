@@ -82,6 +82,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     net = C.wrap_ddp(model, device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
+    # The probe's clusters are the map nodes (the merge into k clusters happens at the end).
+    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
 
     iteration, epoch, resumed_at = 0, 0, None
     state = latest_state()
@@ -118,12 +120,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if epoch == 1 or iteration >= cfg.iterations or epoch % max(1, (cfg.iterations // batches.steps) // 10) == 0:
             _log(common.format_metrics(record))
         final = iteration >= cfg.iterations
-        if not clock.due(final=final):
+        due = clock.due(final=final)
+        if not due and not probe.on:
             continue
         clusters = final_node_clusters(model, x_local, cfg, seed) if final else None
         report_epoch(
-            {"phase": "desom", **record},
-            {
+            {"phase": "desom", **record, **probe.score(lambda p: _nodes(model, p.x, device))},
+            None if not due else {
                 "algorithm": "desom",
                 "config": to_dict(cfg),
                 "input_shape": list(input_shape),
@@ -136,4 +139,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             },
         )
     return {"iterations": iteration, "resumed_at_iteration": resumed_at, **record}
+
+
+def _nodes(model: DESOM, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The best-matching map node of each row of ``x``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        nodes = torch.cat([model(part.to(device))[2].argmin(dim=1).cpu() for part in common.batched(x)])
+    model.train(was_training)
+    return nodes
 

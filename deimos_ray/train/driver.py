@@ -44,6 +44,7 @@ def fit(
     storage_path: str | Path,
     name: str = "train",
     max_failures: int | None = None,
+    callbacks: list[Any] | None = None,
 ) -> ray.train.Result:
     """Run ``train_loop`` on ``scaling.num_workers`` workers over ``dataset``.
 
@@ -53,7 +54,7 @@ def fit(
     :func:`deimos_ray.runtime.worker_retries` decides). In the driver
     (``num_workers=0``) the checkpoints are kept in ``storage_path/name/driver/``. The
     loop runs with ``scaling.threads`` PyTorch threads in the driver and in every
-    worker alike.
+    worker alike. ``callbacks`` are Ray Train callbacks of the run (a sweep's report to Tune).
 
     Raises:
         ray.train.TrainingFailedError: the loop raised on some worker.
@@ -74,6 +75,7 @@ def fit(
             storage_path=str(Path(storage_path).resolve()),
             failure_config=ray.train.FailureConfig(max_failures=worker_retries(max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets={"train": dataset},
     )

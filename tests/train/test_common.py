@@ -1,5 +1,6 @@
 """Helpers every training loop shares: reading a shard into memory, log lines, the
-thread count a loop trains with, batches of equal steps, and the report clock."""
+thread count a loop trains with, batches of equal steps, the report clock, and the
+progress score of early stopping."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import ray
 import torch
 
 from deimos_ray.config import ScalingConfig
-from deimos_ray.train.common import Batches, CheckpointClock, format_metrics, load_columns
+from deimos_ray.train.common import (
+    PROGRESS_SCORE,
+    Batches,
+    CheckpointClock,
+    ProgressProbe,
+    format_metrics,
+    load_columns,
+)
 from deimos_ray.train.driver import fit
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -78,3 +86,19 @@ def test_the_checkpoint_clock_reports_at_the_interval_and_at_the_end():
     assert not clock.due()
     assert clock.due(final=True)
     assert CheckpointClock(interval_s=0).due()
+
+
+def test_the_progress_probe_scores_a_fixed_sample_separated_high_and_one_cluster_worst():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.concatenate([rng.normal(0, 0.1, (40, 1, 2, 2)), rng.normal(5, 0.1, (40, 1, 2, 2))])
+                         .astype(np.float32))
+    probe = ProgressProbe(x, rows=30, seed=3)
+    assert len(probe.x) == 30 and torch.equal(probe.x, x[probe.index])
+    assert torch.equal(ProgressProbe(x, rows=30, seed=3).index, probe.index)  # the same rows every epoch and trial
+    truth = (probe.x.flatten(1).mean(dim=1) > 2.5).long()
+    assert probe.score(lambda p: truth)[PROGRESS_SCORE] > 0.9
+    mixed = torch.arange(30) % 2
+    assert probe.score(lambda p: mixed)[PROGRESS_SCORE] < 0.1
+    assert probe.score(lambda p: torch.zeros(30))[PROGRESS_SCORE] == -1.0
+    off = ProgressProbe(x, rows=0, seed=3)
+    assert not off.on and off.score(lambda p: truth) == {}
