@@ -10,8 +10,9 @@ run's layout: ``assignments/`` (the same Parquet schema), ``rejected.parquet``,
 and ``report/index.html``.
 
 A run with restarts assigns with every restart's model and combines them as the run did,
-each restart's clusters matched (Hungarian) to the run's final clusters on the run's own
-rows: DAC averages the matched probabilities; DESOM votes, a tie going to the exported
+each restart's clusters matched to the combined ones as the run matched them (the
+matching its consensus saved; without it, Hungarian against the run's final clusters on
+its own rows): DAC averages the matched probabilities; DESOM votes, a tie going to the exported
 restart (the run's own vote breaks ties by its consensus partition, which new rows do not
 have). DAC's small-cluster merge is applied as the run applied it. Assigning
 the training images again gives the run's clusters.
@@ -176,11 +177,15 @@ def combine_restarts(name: str, k: int, run: Path, checkpoints: list[Path], rows
     write their combination as ``out/assignments`` (module docstring)."""
     kept = _kept_restart(run_metrics)
     final = pq.read_table(run / "assignments", columns=["id", "cluster"]).to_pandas().set_index("id")["cluster"]
+    saved = read_metadata(run / "assignments").get("consensus", {}).get("orders")
     parts, orders = [], []
-    for checkpoint in checkpoints:
+    for i, checkpoint in enumerate(checkpoints):
         r = checkpoint.parent.name
-        mine = pq.read_table(run / "restarts" / r / "assignments", columns=["id", "cluster"]).to_pandas()
-        orders.append(match_clusters(mine["cluster"].to_numpy(), final.loc[mine["id"]].to_numpy(), k))
+        if saved is not None:  # the run's own matching of this restart's clusters
+            orders.append(np.asarray(saved[i], dtype=np.int64))
+        else:  # a run from before the matching was saved: match again on the run's rows
+            mine = pq.read_table(run / "restarts" / r / "assignments", columns=["id", "cluster"]).to_pandas()
+            orders.append(match_clusters(mine["cluster"].to_numpy(), final.loc[mine["id"]].to_numpy(), k))
         parts.append(write_assignments(rows, checkpoint, out / "restarts" / r / "assignments", metadata,
                                        use_gpu=use_gpu))
     if name == "dac":

@@ -67,13 +67,17 @@ def match_clusters(labels: np.ndarray, reference: np.ndarray, k: int) -> np.ndar
     return order
 
 
-def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0,
-                          n_init: int = 10) -> tuple[np.ndarray, list[float]]:
+def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0, n_init: int = 10,
+                          orders: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
     """The three steps of the module docstring.
 
     Args:
         probabilities: Each member's (rows, k) cluster probabilities, rows in one order.
         seed, n_init: For the reference partition's k-means.
+        orders: When given, each member's matching (its cluster ``c`` is the combined
+            cluster ``order[c]``) is appended to it, for applying the combination to
+            other rows: where clusters are empty or ambiguous, matching them again
+            against the combined clusters could pair them differently.
 
     Returns:
         The averaged (rows, k) probabilities, columns in the reference's order, and per
@@ -90,6 +94,8 @@ def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0,
     matched_labels = []
     for p, labels in zip(probabilities, labelings, strict=True):
         order = match_clusters(labels, reference, k)
+        if orders is not None:
+            orders.append(order)
         matched = np.empty_like(p)
         matched[:, order] = p
         mean += matched / len(probabilities)
@@ -99,8 +105,8 @@ def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0,
     return mean, agreement
 
 
-def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0,
-                      n_init: int = 10) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0, n_init: int = 10,
+                      orders: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """The module docstring's steps for members that give one cluster per row: a vote.
 
     Each member's clusters are matched to the reference partition's; every row takes
@@ -111,6 +117,8 @@ def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0,
         labelings: Each member's cluster per row (0 .. k-1), rows in one order.
         k: Number of clusters.
         seed, n_init: For the reference partition's k-means.
+        orders: When given, each member's matching is appended to it
+            (:func:`combine_probabilities`).
 
     Returns:
         The combined cluster per row, the share of members that gave each row that
@@ -123,7 +131,10 @@ def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0,
     votes = np.zeros((len(reference), k), dtype=np.int64)
     matched_labels = []
     for labels in labelings:
-        matched = match_clusters(labels, reference, k)[labels]
+        order = match_clusters(labels, reference, k)
+        if orders is not None:
+            orders.append(order)
+        matched = order[labels]
         votes[rows, matched] += 1
         matched_labels.append(matched)
     top = votes.max(axis=1)

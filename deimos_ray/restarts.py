@@ -190,10 +190,12 @@ def combine_dac_assignments(sources: list[Path], destination: str | Path, seed: 
         Each source's agreement with the combined clusters (share of rows).
     """
     table, probabilities = read_dac_probabilities(sources)
-    mean, agreement = combine_probabilities(probabilities, seed)
+    orders: list[np.ndarray] = []
+    mean, agreement = combine_probabilities(probabilities, seed, orders=orders)
     for name, values in dac_probability_columns(torch.from_numpy(mean)).items():
         table = table.set_column(table.schema.get_field_index(name), name, values)
-    _write_combined(table, sources, 0, destination, {"agreement": agreement})
+    _write_combined(table, sources, 0, destination,
+                    {"agreement": agreement, "orders": [order.tolist() for order in orders]})
     return agreement
 
 
@@ -212,9 +214,11 @@ def combine_desom_assignments(sources: list[Path], destination: str | Path, k: i
         Each source's agreement with the combined clusters (share of rows).
     """
     table, labelings = read_aligned(sources, "cluster", base=kept)
-    combined, share, agreement = combine_labelings(labelings, k, seed)
+    orders: list[np.ndarray] = []
+    combined, share, agreement = combine_labelings(labelings, k, seed, orders=orders)
     table = table.set_column(table.schema.get_field_index("cluster"), "cluster",
                              pa.array(combined, pa.int32()))
     table = table.append_column("confidence", pa.array(share, pa.float32()))
-    _write_combined(table, sources, kept, destination, {"kept": kept, "agreement": agreement})
+    _write_combined(table, sources, kept, destination,
+                    {"kept": kept, "agreement": agreement, "orders": [order.tolist() for order in orders]})
     return agreement

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.algorithms.dac import known_label_mask
+from deimos_ray.apply import assign_new
 from deimos_ray.assign import read_metadata
 from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
@@ -67,7 +68,9 @@ def test_restarts_are_combined_by_consensus_and_resume(ray_session, tmp_path):
     out = tmp_path / "run"
     job = load_job("train_dac")
     parser = job.get_args_parser()
-    restarts = ["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2"]
+    # The reference recipe for 4 epochs: unlike the smoke test's 2, the runs find several clusters.
+    restarts = ["--out", str(out), "--smoke-test", "--limit", "60", "--restarts", "2", "--recipe", "reference",
+                "--set", "model.epochs=4"]
     # Trained at the same time, the two restarts overlap.
     assert job.main(parser.parse_args([*restarts, "--concurrent-restarts", "2"])) == 0
 
@@ -96,6 +99,11 @@ def test_restarts_are_combined_by_consensus_and_resume(ray_session, tmp_path):
     assert (final["cluster"].to_numpy() == mean.argmax(axis=1)).all()
     assert [r["agreement"] for r in records] == pytest.approx(agreement)
     assert read_metadata(out / "assignments")["consensus"]["agreement"] == pytest.approx(agreement)
+    # Assigned again with both restarts' models, the training images keep the run's clusters.
+    assert final["cluster"].nunique() >= 2
+    assign_new(out, "digits", tmp_path / "again", report=False)
+    again = pq.read_table(tmp_path / "again" / "assignments").to_pandas().set_index("id").loc[final["id"]]
+    assert (again["cluster"].to_numpy() == final["cluster"].to_numpy()).all()
 
     # Rerun into the same folder one restart after another (the default): both trainings
     # resume where they finished (no epoch trains again) and give the same clusters.
@@ -104,7 +112,7 @@ def test_restarts_are_combined_by_consensus_and_resume(ray_session, tmp_path):
     again = metrics["restarts"]
     assert again[1]["started_s"] >= again[0]["finished_s"]
     assert [r["objective"] for r in again] == [r["objective"] for r in records]
-    assert metrics["training"]["resumed_at_epoch"] == 2
+    assert metrics["training"]["resumed_at_epoch"] == 4
     rerun = pq.read_table(out / "assignments").to_pandas()
     assert (rerun["id"] == final["id"]).all() and (rerun["cluster"] == final["cluster"]).all()
 

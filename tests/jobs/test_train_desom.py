@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from deimos_ray.apply import assign_new
 from deimos_ray.assign import read_metadata
 from deimos_ray.consensus import combine_labelings
 from deimos_ray.train.checkpoint import load_state
@@ -62,7 +63,8 @@ def test_restarts_vote_the_clusters_and_keep_the_lowest_loss_map(ray_session, tm
     job = load_job("train_desom")
     parser = job.get_args_parser()
     assert job.main(parser.parse_args(["--out", str(out), "--smoke-test", "--limit", "120", "--map-size", "3", "4",
-                                       "--k", "3", "--restarts", "2", "--num-workers", "0"])) == 0
+                                       "--k", "3", "--restarts", "2", "--num-workers", "0", "--set", "model.iterations=400",
+                                       "--set", "checkpoint_interval_s=30"])) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     records = metrics["restarts"]
@@ -86,6 +88,12 @@ def test_restarts_vote_the_clusters_and_keep_the_lowest_loss_map(ray_session, tm
     assert [r["agreement"] for r in records] == pytest.approx(agreement)
     assert read_metadata(out / "assignments")["consensus"]["kept"] == kept["restart"]
     assert_png(out / "report" / "prototypes.png")
+
+    # Assigned again with both restarts' models, the training images keep the run's clusters.
+    assert final["cluster"].nunique() == 3
+    assign_new(out, "digits", tmp_path / "again", report=False)
+    again = pq.read_table(tmp_path / "again" / "assignments").to_pandas().set_index("id").loc[final["id"]]
+    assert (again["cluster"].to_numpy() == final["cluster"].to_numpy()).all()
 
     # Without --k every node is a cluster, and nodes of two maps do not correspond.
     assert job.main(parser.parse_args(["--out", str(tmp_path / "no-k"), "--smoke-test", "--restarts", "2"])) == 2
