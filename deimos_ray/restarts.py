@@ -61,8 +61,9 @@ def fit_restarts(
     ``train-restart{r}``, so a rerun resumes each where it stopped. Concurrent restarts
     are separate Ray Train runs started from threads of this driver; each record's
     ``started_s`` and ``finished_s`` (seconds after the first start) show how they
-    overlapped. ``callbacks`` go to every training's Ray Train run. If one fails, no further restart starts, the running ones finish (their
-    checkpoints let a rerun resume them), and the error is raised.
+    overlapped. ``callbacks`` go to every training's Ray Train run. If one fails, no
+    further restart starts, the running ones finish (their checkpoints let a rerun
+    resume them), and the error is raised.
     """
     restarts = cfg.restarts.count
     if restarts == 1:

@@ -284,15 +284,15 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     else:
         # No metric for Tune itself: the best trial is chosen from the trials table (and
         # ASHA, when on, brings its own metric).
-        early = None
+        asha = None
         if scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            early = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS_SCORE, mode="max",
+            asha = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS_SCORE, mode="max",
                                   max_t=1_000_000, grace_period=grace_period, reduction_factor=reduction_factor)
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=early),
+            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=asha),
             run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
     t = time.perf_counter()
     results = tuner.fit()

@@ -58,6 +58,18 @@ def batched(x: torch.Tensor, batch_size: int = 1024):
         yield x[start : start + batch_size]
 
 
+def eval_labels(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+                labels_of: Any) -> torch.Tensor:
+    """``labels_of(model(batch))`` over ``x`` in no-gradient batches, in eval mode (the
+    model's mode is restored after), on the CPU."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        labels = torch.cat([labels_of(model(part.to(device))).cpu() for part in batched(x)])
+    model.train(was_training)
+    return labels
+
+
 def global_count(value: int | float) -> float:
     """Sum of a per-worker count across workers."""
     return float(C.all_reduce_sum(torch.tensor([float(value)], dtype=torch.float64)).item())

@@ -155,16 +155,6 @@ def chunk_step_loss(
     return _loss_and_stats(features @ features.T, same, different, valid, known, known, cfg, False)
 
 
-def _predict(net: DACNet, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The cluster (the largest logit) of each row of ``x``, in eval mode."""
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        clusters = torch.cat([net(part.to(device)).argmax(dim=1).cpu() for part in common.batched(x)])
-    net.train(was_training)
-    return clusters
-
-
 def _learn(opt: torch.optim.Optimizer, loss: torch.Tensor, stats: dict[str, Any], sums: dict[str, Any]) -> None:
     """One optimiser step; the step's statistics are added to the epoch's ``sums``."""
     opt.zero_grad()
@@ -266,7 +256,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not due and not probe.on:
             continue
         report_epoch(
-            {"phase": "dac", **record, **probe.score(lambda p: _predict(net, p.x, device))},
+            {"phase": "dac", **record, **probe.score(lambda p: common.eval_labels(net, p.x, device, lambda logits: logits.argmax(dim=1)))},
             None if not due else {
                 "algorithm": "dac",
                 "config": to_dict(cfg),

@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             continue
         clusters = final_node_clusters(model, x_local, cfg, seed) if final else None
         report_epoch(
-            {"phase": "desom", **record, **probe.score(lambda p: _nodes(model, p.x, device))},
+            {"phase": "desom", **record, **probe.score(lambda p: common.eval_labels(model, p.x, device, lambda out: out[2].argmin(dim=1)))},
             None if not due else {
                 "algorithm": "desom",
                 "config": to_dict(cfg),
@@ -139,14 +139,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             },
         )
     return {"iterations": iteration, "resumed_at_iteration": resumed_at, **record}
-
-
-def _nodes(model: DESOM, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The best-matching map node of each row of ``x``, in eval mode."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        nodes = torch.cat([model(part.to(device))[2].argmin(dim=1).cpu() for part in common.batched(x)])
-    model.train(was_training)
-    return nodes
-

@@ -3,6 +3,7 @@ on the same data, chunk selection on two workers, and resuming an interrupted sc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -18,7 +19,7 @@ from deimos_ray.metrics import cluster_accuracy
 from deimos_ray.models.dac import DACConfig
 from deimos_ray.train import collective as C
 from deimos_ray.train import dac_loop
-from deimos_ray.train.common import check_resumable, load_columns
+from deimos_ray.train.common import PROGRESS_SCORE, check_resumable, load_columns
 from deimos_ray.train.driver import fit
 from tests import helpers
 from tests.helpers import interrupted_after_two_reports
@@ -166,3 +167,13 @@ def test_resume_refuses_other_model_settings():
     check_resumable(older, "dac", TINY, SHAPE)
     with pytest.raises(ValueError, match="convs_per_stage"):
         check_resumable(older, "dac", DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "convs_per_stage": 3}), SHAPE)
+
+
+def test_with_the_progress_probe_on_the_reports_carry_the_silhouette_of_the_current_clusters(ray_session, tmp_path):
+    x, labels = bars(60)
+    config = {**loop_config(dataclasses.replace(TINY, epochs=2)), "checkpoint_interval_s": 3600, "progress_rows": 30}
+    result = fit(dac_loop.train_loop_per_worker, config, dataset(x, labels), ScalingConfig(num_workers=0), tmp_path)
+    assert -1.0 <= result.metrics[PROGRESS_SCORE] <= 1.0
+    plain = fit(dac_loop.train_loop_per_worker, {**config, "progress_rows": 0}, dataset(x, labels),
+                ScalingConfig(num_workers=0), tmp_path, name="plain")
+    assert PROGRESS_SCORE not in plain.metrics

@@ -9,6 +9,7 @@ import ray
 from deimos_ray.config import ScalingConfig, to_dict
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
+from deimos_ray.train.common import PROGRESS_SCORE
 from deimos_ray.train.driver import fit
 from tests import helpers
 from tests.helpers import interrupted_after_two_reports
@@ -32,3 +33,13 @@ def test_rerun_resumes_an_interrupted_run_at_the_saved_iteration(ray_session, tm
     assert second.return_value["resumed_at_iteration"] == 8
     assert second.return_value["iterations"] == 12
     assert second.return_value["temperature"] == pytest.approx(0.1)  # reached the end of the schedule
+
+
+def test_with_the_progress_probe_on_the_reports_carry_the_silhouette_of_the_map_nodes(ray_session, tmp_path):
+    rng = np.random.default_rng(0)
+    ds = ray.data.from_items([{"x": row} for row in rng.random((48, 1, 4, 4)).astype(np.float32)])
+    cfg = DESOMConfig(map_size=(2, 2), hidden_dims=(8,), latent_dim=2, iterations=6, batch_size=16)
+    config = {"model": to_dict(cfg), "seed": 0, "input_shape": [1, 4, 4], "checkpoint_interval_s": 3600,
+              "progress_rows": 30}
+    result = fit(desom_loop.train_loop_per_worker, config, ds, ScalingConfig(num_workers=0), tmp_path)
+    assert -1.0 <= result.metrics[PROGRESS_SCORE] <= 1.0
