@@ -7,8 +7,10 @@ single-process PyTorch loop over the same image files, side by side in one run.
 
 For each input size, median of ``--repeats`` runs of each:
 
-- ``plain loop``: one process, PyTorch on every CPU, PIL decode and resize, batches of
-  64 through the backbone, as a user would write it;
+- ``plain loop``: one process, PyTorch on every CPU thread, the same decode
+  (:func:`deimos_ray.data.preprocess.decode_file`) and the same extractor
+  (:class:`deimos_ray.data.features.FeatureExtractor`: channels-last, forward passes of
+  16) over batches of 64 files, so the ratio measures what Ray Data's processes add;
 - ``Ray Data``: :func:`deimos_ray.data.prepare.prepare_data` with the backbone (decode
   and features in Ray Data actors, written to a fresh feature cache);
 - ``cached``: the same call again, reading the cache the previous call wrote.
@@ -35,14 +37,14 @@ import numpy as np
 import pandas as pd
 import psutil
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.config import DataConfig, FeatureConfig  # noqa: E402
+from deimos_ray.data.features import FeatureExtractor  # noqa: E402
 from deimos_ray.data.prepare import prepare_data  # noqa: E402
-from deimos_ray.models.backbones import load_backbone  # noqa: E402
+from deimos_ray.data.preprocess import ImageSpec, decode_file  # noqa: E402
 from deimos_ray.runtime import init_ray  # noqa: E402
 
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
@@ -50,13 +52,12 @@ HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
 
 def plain_loop(files: list[Path], backbone: str, weights: str | None, size: int) -> int:
     """Features of every file in one process; returns the number of images."""
-    net = load_backbone(backbone, weights, size)
+    extractor = FeatureExtractor(backbone, weights, size)
+    spec = ImageSpec((size, size), 1)
     n = 0
-    with torch.inference_mode():
-        for start in range(0, len(files), 64):
-            batch = [np.asarray(Image.open(f).convert("L").resize((size, size), Image.BILINEAR), np.float32) / 255
-                     for f in files[start:start + 64]]
-            n += len(net(torch.from_numpy(np.stack(batch))[:, None]))
+    for start in range(0, len(files), 64):
+        batch = np.stack([decode_file(str(f), spec) for f in files[start:start + 64]])
+        n += len(extractor.features(batch))
     return n
 
 
@@ -125,6 +126,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="deimos_features_"))
     once = manifest(files, 1, work)
     print(f"{len(files)} files from {root}, backbone {args.backbone}, {cpus} CPUs, median of {args.repeats}")
+    # Ray's own start-up keeps the CPUs busy for a while: let it settle before timing.
+    ray_data_run(manifest(files[:64], 1, work), FeatureConfig(backbone=args.backbone, weights=args.weights,
+                                                             image_size=min(args.sizes), normalize="none"),
+                 work / "warm-up")
     rows = []
     for size in args.sizes:
         features = FeatureConfig(backbone=args.backbone, weights=args.weights, image_size=size, normalize="none")

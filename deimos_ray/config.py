@@ -176,8 +176,10 @@ class FeatureConfig:
             Entries are keyed by the source's fingerprint (ids, file sizes and times,
             array contents), the preprocessing, the backbone, its weights' digest and
             the size, so a changed input never reuses stale features.
-        batch_size: Images per forward pass.
-        actors: Backbone replicas (default: one per GPU with ``scaling.use_gpu``, else 2).
+        batch_size: Images per Ray Data block of the extraction (and per forward pass
+            on a GPU; a CPU runs them 16 at a time).
+        actors: Backbone replicas (default: one per GPU with ``scaling.use_gpu``, else
+            one per CPU of the cluster).
     """
 
     backbone: str = "none"

@@ -100,13 +100,13 @@ def read_entry(cache_dir: Path, key: str) -> tuple[ray.data.Dataset, pd.DataFram
     return good, pd.read_parquet(entry / REJECTED_FILE)
 
 
-def write_entry(cache_dir: Path, key: str, good: ray.data.Dataset, rejected: pd.DataFrame,
+def write_entry(cache_dir: Path, key: str, good: pa.Table, rejected: pd.DataFrame,
                 backbone: str, image_size: int) -> None:
     """Write the entry ``key`` atomically: rows sorted by id, so every run that reads it
     sees the same order whatever order the extraction finished in."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.concat_tables(ray.get(good.to_arrow_refs())) if good.count() else None
+    table = good if good.num_rows else None
     tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:

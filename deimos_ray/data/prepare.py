@@ -22,8 +22,16 @@ import ray
 from deimos_ray.config import DataConfig, FeatureConfig
 from deimos_ray.data.feature_cache import cache_key, read_entry, write_entry
 from deimos_ray.data.metadata import join_metadata
-from deimos_ray.data.preprocess import ImageSpec, preprocess, resolve_image_spec, split_rejected
+from deimos_ray.data.preprocess import (
+    PREPROCESS_BATCH,
+    ImageSpec,
+    preprocess,
+    resolve_image_spec,
+    split_rejected,
+    split_table,
+)
 from deimos_ray.data.sources import load_source
+from deimos_ray.data.sources.base import rechunk
 from deimos_ray.errors import UsageError
 from deimos_ray.files import write_atomic
 
@@ -159,23 +167,31 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
         hit = cached is not None
     if cached is None and source.dataset is not None:
         ds = source.dataset
+        # A backbone costs a hundred times the decode per image: blocks of one forward
+        # batch spread the images over every backbone actor (a 2,048-row block of an
+        # array source would keep all but one idle).
+        rows = features.batch_size if features.enabled else None
+        if rows is not None:
+            ds = rechunk(ds, rows)
         if cfg.metadata:
             sample = ds.select_columns(["id"]).take_batch(1000)["id"].tolist()
             ds, _ = join_metadata(ds, sample, cfg)
-        processed = preprocess(ds, spec)
+        processed = preprocess(ds, spec, batch_size=rows or PREPROCESS_BATCH)
         if features.enabled:
             from deimos_ray.data.features import extract_features
 
             processed = extract_features(processed, features.backbone, features.weights, spec.size[0],
                                          use_gpu, features.actors, features.batch_size)
-        good, bad = split_rejected(processed.materialize())
-        good = good.materialize()
-        bad = bad.to_pandas()
         if features.enabled:
-            write_entry(cache, key, good, bad, features.backbone, spec.size[0])
+            # The cache entry is written from the driver anyway: split the rows there
+            # rather than in two more Ray Data passes.
+            table = pa.concat_tables(ray.get(processed.materialize().to_arrow_refs()), promote_options="default")
+            write_entry(cache, key, *split_table(table), features.backbone, spec.size[0])
             cached = read_entry(cache, key)  # every run trains on the cache's order
         else:
-            rejected_parts.append(bad)
+            good, bad = split_rejected(processed.materialize())
+            good = good.materialize()
+            rejected_parts.append(bad.to_pandas())
     if cached is not None:
         good, bad = cached
         good = good.materialize()

@@ -16,6 +16,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from PIL import Image
 from ray.data.expressions import col, lit
@@ -26,6 +29,7 @@ from deimos_ray.data.sources.base import PIXEL_COLUMNS
 DEFAULT_FILE_IMAGE_SIZE = 28
 FLAG_COLUMNS = ("ok", "reason", "stage")
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+PREPROCESS_BATCH = 256  # images a decode task: a fraction of a second each, so tasks spread
 
 
 @dataclass(frozen=True)
@@ -236,9 +240,10 @@ def _tile_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.n
     return out
 
 
-def preprocess(ds: ray.data.Dataset, spec: ImageSpec) -> ray.data.Dataset:
-    """Map a source dataset to model inputs ``x`` (C, H, W) with ``ok``/``reason`` flags."""
-    return ds.map_batches(_preprocess_batch, fn_kwargs={"spec": spec}, batch_size=256, batch_format="numpy")
+def preprocess(ds: ray.data.Dataset, spec: ImageSpec, batch_size: int = PREPROCESS_BATCH) -> ray.data.Dataset:
+    """Map a source dataset to model inputs ``x`` (C, H, W) with ``ok``/``reason`` flags,
+    ``batch_size`` images a task."""
+    return ds.map_batches(_preprocess_batch, fn_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy")
 
 
 def split_rejected(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dataset]:
@@ -247,6 +252,14 @@ def split_rejected(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dat
     good = ds.filter(expr=col("ok") == lit(True))
     bad = ds.filter(expr=col("ok") == lit(False)).select_columns(["id", "path", "reason", "stage"])
     return good.drop_columns(list(FLAG_COLUMNS)), bad
+
+
+def split_table(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
+    """:func:`split_rejected` of preprocessed rows already in the driver: (good rows,
+    rejected rows with ``id, path, reason, stage``)."""
+    ok = table.column("ok")
+    bad = table.filter(pc.invert(ok)).select(["id", "path", "reason", "stage"]).to_pandas()
+    return table.filter(ok).drop_columns(list(FLAG_COLUMNS)), bad
 
 
 def output_columns(ds_columns: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ import numpy as np
 import ray
 import torch
 
-from deimos_ray.data.features import FeatureExtractor, extract_features
+from deimos_ray.data.features import CPU_FORWARD_BATCH, FeatureExtractor, extract_features
 from deimos_ray.data.preprocess import split_rejected
 from deimos_ray.models.backbones import load_backbone
 
@@ -35,3 +35,12 @@ def test_an_image_the_backbone_cannot_take_is_flagged_with_its_reason():
     with torch.no_grad():
         expected = load_backbone("efficientnet_lite0", image_size=32)(torch.ones(1, 1, 8, 8))[0].numpy()
     np.testing.assert_allclose(out["x"][0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cpu_extractor_runs_a_large_batch_in_forward_passes_of_16_with_the_same_features():
+    extractor = FeatureExtractor("efficientnet_lite0", None, 32)
+    x = np.random.default_rng(1).random((CPU_FORWARD_BATCH * 2 + 3, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        whole = load_backbone("efficientnet_lite0", image_size=32)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(extractor.features(x), whole, rtol=1e-4, atol=1e-5)
+    assert extractor.features(x[:0]).shape == (0, 1280)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -15,6 +16,7 @@ from deimos_ray.data.preprocess import (
     convert_arrays,
     cut_tiles,
     decode_file,
+    split_table,
     tile_positions,
     to_unit_float,
 )
@@ -76,3 +78,13 @@ def test_tiling_through_ray_data(ray_session, tmp_path):
     assert "exp1.png@y10x20" in set(rows["id"])
     assert data.good_inputs == 1 and data.rejected["id"].tolist() == ["tiny.png"]
     assert data.num_inputs == data.good_inputs + len(data.rejected)
+
+
+def test_split_table_keeps_the_readable_rows_and_the_reasons_of_the_others():
+    table = pa.table({"id": ["a", "b", "c"], "path": ["a.png", "b.png", "c.png"], "x": [1.0, 2.0, 3.0],
+                      "ok": [True, False, True], "reason": ["", "OSError: truncated", ""],
+                      "stage": ["decode", "decode", "features"]})
+    good, bad = split_table(table)
+    assert good.column_names == ["id", "path", "x"] and good.column("id").to_pylist() == ["a", "c"]
+    assert bad.to_dict("records") == [{"id": "b", "path": "b.png", "reason": "OSError: truncated",
+                                       "stage": "decode"}]

@@ -19,6 +19,7 @@ from deimos_ray.data.prepare import prepare_data
 from deimos_ray.data.sources import detect_format, list_image_files
 from deimos_ray.data.sources import load_source as _load_source
 from deimos_ray.data.sources.archive import unsafe_member
+from deimos_ray.data.sources.base import rechunk
 from deimos_ray.data.sources.hirise import split_augmentation
 from tests.helpers import FIXTURES, write_bad_files, write_image_folder
 
@@ -64,6 +65,18 @@ def test_digits_rows_and_labels(ray_session):
     assert len(set(rows["id"])) == 1797
     assert sorted(set(rows["label"].tolist())) == list(range(10))
     assert rows["image"].dtype == np.uint8 and rows["image"].max() == 255
+
+
+def test_rechunk_cuts_a_source_into_small_blocks_in_the_same_order(ray_session):
+    # With a backbone the rows go to the actors a block at a time: the digits' one
+    # block of 1,797 rows would keep every actor but one idle.
+    src = load_source("digits")
+    small = rechunk(src.dataset, 64)
+    assert small.num_blocks() == 29  # ceil(1797 / 64)
+    assert max(len(b["id"]) for b in small.iter_batches(batch_size=None, batch_format="numpy")) == 64
+    before, after = src.dataset.take_batch(1797), small.take_batch(1797)
+    assert after["id"].tolist() == before["id"].tolist()
+    np.testing.assert_array_equal(np.stack(after["image"]), np.stack(before["image"]))
 
 
 @pytest.mark.parametrize("with_labels", [True, False])

@@ -90,6 +90,18 @@ def table_dataset(columns: dict[str, Sequence], rows_per_block: int = FILE_ROWS_
     return ray.data.from_arrow(blocks)
 
 
+def rechunk(ds: ray.data.Dataset, rows_per_block: int) -> ray.data.Dataset:
+    """A source's rows in blocks of at most ``rows_per_block``, in the same order.
+
+    Sources build their blocks in the driver (:func:`table_dataset`, array sources), so
+    they are cut again there; Ray Data's ``repartition`` would need a task and a CPU
+    beside the actors that may already hold every one.
+    """
+    tables = ray.get(ds.to_arrow_refs())
+    return ray.data.from_arrow([t.slice(s, rows_per_block) for t in tables
+                                for s in range(0, t.num_rows, rows_per_block)])
+
+
 def file_columns(ids: Sequence[str], files: Sequence[str], labels=None, groups=None,
                  members: Sequence[str] | None = None, paths: Sequence[str] | None = None,
                  extra: dict[str, Sequence] | None = None) -> dict[str, Sequence]:
