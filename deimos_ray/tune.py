@@ -63,7 +63,7 @@ from deimos_ray.job import draw_report
 from deimos_ray.metrics import internal_scores
 from deimos_ray.train.common import PROGRESS_SCORE
 
-SEARCHES = ("grid", "random")
+SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")  # fifo: every trial trains to the end
 OBJECTIVE = "objective"
 LABEL_SCORES = ("accuracy", "nmi", "ari", "purity")
@@ -179,7 +179,8 @@ def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any],
 
 def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
     """Tune's ``param_space``: every value of every key (``grid``), or one value per key
-    drawn at random per trial (``random``)."""
+    per trial, drawn at random (``random``) or by Optuna's TPE sampler from the
+    objectives of the trials before it (``optuna``)."""
     from ray import tune
 
     if search not in SEARCHES:
@@ -195,6 +196,16 @@ def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
     return {key: draw(list(values)) for key, values in grid.items()}
 
 
+def searcher(search: str, seed: int) -> Any:
+    """Tune's search algorithm: Optuna's (TPE, seeded, maximising the objective) for
+    ``optuna``, else None (Tune's own grid and random draws)."""
+    if search != "optuna":
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=OBJECTIVE, mode="max", seed=seed)
+
+
 def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], out_dir: str | Path,
               search: str = "grid", samples: int = 1, max_concurrent: int = 1,
               sample_size: int = 2000, min_cluster_fraction: float = 0.005, scheduler: str = "fifo",
@@ -205,9 +216,10 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
         algorithm_name: ``dac``, ``dec`` or ``desom``.
         cfg: The job config every trial starts from; ``grid`` keys override it.
         grid: Dotted config keys and the values to try (``{"model.n_clusters": [4, 6]}``).
-        search: ``grid`` (every combination, ``samples`` times) or ``random``
-            (``samples`` trials, each key's value drawn from its list).
-        samples: Trials per grid point (grid) or in all (random).
+        search: ``grid`` (every combination, ``samples`` times), ``random`` (``samples``
+            trials, each key's value drawn from its list) or ``optuna`` (``samples``
+            trials, each drawn by Optuna's TPE sampler from the trials before it).
+        samples: Trials per grid point (grid) or in all (random, optuna).
         max_concurrent: Trials training at the same time.
         sample_size: Rows of the scored sample.
         min_cluster_fraction: Share of the rows below which a cluster counts as collapsed.
@@ -244,6 +256,9 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     if scheduler == "asha":
         if grace_period < 1 or reduction_factor < 2 or progress_rows < 2:
             raise ValueError("ASHA needs --grace-period >= 1, --reduction-factor >= 2 and progress_rows >= 2")
+        if search == "optuna":
+            raise ValueError("--search optuna learns from each trial's final objective, and ASHA's "
+                             "per-epoch reports carry none: use --scheduler fifo with it")
         if cfg.restarts.count > 1:
             raise ValueError("--scheduler asha stops a trial by its epochs; with --restarts-per-trial the "
                              "restarts' epochs would mix: use one or the other")
@@ -282,8 +297,8 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
         print(f"[tune_sweep] resuming the sweep in {storage / 'sweep'}", flush=True)
         tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
     else:
-        # No metric for Tune itself: the best trial is chosen from the trials table (and
-        # ASHA, when on, brings its own metric).
+        # No metric for Tune itself: the best trial is chosen from the trials table (ASHA
+        # and Optuna, when on, bring their own).
         asha = None
         if scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
@@ -292,7 +307,8 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
                                   max_t=1_000_000, grace_period=grace_period, reduction_factor=reduction_factor)
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=asha),
+            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=asha,
+                                        search_alg=searcher(search, cfg.seed)),
             run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
     t = time.perf_counter()
     results = tuner.fit()

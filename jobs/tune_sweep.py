@@ -7,6 +7,8 @@ Locally (starts a private Ray instance):
         --backbone efficientnet_lite0 --k 6 8 10 --grid model.lr=0.001,0.0003 --out runs/sweep-dac
     python jobs/tune_sweep.py --algorithm dac --k 8 10 --search random --samples 6 \\
         --grid model.u0=0.9,0.95,0.99 --grid model.l0=0.4,0.455,0.5 --out runs/sweep-thresholds
+    python jobs/tune_sweep.py --algorithm dac --k 6 8 10 12 --search optuna --samples 40 \\
+        --grid model.u0=0.9,0.95,0.99 --grid model.lr=0.001,0.0003 --out runs/sweep-optuna
 
 On a Ray cluster (the script joins the cluster it is submitted to):
     ray job submit --working-dir . -- python jobs/tune_sweep.py --algorithm dec \\
@@ -52,8 +54,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="another config field and its values, e.g. model.lr=0.001,0.0003 (repeatable)")
     p.add_argument("--search", choices=SEARCHES, default="grid", help="grid: every combination "
-                   "(default); random: --samples trials, each value drawn from its list")
-    p.add_argument("--samples", type=int, default=1, help="trials per grid point (grid) or in all (random)")
+                   "(default); random: --samples trials, each value drawn from its list; optuna: "
+                   "--samples trials, each drawn by Optuna's TPE from the objectives so far (its first "
+                   "10 draws are random, so it pays off from a few dozen trials; not with --scheduler asha)")
+    p.add_argument("--samples", type=int, default=1, help="trials per grid point (grid) or in all "
+                   "(random, optuna)")
     p.add_argument("--restarts-per-trial", type=int, help="DAC, DESOM: train each trial this many "
                    "times and combine them by consensus; the mean ARI between them is the trial's "
                    "stability (default 1)")
