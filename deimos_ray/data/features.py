@@ -4,9 +4,10 @@ preprocessed images ``x`` (C, H, W) to feature vectors ``x`` (D,).
 
 One actor per GPU when the stage runs on GPUs (bf16 there), else one single-threaded
 actor per CPU of the cluster, each decoding its own blocks: on CPUs, processes beat
-threads, and the decode is a hundredth of the forward pass. A batch that fails is retried image by image, and an image that still fails
-is flagged (``ok``, ``reason``, ``stage="features"``) like a decode failure, so
-:func:`deimos_ray.data.preprocess.split_rejected` records it and no input is lost.
+threads, and the decode is a hundredth of the forward pass. A batch that fails is
+retried image by image, and an image that still fails is flagged (``ok``, ``reason``,
+``stage="features"``) like a decode failure, so it is recorded as rejected and no input
+is lost.
 """
 
 from __future__ import annotations
