@@ -33,7 +33,9 @@ def test_step_loss_is_the_papers_loss_and_adds_weighted_labelled_pairs():
     unknown = torch.full((10,), -1)
     loss, stats = step_loss(net, x, unknown, cfg, 0.9, 0.4, torch.Generator())
     feats = losses.label_features(net(x)).detach().numpy()
-    assert loss.item() == pytest.approx(numpy_pair_loss(feats, 0.9, 0.4), rel=1e-5)
+    # rel 1e-4: the loss sums -log(s) over similarities s near 1 in float32, and the torch
+    # matmul kernel (which differs with the thread count) moves it by about 1e-5.
+    assert loss.item() == pytest.approx(numpy_pair_loss(feats, 0.9, 0.4), rel=1e-4)
     assert stats["candidates"] == 90
 
     known = torch.tensor([0, 0, 1, 1, -1, -1, -1, -1, -1, -1])
