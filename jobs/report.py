@@ -5,8 +5,10 @@
 Writes DIR/report/index.html with, per cluster, montages of its most and least confident
 images, the 2-D map of the embedding (x2d, y2d added to the assignments), the cluster
 sizes, the scores beside the baselines, DESOM's maps and a sweep's trials. Every job,
-sweep and assignment draws it at its end; this redraws it (an old run, a source moved
-back into place). Open the page in any browser: it loads nothing from the network.
+sweep and assignment draws it at its end; this redraws it from the run's folder alone:
+the montage images are kept in DIR/report/images.npz by the first drawing, and the
+source is read only for images missing there. Open the page in any browser: it loads
+nothing from the network.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished job's, sweep's or assignment's folder")
     p.add_argument("--no-images", action="store_true",
-                   help="draw the page without montages (when the source cannot be read again)")
+                   help="draw the page without montages (and without starting Ray)")
     args = p.parse_args(argv)
     try:
         if not args.no_images:

@@ -17,7 +17,7 @@ from deimos_ray.apply import assign_new
 from deimos_ray.config import override_all
 from deimos_ray.errors import UsageError
 from deimos_ray.job import run_training_job
-from deimos_ray.report.page import PER_GRID, montage_size
+from deimos_ray.report.page import PER_GRID, montage_size, write_report
 from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,6 +65,19 @@ def test_the_report_names_only_files_it_wrote(dec_run):
             if n:
                 assert f"cluster_{cluster}_{kind}.png" in sources
                 assert Image.open(path).size == montage_size(n, (8, 8))
+
+
+def test_the_report_is_redrawn_from_the_run_folder_alone(dec_run, tmp_path):
+    # A copy of the run whose source is gone: the montages come from report/images.npz.
+    run = tmp_path / "run"
+    shutil.copytree(dec_run / "run", run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(str(dec_run / "images"), str(tmp_path / "moved")))
+    drawn = {p.name: p.read_bytes() for p in (run / "report").glob("cluster_*.png")}
+    for name in drawn:
+        (run / "report" / name).unlink()
+    write_report(run)
+    assert drawn and {p.name: p.read_bytes() for p in (run / "report").glob("cluster_*.png")} == drawn
 
 
 def test_the_report_loads_in_a_real_browser(dec_run, tmp_path):

@@ -2,8 +2,12 @@
 
 :func:`write_report` reads only what a run left in its folder (``metrics.json``,
 ``config.yaml`` or a sweep's ``best_config.yaml``, ``assignments/``, ``checkpoint/``,
-``trials.parquet``) and the source the config names, so an old run can be redrawn
-without training (``python jobs/report.py DIR``). It writes into ``DIR/report/``:
+``trials.parquet``, ``report/images.npz``), so an old run can be redrawn without
+training (``python jobs/report.py DIR``); the source the config names is read only for
+montage images that no earlier drawing saved. It writes into ``DIR/report/``:
+
+- ``images.npz``: the montages' images as the page shows them (8-bit), so a redraw
+  needs no source;
 
 - ``cluster_<c>_confident.png`` and ``cluster_<c>_uncertain.png``: per cluster, up to 16
   of its most confident and 16 of its least confident images (DESOM: nearest to and
@@ -39,13 +43,14 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from deimos_ray.files import write_atomic, write_staged_dir, write_text  # noqa: E402
+from deimos_ray.files import save_npz, write_atomic, write_staged_dir, write_text  # noqa: E402
 
 PER_GRID = 16  # images per montage
 GRID_COLUMNS = 4
 MIN_SIDE = 48  # smaller images are enlarged (an integer factor) to at least this
 MAX_SIDE = 96  # images are decoded at most this large for the page
 MAX_CLUSTERS = 60  # montages for the largest clusters only
+IMAGES_FILE = "images.npz"  # the montages' pixels, kept for the next drawing
 MAP_POINTS = 20_000  # points drawn on the 2-D map (a seeded sample beyond that)
 DESOM_PICTURES = ("prototypes.png", "hits.png", "umatrix.png", "members.png")
 
@@ -111,7 +116,7 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
     if images:
         picks = {c: pick_members(table[table["cluster"] == c], score) for c in shown.index}
         wanted = sorted({i for pair in picks.values() for part in pair for i in part})
-        pixels = load_images(cfg, wanted)
+        pixels = montage_images(out / IMAGES_FILE, cfg, wanted)
         for c, (confident, uncertain) in picks.items():
             montages[c] = {}
             for kind, ids in (("confident", confident), ("uncertain", uncertain)):
@@ -208,6 +213,30 @@ def pick_members(rows: pd.DataFrame, score: pd.Series) -> tuple[list[str], list[
     top = min(PER_GRID, (len(ids) + 1) // 2)
     bottom = min(PER_GRID, len(ids) - top)
     return ids[:top], ids[len(ids) - bottom:][::-1]
+
+
+def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
+    """(C, H, W) pixels in [0, 1] of the rows ``ids``: those an earlier drawing saved in
+    ``saved_file``, the others re-read from the source (:func:`load_images`); every one
+    found is saved there again. Rows neither saved nor readable are left out, with a
+    note when the source cannot be read at all (moved, or removed)."""
+    saved: dict[str, np.ndarray] = {}
+    if saved_file.is_file():
+        with np.load(saved_file, allow_pickle=False) as stored:
+            saved = {str(i): x.astype(np.float32) / 255 for i, x in zip(stored["ids"], stored["x"], strict=True)}
+    missing = [i for i in ids if i not in saved]
+    if missing:
+        try:
+            saved.update(load_images(cfg, missing))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"[report] {len(missing)} montage image(s) not saved by an earlier drawing, and the "
+                  f"source cannot be read: {exc}")
+    found = {i: saved[i] for i in ids if i in saved}
+    if found:
+        # 8-bit, as the montage PNGs hold them: the same pictures when drawn again.
+        x = np.stack([np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for v in found.values()])
+        save_npz(saved_file, ids=np.array(list(found), dtype=str), x=x)
+    return found
 
 
 def load_images(cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
