@@ -170,13 +170,13 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
         # A backbone costs a hundred times the decode per image: blocks of one forward
         # batch spread the images over every backbone actor (a 2,048-row block of an
         # array source would keep all but one idle).
-        rows = features.batch_size if features.enabled else None
-        if rows is not None:
-            ds = rechunk(ds, rows)
+        batch = features.batch_size if features.enabled else PREPROCESS_BATCH
+        if features.enabled:
+            ds = rechunk(ds, batch)
         if cfg.metadata:
             sample = ds.select_columns(["id"]).take_batch(1000)["id"].tolist()
             ds, _ = join_metadata(ds, sample, cfg)
-        processed = preprocess(ds, spec, batch_size=rows or PREPROCESS_BATCH)
+        processed = preprocess(ds, spec, batch_size=batch)
         if features.enabled:
             from deimos_ray.data.features import extract_features
 

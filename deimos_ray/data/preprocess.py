@@ -28,6 +28,7 @@ from deimos_ray.data.sources.base import PIXEL_COLUMNS
 
 DEFAULT_FILE_IMAGE_SIZE = 28
 FLAG_COLUMNS = ("ok", "reason", "stage")
+REJECTED_COLUMNS = ["id", "path", "reason", "stage"]  # what rejected.parquet keeps of a row
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PREPROCESS_BATCH = 256  # images a decode task: a fraction of a second each, so tasks spread
 
@@ -250,7 +251,7 @@ def split_rejected(ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dat
     """(good rows, rejected rows with ``id, path, reason, stage``) of a preprocessed dataset."""
     # Predicate expressions run as Arrow filters, with no Python call per row.
     good = ds.filter(expr=col("ok") == lit(True))
-    bad = ds.filter(expr=col("ok") == lit(False)).select_columns(["id", "path", "reason", "stage"])
+    bad = ds.filter(expr=col("ok") == lit(False)).select_columns(REJECTED_COLUMNS)
     return good.drop_columns(list(FLAG_COLUMNS)), bad
 
 
@@ -258,7 +259,7 @@ def split_table(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     """:func:`split_rejected` of preprocessed rows already in the driver: (good rows,
     rejected rows with ``id, path, reason, stage``)."""
     ok = table.column("ok")
-    bad = table.filter(pc.invert(ok)).select(["id", "path", "reason", "stage"]).to_pandas()
+    bad = table.filter(pc.invert(ok)).select(REJECTED_COLUMNS).to_pandas()
     return table.filter(ok).drop_columns(list(FLAG_COLUMNS)), bad
 
 

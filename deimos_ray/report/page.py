@@ -217,22 +217,24 @@ def pick_members(rows: pd.DataFrame, score: pd.Series) -> tuple[list[str], list[
 
 def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
     """(C, H, W) pixels in [0, 1] of the rows ``ids``: those an earlier drawing saved in
-    ``saved_file``, the others re-read from the source (:func:`load_images`); every one
-    found is saved there again. Rows neither saved nor readable are left out, with a
-    note when the source cannot be read at all (moved, or removed)."""
+    ``saved_file``, the others re-read from the source (:func:`load_images`); when any
+    was read, every one found is saved there again. Rows neither saved nor readable are
+    left out, with a note when the source cannot be read at all (moved, or removed)."""
     saved: dict[str, np.ndarray] = {}
     if saved_file.is_file():
         with np.load(saved_file, allow_pickle=False) as stored:
             saved = {str(i): x.astype(np.float32) / 255 for i, x in zip(stored["ids"], stored["x"], strict=True)}
     missing = [i for i in ids if i not in saved]
+    read: dict[str, np.ndarray] = {}
     if missing:
         try:
-            saved.update(load_images(cfg, missing))
+            read = load_images(cfg, missing)
         except (FileNotFoundError, ValueError) as exc:
             print(f"[report] {len(missing)} montage image(s) not saved by an earlier drawing, and the "
                   f"source cannot be read: {exc}")
+    saved.update(read)
     found = {i: saved[i] for i in ids if i in saved}
-    if found:
+    if read:  # a redraw that read nothing new leaves the file as it is
         # 8-bit, as the montage PNGs hold them: the same pictures when drawn again.
         x = np.stack([np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for v in found.values()])
         save_npz(saved_file, ids=np.array(list(found), dtype=str), x=x)
