@@ -61,10 +61,11 @@ def write_json(destination: str | Path, value: Any) -> Path:
 
 
 def save_npz(destination: str | Path, **arrays: np.ndarray) -> Path:
-    """``np.savez`` atomically (NumPy would append ``.npz`` to a name without it)."""
+    """``np.savez_compressed`` atomically (NumPy would append ``.npz`` to a name without
+    it); a report's montage images shrink to about a third."""
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as stream:
-            np.savez(stream, **arrays)
+            np.savez_compressed(stream, **arrays)
     return write_atomic(destination, save)
 
 
