@@ -35,15 +35,25 @@ class FeatureExtractor:
         self.out_dim = backbone.out_dim or 1
         self.backbone = backbone.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
+    @property
+    def step(self) -> int | None:
+        """Images per forward pass: the whole batch on a GPU, ``CPU_FORWARD_BATCH`` on a CPU."""
+        return None if self.device.type == "cuda" else CPU_FORWARD_BATCH
+
+    def to_device(self, x: np.ndarray) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> the backbone's device, dtype and memory format."""
+        images = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy
+        return images.to(self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> np.ndarray:
+        """Images already on the device (:meth:`to_device`) -> (B, D) float32 features."""
+        with torch.inference_mode():
+            return self.backbone(images).float().cpu().numpy()
+
     def features(self, x: np.ndarray) -> np.ndarray:
         """(B, C, H, W) images in [0, 1] -> (B, D) float32 features."""
-        step = len(x) if self.device.type == "cuda" else CPU_FORWARD_BATCH
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(x), step):
-                images = torch.from_numpy(np.array(x[start:start + step], dtype=np.float32))  # a writable copy
-                images = images.to(self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
-                out.append(self.backbone(images).float().cpu().numpy())
+        step = self.step or len(x)
+        out = [self.forward(self.to_device(x[start:start + step])) for start in range(0, len(x), step)]
         return np.concatenate(out) if out else np.zeros((0, self.out_dim), np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
