@@ -4,13 +4,15 @@ single-process PyTorch loop over the same image files, side by side in one run.
     python bench/features.py                               # 1,000 HiRISE files at 224 and 128 px
     python bench/features.py --limit 0 --sizes 224         # all 7,495 files
     python bench/features.py --backbone torchvision:resnet50 --weights resnet50.pt
+    python bench/features.py --use-gpu --limit 0 --batch-size 256   # one GPU
 
 For each input size, median of ``--repeats`` runs of each:
 
 - ``plain loop``: one process, PyTorch on every CPU thread, the same decode
   (:func:`deimos_ray.data.preprocess.decode_file`) and the same extractor
   (:class:`deimos_ray.data.features.FeatureExtractor`: channels-last, forward passes of
-  16) over batches of 64 files, so the ratio measures what Ray Data's processes add;
+  16 on a CPU) over batches of ``--batch-size`` files, so the ratio measures what Ray
+  Data's processes add;
 - ``Ray Data``: :func:`deimos_ray.data.prepare.prepare_data` with the backbone (decode
   and features in Ray Data actors, written to a fresh feature cache);
 - ``cached``: the same call again, reading the cache the previous call wrote;
