@@ -63,12 +63,17 @@ def registered_checkpoint(storage: Path) -> dict | None:
 
 def kill_one_worker_after_a_checkpoint(storage: Path, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL one live Ray Train worker once the run has a registered checkpoint."""
+    import ray
     from ray.util.state import list_actors
 
+    # This session's own Ray, named: with no address the state API refuses to choose when
+    # another Ray runs on the machine (a benchmark beside the tests).
+    address = ray.get_runtime_context().gcs_address
     while not stop.wait(0.2):
         if registered_checkpoint(storage) is None:
             continue
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        workers = list_actors(address=address,
+                              filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
         if len(workers) == 2:
             pid = max(int(w.pid) for w in workers)
             os.kill(pid, signal.SIGKILL)
