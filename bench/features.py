@@ -12,7 +12,8 @@ For each input size, median of ``--repeats`` runs of each:
   (:func:`deimos_ray.data.preprocess.decode_file`) and the same extractor
   (:class:`deimos_ray.data.features.FeatureExtractor`: channels-last, forward passes of
   16 on a CPU) over batches of ``--batch-size`` files, so the ratio measures what Ray
-  Data's processes add;
+  Data's processes add (the model is loaded once, outside its timing; Ray Data's runs
+  include their actors' start);
 - ``Ray Data``: :func:`deimos_ray.data.prepare.prepare_data` with the backbone (decode
   and features in Ray Data actors, written to a fresh feature cache);
 - ``cached``: the same call again, reading the cache the previous call wrote;
