@@ -28,8 +28,9 @@ and of k-means are over the labelled rows whose label training did not see.
 Methods: ``dac`` is the paper's algorithm (the job's default), ``dac-reference`` the
 reference code's training (``--recipe reference``), ``dac-reference-restarts4`` four
 trainings of it combined by consensus, ``dac-finetune`` the paper's algorithm training the
-backbone under its head (``--fine-tune-backbone``; with ``--backbones`` only); ``dec`` and ``idec``; ``desom-8x8`` the paper's
-8x8 map grouped into as many clusters as the data set has classes, and
+backbone under its head (``--fine-tune-backbone``; with ``--backbones`` only); ``dec``
+and ``idec``; ``desom-8x8`` the paper's 8x8 map grouped into as many clusters as the data
+set has classes, and
 ``desom-8x8-restarts8`` eight of them voting. ``hirise`` is the 1,096 original HiRISE
 landmarks (augmented copies dropped, 8 classes, of which "other" is most) at 32x32; DAC
 there adds rotations and flips to its views, since orbital images have no preferred
