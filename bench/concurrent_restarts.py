@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from quality import DATASETS, METHODS, build_config  # noqa: E402
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
-from deimos_ray.config import override_all  # noqa: E402
+from deimos_ray.config_io import override_all  # noqa: E402
 from deimos_ray.job import run_training_job  # noqa: E402
 from deimos_ray.runtime import init_ray, local_cpus_needed  # noqa: E402
 

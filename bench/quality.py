@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
-from deimos_ray.config import load_yaml, override_all, parse_override, stored_settings, to_dict  # noqa: E402
+from deimos_ray.config_io import load_yaml, override_all, parse_override, stored_settings, to_dict  # noqa: E402
 from deimos_ray.job import run_training_job  # noqa: E402
 from deimos_ray.metrics import HELDOUT_PREFIX  # noqa: E402
 from deimos_ray.models.dac import REFERENCE_RECIPE  # noqa: E402

@@ -38,7 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deimos_ray.config import DataConfig, ScalingConfig, from_dict, to_dict  # noqa: E402
+from deimos_ray.config import DataConfig, ScalingConfig  # noqa: E402
+from deimos_ray.config_io import from_dict, to_dict  # noqa: E402
 from deimos_ray.data.prepare import collect_features, prepare_data  # noqa: E402
 from deimos_ray.losses.dec import soft_assignment, target_distribution  # noqa: E402
 from deimos_ray.models.dac import DACConfig, DACNet  # noqa: E402

@@ -5,7 +5,7 @@ each score ranks the trials by their NMI.
     python bench/tune_k.py --datasets digits usps hirise --algorithms dec dac --k 4 6 8 10 12 14 16
     python bench/tune_k.py --datasets hirise --algorithms dec --backbone efficientnet_lite0
 
-Each (dataset, algorithm) is one sweep (:func:`deimos_ray.tune.run_sweep`, the code
+Each (dataset, algorithm) is one sweep (:func:`deimos_ray.sweep.driver.run_sweep`, the code
 ``jobs/tune_sweep.py`` runs) over ``--k``, one trial per k. For three ways of choosing,
 the table gives the k chosen, the Spearman rank correlation between the score and the
 trials' NMI (sign turned so that higher is better for every score), and the chosen
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
-from deimos_ray.config import override_all  # noqa: E402
-from deimos_ray.tune import run_sweep  # noqa: E402
+from deimos_ray.config_io import override_all  # noqa: E402
+from deimos_ray.sweep.driver import run_sweep  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -94,7 +94,7 @@ def main() -> None:
         for algorithm in args.algorithms:
             cfg = sweep_config(dataset, algorithm, args)
             tag = f"{dataset}-{algorithm}" + ("" if args.backbone == "none" else f"-{args.backbone}")
-            trials = run_sweep(algorithm, cfg, {"model.n_clusters": args.k}, args.workdir / tag)
+            trials = run_sweep(get_algorithm(algorithm), cfg, {"model.n_clusters": args.k}, args.workdir / tag)
             best_nmi = float(trials["label_nmi"].max())
             for name, k, rho, nmi in summarise(trials):
                 rows.append((tag, name, k, rho, nmi, best_nmi))

@@ -1,21 +1,28 @@
-"""Command-line flags shared by every job (the job contract), mapped to config paths."""
+"""The training jobs' command line: the flags every job shares (the job contract), the
+algorithm's own (``Algorithm.add_arguments``), both mapped to config paths, and the
+``main`` every ``jobs/train_*.py`` runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deimos_ray.config import from_dict, load_yaml, override_all, parse_override
+from deimos_ray.algorithms.base import Algorithm
+from deimos_ray.config_io import from_dict, load_yaml, override_all, parse_override
+from deimos_ray.data.sources import detect_format
 from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
+from deimos_ray.job import run_training_job
 
 
-def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
-    """Flags every job takes: data, output, scale, seed, config, smoke test."""
+def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, str] | None = None) -> None:
+    """Flags every job takes: data, output, scale, seed, config, smoke test;
+    ``flag_help`` replaces the help of flags that mean something else for the job's
+    algorithm (``Algorithm.flag_help``)."""
+    flag_help = flag_help or {}
     p.add_argument("--data", help="source: 'digits' (default), a folder, a .zip, .npz, .csv "
                    "(manifest) or .parquet file; HiRISE and Galaxy Zoo layouts are recognised; "
                    "a 'format:' prefix overrides detection")
@@ -24,11 +31,9 @@ def add_common_args(p: argparse.ArgumentParser, job: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
                    "(its training, checkpoint and outputs; the feature cache stays)")
     p.add_argument("--config", help=f"YAML config (see configs/{job}.yaml); flags override it")
-    desom = job == "train_desom"
-    p.add_argument("--k", type=int, help="number of clusters (default: every map node is a cluster)"
-                   if desom else "number of clusters (default 10)")
-    p.add_argument("--epochs", type=int, help="refused: DESOM counts training in --iterations" if desom
-                   else "training epochs (an upper bound where the algorithm has its own stopping rule)")
+    p.add_argument("--k", type=int, help=flag_help.get("k", "number of clusters (default 10)"))
+    p.add_argument("--epochs", type=int, help=flag_help.get("epochs", "training epochs (an upper bound "
+                                                            "where the algorithm has its own stopping rule)"))
     p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE (default: native "
                    "size of arrays, the tile size when tiling, 28 for files); cost grows quadratically")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale, default) or 3 (RGB)")
@@ -119,16 +124,32 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
     return override_all(cfg, overrides)
 
 
-def main(algorithm: Any, build: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+def job_parser(algorithm: Algorithm, description: str | None) -> argparse.ArgumentParser:
+    """The parser of ``algorithm``'s job: the common flags, its own, and the restart
+    flags when it has restarts."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, algorithm.job, algorithm.flag_help)
+    algorithm.add_arguments(p)
+    if algorithm.has_restarts:
+        add_restart_args(p)
+    return p
+
+
+def build_job_config(algorithm: Algorithm, args: argparse.Namespace) -> Any:
+    """``algorithm``'s job config from parsed flags (:func:`build_config`)."""
+    extra = algorithm.settings(args)
+    if algorithm.has_restarts:
+        extra.update(restart_overrides(args))
+    return build_config(algorithm.config_class, args, algorithm.smoke, extra, preset=algorithm.preset(args))
+
+
+def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
     """A job's ``main``: build and check the config, then run ``algorithm`` through the
     job spine (:func:`deimos_ray.job.run_training_job`). A wrong setting, input or run
     folder (:class:`~deimos_ray.errors.UsageError`) exits with status 2 and the reason on
     one line, before the run folder changes."""
-    from deimos_ray.data.sources import detect_format
-    from deimos_ray.job import run_training_job
-
     try:
-        cfg = build(args)
+        cfg = build_job_config(algorithm, args)
         detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
         algorithm.check(cfg)
     except (ValueError, FileNotFoundError) as exc:  # every config check raises ValueError

@@ -1,4 +1,5 @@
-"""One clustering from several trainings of the same rows (the restarts' consensus).
+"""One clustering from several trainings of the same rows (the restarts' consensus), and
+the reading and writing of the restarts' assignments folders it combines.
 
 Cluster ids are arbitrary in every training, so the trainings' outputs cannot simply be
 averaged. The combination has three steps:
@@ -16,19 +17,29 @@ averaged. The combination has three steps:
 Averaging matched memberships is soft voting, as in Dimitriadou, Weingessel & Hornik,
 "A combination scheme for fuzzy clustering" (IJPRAI 16(7), 2002). Members that give
 only a cluster per row (DESOM's groups of map nodes) vote with one-hot memberships
-(:func:`combine_labelings`). Everything is linear in the number of rows: there is no
+(:func:`vote`). An algorithm's ``combine`` hook puts these pieces together for its
+own columns, for a training and for new images alike. Everything is linear in the number of rows: there is no
 row-by-row co-association matrix.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
+
+from deimos_ray.assignments import METADATA_KEY, ROWS_PER_FILE, read_metadata
+from deimos_ray.files import write_staged_dir
 
 
 def one_hot_consensus(labelings: Sequence[np.ndarray], k: int, seed: int = 0, n_init: int = 10) -> np.ndarray:
@@ -67,6 +78,53 @@ def match_clusters(labels: np.ndarray, reference: np.ndarray, k: int) -> np.ndar
     return order
 
 
+def consensus_orders(labelings: Sequence[np.ndarray], k: int, seed: int = 0,
+                     n_init: int = 10) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Steps 1 and 2: the reference partition, and each member's matching to it
+    (``order`` such that the member's cluster ``c`` is the reference's ``order[c]``)."""
+    reference = one_hot_consensus(labelings, k, seed, n_init)
+    return reference, [match_clusters(labels, reference, k) for labels in labelings]
+
+
+def average_matched(probabilities: Sequence[np.ndarray], orders: Sequence[np.ndarray]) -> np.ndarray:
+    """Step 3: the members' (rows, k) probabilities, columns put in the matched order,
+    averaged per row (float64)."""
+    probabilities = [np.asarray(p, dtype=np.float64) for p in probabilities]
+    if any(p.shape != probabilities[0].shape for p in probabilities):
+        raise ValueError("every member must give probabilities of the same shape")
+    mean = np.zeros_like(probabilities[0])
+    for p, order in zip(probabilities, orders, strict=True):
+        matched = np.empty_like(p)
+        matched[:, order] = p
+        mean += matched / len(probabilities)
+    return mean
+
+
+def vote(labelings: Sequence[np.ndarray], orders: Sequence[np.ndarray], k: int,
+         prefer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Members that give one cluster per row, matched by ``orders``, vote: every row
+    takes the cluster most members give it; where clusters tie, ``prefer``'s when it is
+    among them (else the lowest id).
+
+    Returns:
+        The combined cluster per row and the share of members that gave it.
+    """
+    matched = [order[np.asarray(labels, dtype=np.int64)] for labels, order in zip(labelings, orders, strict=True)]
+    rows = np.arange(len(matched[0]))
+    votes = np.zeros((len(rows), k), dtype=np.int64)
+    for labels in matched:
+        votes[rows, labels] += 1
+    top = votes.max(axis=1)
+    combined = np.where(votes[rows, prefer] == top, prefer, votes.argmax(axis=1))
+    return combined, top / len(matched)
+
+
+def agreement(labelings: Sequence[np.ndarray], orders: Sequence[np.ndarray], combined: np.ndarray) -> list[float]:
+    """Per member, the share of rows where its matched cluster is the combined one."""
+    return [float(np.mean(order[np.asarray(labels)] == combined)) for labels, order in zip(labelings, orders,
+                                                                                           strict=True)]
+
+
 def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0, n_init: int = 10,
                           orders: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[float]]:
     """The three steps of the module docstring.
@@ -84,34 +142,18 @@ def combine_probabilities(probabilities: Sequence[np.ndarray], seed: int = 0, n_
         member its agreement: the share of rows whose most probable cluster, matched to
         the reference, is the combined cluster.
     """
-    probabilities = [np.asarray(p, dtype=np.float64) for p in probabilities]
-    k = probabilities[0].shape[1]
-    if any(p.shape != probabilities[0].shape for p in probabilities):
-        raise ValueError("every member must give probabilities of the same shape")
-    labelings = [p.argmax(axis=1) for p in probabilities]
-    reference = one_hot_consensus(labelings, k, seed, n_init)
-    mean = np.zeros_like(probabilities[0])
-    matched_labels = []
-    for p, labels in zip(probabilities, labelings, strict=True):
-        order = match_clusters(labels, reference, k)
-        if orders is not None:
-            orders.append(order)
-        matched = np.empty_like(p)
-        matched[:, order] = p
-        mean += matched / len(probabilities)
-        matched_labels.append(order[labels])
-    combined = mean.argmax(axis=1)
-    agreement = [float(np.mean(labels == combined)) for labels in matched_labels]
-    return mean, agreement
+    labelings = [np.asarray(p).argmax(axis=1) for p in probabilities]
+    _, found = consensus_orders(labelings, np.asarray(probabilities[0]).shape[1], seed, n_init)
+    if orders is not None:
+        orders.extend(found)
+    mean = average_matched(probabilities, found)
+    return mean, agreement(labelings, found, mean.argmax(axis=1))
 
 
 def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0, n_init: int = 10,
                       orders: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """The module docstring's steps for members that give one cluster per row: a vote.
-
-    Each member's clusters are matched to the reference partition's; every row takes
-    the cluster most members give it, and where clusters tie, the reference's when it
-    is among them (else the lowest id).
+    """The module docstring's steps for members that give one cluster per row: a vote
+    (:func:`vote`), ties going to the reference partition's cluster.
 
     Args:
         labelings: Each member's cluster per row (0 .. k-1), rows in one order.
@@ -122,22 +164,50 @@ def combine_labelings(labelings: Sequence[np.ndarray], k: int, seed: int = 0, n_
 
     Returns:
         The combined cluster per row, the share of members that gave each row that
-        cluster, and per member its agreement: the share of rows where its matched
-        cluster is the combined one.
+        cluster, and per member its agreement.
     """
     labelings = [np.asarray(labels, dtype=np.int64) for labels in labelings]
-    reference = one_hot_consensus(labelings, k, seed, n_init)
-    rows = np.arange(len(reference))
-    votes = np.zeros((len(reference), k), dtype=np.int64)
-    matched_labels = []
-    for labels in labelings:
-        order = match_clusters(labels, reference, k)
-        if orders is not None:
-            orders.append(order)
-        matched = order[labels]
-        votes[rows, matched] += 1
-        matched_labels.append(matched)
-    top = votes.max(axis=1)
-    combined = np.where(votes[rows, reference] == top, reference, votes.argmax(axis=1))
-    agreement = [float(np.mean(labels == combined)) for labels in matched_labels]
-    return combined, top / len(labelings), agreement
+    reference, found = consensus_orders(labelings, k, seed, n_init)
+    if orders is not None:
+        orders.extend(found)
+    combined, share = vote(labelings, found, k, prefer=reference)
+    return combined, share, agreement(labelings, found, combined)
+
+
+# --- the restarts' assignments folders ---------------------------------------------------
+
+
+def read_aligned(sources: list[Path], column: str, base: int = 0) -> tuple[pa.Table, list[np.ndarray]]:
+    """``sources[base]``'s assignments table and every source's ``column`` in that
+    table's row order, from assignments of the same rows (matched by ``id``)."""
+    first = pq.read_table(sources[base])
+    ids = pd.Index(first.column("id").to_numpy(zero_copy_only=False))
+    if not ids.is_unique:
+        raise ValueError(f"{sources[base]}: row ids are not unique")
+    values = []
+    for i, source in enumerate(sources):
+        table = first if i == base else pq.read_table(source, columns=["id", column])
+        position = pd.Index(table.column("id").to_numpy(zero_copy_only=False)).get_indexer(ids)
+        if table.num_rows != len(ids) or (position < 0).any():
+            raise ValueError(f"{source} does not assign the same rows as {sources[base]}")
+        column_values = table.column(column).to_numpy(zero_copy_only=False)
+        values.append((np.stack(column_values) if column_values.dtype == object else column_values)[position])
+    return first, values
+
+
+def write_combined(table: pa.Table, sources: list[Path], base: int, destination: str | Path,
+                   combine: dict[str, Any]) -> None:
+    """Write a combined assignments table, its metadata ``sources[base]``'s plus
+    ``consensus`` (``combine``: each restart's agreement and matching; the sources),
+    staged and renamed into place as :func:`deimos_ray.assignments.write_assignments`
+    writes."""
+    metadata = read_metadata(sources[base])
+    metadata["consensus"] = {**combine, "sources": [str(s) for s in sources]}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, default=str).encode()})
+
+    def write(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for part, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
+            pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
+
+    write_staged_dir(destination, write)

@@ -3,7 +3,7 @@
 ``DeepClusterer(algorithm="dec", n_clusters=8).fit(X)`` runs the same code as
 ``jobs/train_dec.py``: :func:`deimos_ray.job.run_training_job` into a run folder (Ray
 Data preprocessing, Ray Train, Ray Data assignment, scores). ``predict`` and
-``transform`` assign new rows with that run through :func:`deimos_ray.apply.assign_new`,
+``transform`` assign new rows with that run through :func:`deimos_ray.new_images.assign_new`,
 the code behind ``jobs/assign.py``. So a model fitted here is an ordinary run folder
 (``run_dir_``): ``jobs/report.py`` draws it, ``jobs/assign.py`` reuses it.
 
@@ -31,6 +31,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from deimos_ray.algorithms import get_algorithm
+from deimos_ray.config_io import override_all
+from deimos_ray.job import run_training_job
+from deimos_ray.new_images import assign_new
 
 ROW_ID = "row-{:09d}"
 
@@ -89,10 +94,6 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             ValueError: Bad input (fewer rows than ``n_clusters``, NaN, wrong shape) or
                 settings, before Ray starts.
         """
-        from deimos_ray.algorithms import get_algorithm
-        from deimos_ray.config import override_all
-        from deimos_ray.job import run_training_job
-
         algorithm = get_algorithm(self.algorithm)
         with tempfile.TemporaryDirectory(prefix="deimos_ray_input_") as staging:
             spec, ids, channels = self._stage(X, Path(staging), fitting=True)
@@ -135,8 +136,6 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return np.stack(self._assign(X)["embedding"].to_numpy()).astype(np.float32)
 
     def _assign(self, X: Any) -> pd.DataFrame:
-        from deimos_ray.apply import assign_new
-
         check_is_fitted(self, "run_dir_")
         with tempfile.TemporaryDirectory(prefix="deimos_ray_input_") as staging:
             spec, ids, _ = self._stage(X, Path(staging), fitting=False)

@@ -6,9 +6,9 @@ same way by :func:`write_staged_dir`. A crash therefore leaves either the old fi
 new one, never half of one, and at worst a hidden ``.NAME.partial-*`` that the next run
 removes (:func:`remove_partials`).
 
-``DEIMOS_RAY_FAIL_AT=NAME`` ends the process (``os._exit``) just before the file or
-folder ``NAME`` is renamed into place: how the tests check that a crash at that moment
-leaves a folder a rerun can use.
+Callables in :data:`BEFORE_RENAME` are called with each destination just before it is
+renamed into place; none are installed by the package. The tests install one that ends
+the process there, to check that a crash at that moment leaves a folder a rerun can use.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from typing import Any
 
 import numpy as np
 
-FAULT_VARIABLE = "DEIMOS_RAY_FAIL_AT"
-FAULT_EXIT_CODE = 70
+from deimos_ray.errors import UsageError
+
+BEFORE_RENAME: list[Callable[[Path], None]] = []
 
 
 def _partial(destination: Path) -> Path:
     return destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
 
 
-def fault_point(name: str) -> None:
-    """End the process here when ``DEIMOS_RAY_FAIL_AT`` names ``name`` (crash tests)."""
-    if os.environ.get(FAULT_VARIABLE) == name:
-        os._exit(FAULT_EXIT_CODE)
+def _before_rename(destination: Path) -> None:
+    for hook in BEFORE_RENAME:
+        hook(destination)
 
 
 def write_atomic(destination: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -43,7 +43,7 @@ def write_atomic(destination: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp = _partial(destination)
     try:
         write(tmp)
-        fault_point(destination.name)
+        _before_rename(destination)
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
@@ -76,7 +76,7 @@ def write_staged_dir(destination: str | Path, write: Callable[[Path], Any]) -> P
     staging = _partial(destination)
     try:
         write(staging)
-        fault_point(destination.name)
+        _before_rename(destination)
         old = None
         if destination.exists():
             old = _partial(destination)
@@ -114,8 +114,6 @@ def check_writable(out: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     Raises:
         UsageError: naming the folder, the reason and the fix.
     """
-    from deimos_ray.errors import UsageError
-
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; name a folder")

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from deimos_ray.config import DataConfig, FeatureConfig, JobConfig, stored_settings, to_dict
+from deimos_ray.config import DataConfig, FeatureConfig, JobConfig
+from deimos_ray.config_io import stored_settings, to_dict
 from deimos_ray.errors import UsageError
 from deimos_ray.files import remove_partials, write_json
 

@@ -4,23 +4,21 @@
 
 1. check the config, and that ``DIR`` holds no other training (:mod:`deimos_ray.identity`);
 2. start or join Ray; load and preprocess the source in Ray Data
-   (:mod:`deimos_ray.data.prepare`); check that ``DIR`` holds no training on other rows
-   and that the rows serve the settings (``Algorithm.check_data``); only then write ``DIR/identity.json``, ``DIR/config.yaml`` and
-   ``DIR/rejected.parquet`` (every unreadable input with the reason), and remove an
-   earlier run's ``metrics.json``;
-3. :func:`run_prepared` on those rows: train on Ray Train (``DIR/ray/``; a rerun with
-   the same ``DIR`` resumes), once or as restarts (:mod:`deimos_ray.restarts`), export
-   ``DIR/checkpoint/``; assign every row with Ray Data model actors into
-   ``DIR/assignments/`` (restarts: each into ``DIR/restarts/R/``, and their consensus);
-   the algorithm's post-processing; check inputs = assigned + rejected; score the model
-   beside k-means (:mod:`deimos_ray.scoring`); write ``DIR/metrics.json``;
-4. draw ``DIR/report/index.html`` (:mod:`deimos_ray.report`): what is in each cluster.
+   (:func:`deimos_ray.run_folder.prepare_rows`);
+3. :func:`run_prepared` on those rows: check that ``DIR`` holds no training on other
+   rows and that the rows serve the settings (``Algorithm.check_data``), and only then
+   open the folder (:func:`deimos_ray.run_folder.open_run`: ``identity.json``,
+   ``config.yaml``, ``rejected.parquet``); train on Ray Train (``DIR/ray/``; a rerun
+   with the same ``DIR`` resumes), once or as restarts (:mod:`deimos_ray.train.restarts`),
+   export ``DIR/checkpoint/``; assign every row with Ray Data model actors into
+   ``DIR/assignments/`` (restarts: each into ``DIR/restarts/R/``, and their combination,
+   ``Algorithm.combine``); the algorithm's post-processing and any further training it
+   asks for (DESOM-2); check inputs = assigned + rejected, score the model beside the
+   baselines and write ``DIR/metrics.json`` (:func:`deimos_ray.run_folder.finish_run`);
+4. draw ``DIR/report/index.html`` (:mod:`deimos_ray.report.page`) from the run's files.
 
 :func:`run_prepared` is also what a Ray Tune trial calls: one training of a given
 config on data prepared once, without argparse.
-
-Every file appears complete or not at all (:mod:`deimos_ray.files`); ``metrics.json``,
-written last, marks a finished run.
 """
 
 from __future__ import annotations
@@ -34,31 +32,19 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from deimos_ray.algorithms.base import Algorithm
-from deimos_ray.assign import write_assignments
-from deimos_ray.config import JobConfig, save_yaml, to_dict
-from deimos_ray.data.prepare import (
-    NothingReadable,
-    PreparedData,
-    collect_features,
-    prepare_data,
-    write_rejected,
-)
+from deimos_ray.assignments import write_assignments
+from deimos_ray.config import JobConfig
+from deimos_ray.config_io import to_dict
+from deimos_ray.data.prepare import PreparedData
 from deimos_ray.data.preprocess import output_columns
-from deimos_ray.errors import UsageError
-from deimos_ray.files import remove_partials, save_npz, write_json
-from deimos_ray.identity import (
-    IDENTITY_FILE,
-    check_identity,
-    clear_run,
-    rows_fingerprint,
-    settings_identity,
-    write_identity,
-)
-from deimos_ray.metrics import format_table
-from deimos_ray.restarts import fit_restarts
+from deimos_ray.files import save_npz
+from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity
+from deimos_ray.report.page import draw_report
+from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
-from deimos_ray.scoring import score_run, scores_space
+from deimos_ray.scoring import scores_space
 from deimos_ray.train.driver import export_checkpoint
+from deimos_ray.train.restarts import fit_restarts
 
 
 def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
@@ -79,42 +65,19 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     init_ray(num_cpus=local_cpus_needed(cfg.scaling.num_workers * at_once, cfg.scaling.cpus_per_worker))
     check_room(cfg.scaling)
 
-    fine_tune = algorithm.fine_tunes_backbone(cfg)
-    try:
-        data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
-    except NothingReadable as exc:
-        if not (out / IDENTITY_FILE).exists() and not (out / "ray").exists():  # no other run's folder
-            out.mkdir(parents=True, exist_ok=True)
-            write_rejected(exc.rejected, out / "rejected.parquet")
-            raise UsageError(f"{exc} (every one in {out / 'rejected.parquet'})") from exc
-        raise
-    identity = run_identity(algorithm, cfg, data)
-    check_identity(out, identity, cfg, overwrite)
-    algorithm.check_data(cfg, data)
-    if overwrite:
-        clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out)
-    # An earlier run's scores must not sit beside this run's config while it trains (or
-    # after it fails): metrics.json appears again only when this run has finished.
-    (out / "metrics.json").unlink(missing_ok=True)
-    write_identity(out, identity)
-    save_yaml(cfg, out / "config.yaml")
-    write_rejected(data.rejected, out / "rejected.parquet")
-    if fine_tune:
+    data = prepare_rows(out, algorithm, cfg, cfg.scaling.use_gpu)
+    if algorithm.fine_tunes_backbone(cfg):
         print(f"[{algorithm.job}] fine-tuning {cfg.features.backbone} on the images at {data.spec.size[0]} px")
     elif cfg.features.enabled:
         print(f"[{algorithm.job}] {cfg.features.backbone} features "
               f"{'read from the cache' if data.cache_hit else 'computed and cached'} "
               f"in {cfg.features.cache or out / 'features'}")
-    if data.feature_stats is not None:  # new images must be standardised the same way
-        save_npz(out / "feature_stats.npz", **data.feature_stats)
     for note in data.notes:
         print(f"[{algorithm.job}] {note}")
     tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
     print(f"[{algorithm.job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
           f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
-    metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0)
+    metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0, overwrite=overwrite)
     if report:
         draw_report(out, algorithm.job)
     return metrics
@@ -130,7 +93,7 @@ def run_identity(algorithm: Algorithm, cfg: JobConfig, data: PreparedData) -> di
 
 def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_dir: str | Path,
                  data_s: float = 0.0, progress_rows: int = 0,
-                 callbacks: list[Any] | None = None) -> dict[str, Any]:
+                 callbacks: list[Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train, assign, check and score on rows already prepared; write ``metrics.json``.
 
     Args:
@@ -144,16 +107,18 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
             model's current clusters on this many rows
             (:class:`deimos_ray.train.common.ProgressProbe`; a sweep's early stopping).
         callbacks: Ray Train callbacks of each training (a sweep's report to Tune).
+        overwrite: Replace the run that is in ``out_dir`` (``--overwrite``).
 
     Returns:
         The metrics dict: accounting, scores, training summary, restarts, timings.
     """
     out = Path(out_dir).resolve()
-    algorithm.check_data(cfg, data)  # a sweep trial's; already passed in run_training_job
     identity = run_identity(algorithm, cfg, data)
-    check_identity(out, identity, cfg)  # a sweep trial's folder, or a no-op after run_training_job
-    out.mkdir(parents=True, exist_ok=True)
-    write_identity(out, identity)
+    check_identity(out, identity, cfg, overwrite)
+    algorithm.check_data(cfg, data)
+    open_run(out, identity, cfg, data, overwrite)
+    if data.feature_stats is not None:  # new images must be standardised the same way
+        save_npz(out / "feature_stats.npz", **data.feature_stats)
     job = algorithm.job
     timings = {"data_s": data_s}
 
@@ -177,7 +142,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         sources = []
         for record, result in zip(restarts, results, strict=True):
             where = out / "restarts" / str(record["restart"])
-            write_assignments(to_assign, export_checkpoint(result, where / "checkpoint"),
+            write_assignments(algorithm, to_assign, export_checkpoint(result, where / "checkpoint"),
                               where / "assignments", {**metadata, "restart": record}, use_gpu=cfg.scaling.use_gpu)
             sources.append(where / "assignments")
         agreement = algorithm.combine(cfg, sources, out / "assignments", kept)
@@ -186,7 +151,8 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         print(f"[{job}] combined {len(sources)} restarts; each one's agreement with the result: "
               + ", ".join(f"{share:.3f}" for share in agreement))
     else:
-        write_assignments(to_assign, checkpoint, out / "assignments", metadata, use_gpu=cfg.scaling.use_gpu)
+        write_assignments(algorithm, to_assign, checkpoint, out / "assignments", metadata,
+                          use_gpu=cfg.scaling.use_gpu)
     assignments = pq.read_table(out / "assignments").to_pandas()
     assignments, extra = algorithm.after_assign(cfg, out, assignments, data)
     timings["assign_s"] = time.perf_counter() - t
@@ -194,11 +160,15 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     accounting = account(cfg, data, len(assignments))
 
     t = time.perf_counter()
+    further = algorithm.further_training(cfg, out)
+    if further is not None:
+        extra.update(further)
+        timings["further_training_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     k = algorithm.n_clusters(cfg)
     model_name = algorithm.model_name(cfg)
-    ids, features = collect_features(data.good)
-    scores = score_run(assignments, ids, features, k, cfg.seed, cfg.metrics_sample, cfg.baseline_n_init,
-                       data.has_labels, model_name, algorithm.labels_seen(cfg), ward=cfg.baseline_ward)
+    scores = score_rows(algorithm, cfg, data, assignments, algorithm.labels_seen(cfg))
     timings["score_s"] = time.perf_counter() - t
     timings["total_s"] = sum(timings.values())
 
@@ -218,41 +188,5 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         **extra,
         "timings_s": timings,
     }
-    write_json(out / "metrics.json", metrics)
-
-    print(f"\n[{job}] accounting: {accounting['inputs']} inputs = {accounting['assigned']} assigned "
-          f"+ {accounting['rejected']} rejected" + (f" ({len(assignments)} tiles)" if cfg.data.tile else ""))
-    print(f"[{job}] scores (k={k}):\n{format_table(scores)}")
-    print(f"\n[{job}] outputs in {out}:\n  assignments/  rejected.parquet  metrics.json  config.yaml  checkpoint/")
+    finish_run(out, metrics, job, k)
     return metrics
-
-
-def draw_report(out: Path, job: str) -> None:
-    """Draw ``out/report/`` (:func:`deimos_ray.report.write_report`). The run has finished
-    whatever happens here: a failure is a warning that names the command to redraw."""
-    from deimos_ray.report import write_report
-
-    try:
-        write_report(out)
-    except Exception as exc:  # the clustering is written; the pictures can be drawn later
-        warnings.warn(f"[{job}] the report could not be drawn ({type(exc).__name__}: {exc}); "
-                      f"redraw it with: python jobs/report.py {out}", stacklevel=2)
-
-
-def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:
-    """Check that every input is assigned or rejected and return the counts.
-
-    Raises:
-        RuntimeError: The assignments lost or added rows, or inputs != assigned + rejected.
-    """
-    n_rows = data.num_rows
-    if assigned_rows != n_rows:
-        raise RuntimeError(f"{n_rows} readable rows but {assigned_rows} assignment rows")
-    accounting = {"inputs": data.num_inputs, "assigned": data.good_inputs, "rejected": len(data.rejected)}
-    if cfg.data.tile:
-        accounting["tiles"] = n_rows
-    if data.missing:
-        accounting["listed_but_missing"] = data.missing
-    if accounting["assigned"] + accounting["rejected"] != accounting["inputs"]:
-        raise RuntimeError(f"inputs != assigned + rejected: {accounting}")
-    return accounting

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deimos_ray.apply import assign_new
 from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
+from deimos_ray.new_images import assign_new
 
 
 def main(argv: list[str] | None = None) -> int:

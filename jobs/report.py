@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deimos_ray.report.page import NotAFinishedRun, write_report
+from deimos_ray.report.page import write_report
+from deimos_ray.run_folder import NotAFinishedRun
 from deimos_ray.runtime import init_ray
 
 

@@ -20,43 +20,22 @@ import sys
 
 from deimos_ray import cli
 from deimos_ray.algorithms import get_algorithm
-from deimos_ray.cli import add_common_args
-from deimos_ray.config import DECJobConfig
 
-JOB = "train_dec"
-SMOKE = {
-    "data.limit": 300,
-    "model.pretrain_epochs": 2,
-    "model.epochs": 2,
-    "model.update_interval": 2,
-    "model.hidden_dims": [64, 64, 128],
-    "model.kmeans_n_init": 2,
-    "checkpoint_interval_s": 0,
-}
+ALGORITHM = get_algorithm("dec")  # its flags, defaults and --smoke-test settings: deimos_ray/algorithms/dec.py
+JOB = ALGORITHM.job
+SMOKE = ALGORITHM.smoke
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, JOB)
-    p.add_argument("--variant", choices=["dec", "idec"],
-                   help="dec: KL loss only; idec: also keeps the reconstruction loss (slower, "
-                   "preserves local structure)")
-    p.add_argument("--pretrain-epochs", type=int, help="autoencoder pretraining epochs: the main "
-                   "cost, and the main lever on quality")
-    p.add_argument("--update-interval", type=int, help="steps between target-distribution updates "
-                   "over the whole dataset (smaller: more full passes, closer tracking)")
-    return p
+    return cli.job_parser(ALGORITHM, __doc__)
 
 
-def build_config(args: argparse.Namespace) -> DECJobConfig:
-    return cli.build_config(DECJobConfig, args, SMOKE, {
-        "model.variant": args.variant, "model.pretrain_epochs": args.pretrain_epochs,
-        "model.update_interval": args.update_interval,
-    })
+def build_config(args: argparse.Namespace):
+    return cli.build_job_config(ALGORITHM, args)
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(get_algorithm("dec"), build_config, args)
+    return cli.main(ALGORITHM, args)
 
 
 if __name__ == "__main__":

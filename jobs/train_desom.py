@@ -16,7 +16,7 @@ Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.par
 (prototypes.png, hits.png, umatrix.png); with --restarts (needs --k), restarts/R/ holds
 each restart's checkpoint and assignments, and cluster is their vote. With --levels 2
 also groups.parquet (one row per group: group, som_row, som_col, cluster, members) and
-level2/report/ (hits, U-matrix, members.png). Redraw the pictures with jobs/desom_report.py DIR.
+level2/report/ (hits, U-matrix, members.png). Redraw the pictures with jobs/report.py DIR.
 """
 
 from __future__ import annotations
@@ -26,54 +26,22 @@ import sys
 
 from deimos_ray import cli
 from deimos_ray.algorithms import get_algorithm
-from deimos_ray.cli import add_common_args, add_restart_args, restart_overrides
-from deimos_ray.config import DESOMJobConfig
 
-JOB = "train_desom"
-SMOKE = {
-    "data.limit": 300,
-    "model.iterations": 30,
-    "model.hidden_dims": [64, 64],
-    "model.map_size": [4, 4],
-    "level2.iterations": 20,
-    "level2.hidden_dims": [32, 16],
-    "level2.latent_dim": 8,
-    "level2.map_size": [3, 3],
-    "checkpoint_interval_s": 0,
-}
+ALGORITHM = get_algorithm("desom")  # its flags, defaults and --smoke-test settings: deimos_ray/algorithms/desom.py
+JOB = ALGORITHM.job
+SMOKE = ALGORITHM.smoke
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, JOB)
-    p.set_defaults(k=None)
-    p.add_argument("--map-size", type=int, nargs=2, metavar=("ROWS", "COLS"),
-                   help="SOM grid (default 8 8); --k groups its nodes into K clusters by "
-                   "k-means over the prototypes, else every node is a cluster")
-    p.add_argument("--iterations", type=int, help="training steps (default 10000)")
-    p.add_argument("--autoencoder", choices=["dense", "conv"], help="dense (default) or conv")
-    p.add_argument("--gamma", type=float, help="SOM loss weight (default 1e-3)")
-    add_restart_args(p)
-    p.add_argument("--levels", type=int, choices=[1, 2],
-                   help="1 (default), or 2: also map the groups (exposures, source images) with "
-                   "DESOM-2 over histo-vectors of their members' DESOM-1 nodes")
-    p.add_argument("--level2-map-size", type=int, nargs=2, metavar=("ROWS", "COLS"),
-                   help="DESOM-2 grid (default 20 20)")
-    return p
+    return cli.job_parser(ALGORITHM, __doc__)
 
 
-def build_config(args: argparse.Namespace) -> DESOMJobConfig:
-    if args.epochs is not None:
-        raise ValueError("DESOM counts training in --iterations, not --epochs")
-    return cli.build_config(DESOMJobConfig, args, SMOKE, {
-        "model.map_size": args.map_size, "model.iterations": args.iterations,
-        "model.autoencoder": args.autoencoder, "model.gamma": args.gamma,
-        "level2.map_size": args.level2_map_size, "levels": args.levels, **restart_overrides(args),
-    })
+def build_config(args: argparse.Namespace):
+    return cli.build_job_config(ALGORITHM, args)
 
 
 def main(args: argparse.Namespace) -> int:
-    return cli.main(get_algorithm("desom"), build_config, args)
+    return cli.main(ALGORITHM, args)
 
 
 if __name__ == "__main__":

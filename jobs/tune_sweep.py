@@ -32,15 +32,15 @@ rows in trials.parquet say "stopped early"; they are never chosen).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
 from deimos_ray import cli
 from deimos_ray.algorithms import ALGORITHMS, get_algorithm
-from deimos_ray.config import parse_override
+from deimos_ray.config_io import parse_override
+from deimos_ray.data.sources import detect_format
 from deimos_ray.files import check_writable
-from deimos_ray.tune import SCHEDULERS, SEARCHES
+from deimos_ray.sweep.driver import run_sweep
+from deimos_ray.sweep.space import SCHEDULERS, SEARCHES
 
 JOB = "tune_sweep"
 
@@ -91,30 +91,17 @@ def parse_grid(args: argparse.Namespace) -> dict[str, list]:
     return grid
 
 
-def _job_smoke(algorithm: str) -> dict:
-    """The --smoke-test settings of the algorithm's own job."""
-    job = get_algorithm(algorithm).job
-    spec = importlib.util.spec_from_file_location(job, Path(__file__).with_name(f"{job}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.SMOKE
-
-
 def main(args: argparse.Namespace) -> int:
-    from deimos_ray.tune import run_sweep
-
     algorithm = get_algorithm(args.algorithm)
     try:
         grid = parse_grid(args)
         args.k = None  # the swept values are the grid's, not one config value
-        cfg = cli.build_config(algorithm.config_class, args, _job_smoke(args.algorithm),
+        cfg = cli.build_config(algorithm.config_class, args, algorithm.smoke,
                                {"restarts.count": args.restarts_per_trial})
-        from deimos_ray.data.sources import detect_format
-
         detect_format(cfg.data.spec)
         out = cli.default_out(JOB, args.out)
         check_writable(out)
-        run_sweep(args.algorithm, cfg, grid, out, search=args.search, samples=args.samples,
+        run_sweep(algorithm, cfg, grid, out, search=args.search, samples=args.samples,
                   max_concurrent=args.max_concurrent, min_cluster_fraction=args.min_cluster_fraction,
                   scheduler=args.scheduler, grace_period=args.grace_period,
                   reduction_factor=args.reduction_factor)

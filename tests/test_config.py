@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from deimos_ray.config import (
-    DACJobConfig,
-    DataConfig,
-    DECJobConfig,
-    DESOMJobConfig,
+from deimos_ray.algorithms.dac import DACJobConfig
+from deimos_ray.algorithms.dec import DECJobConfig
+from deimos_ray.algorithms.desom import DESOMJobConfig
+from deimos_ray.config import DataConfig
+from deimos_ray.config_io import (
     from_dict,
     load_yaml,
     override,

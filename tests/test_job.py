@@ -11,8 +11,8 @@ import pytest
 
 from deimos_ray import __version__
 from deimos_ray.algorithms import ALGORITHMS
-from deimos_ray.assign import read_metadata
-from deimos_ray.config import override_all, to_dict
+from deimos_ray.assignments import read_metadata
+from deimos_ray.config_io import override_all, to_dict
 from deimos_ray.job import run_training_job
 from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
 

@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from deimos_ray.algorithms import ALGORITHMS
-from deimos_ray.apply import assign_new
-from deimos_ray.config import override_all
+from deimos_ray.config_io import override_all
 from deimos_ray.errors import UsageError
 from deimos_ray.job import run_training_job
-from deimos_ray.report.page import PER_GRID, montage_size, write_report
+from deimos_ray.new_images import assign_new
+from deimos_ray.report.montages import PER_GRID, montage_size
+from deimos_ray.report.page import write_report
 from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
 
 CHROMIUM = Path("/usr/bin/chromium")

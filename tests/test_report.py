@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from deimos_ray.models.desom import DESOM, DESOMConfig
-from deimos_ray.report import draw_desom_pictures, draw_members, hit_counts, mosaic
+from deimos_ray.report.pictures import draw_desom_pictures, draw_members, hit_counts, mosaic
 
 
 def test_mosaic_lays_images_row_major_with_white_gaps():

@@ -1,6 +1,7 @@
 """Restarts: several trainings at once from threads of the driver, the warning when the
-cluster cannot hold them, a failure stopping the ones not started, and the consensus
-files they are combined into."""
+cluster cannot hold them, a failure stopping the ones not started, and the algorithms'
+combination of their assignments (for a training and, with its saved matching, for new
+images)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from deimos_ray import restarts
-from deimos_ray.assign import METADATA_KEY
-from deimos_ray.config import DACJobConfig, RestartConfig, ScalingConfig
+from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.algorithms.dac import DACJobConfig
+from deimos_ray.algorithms.desom import DESOMJobConfig
+from deimos_ray.assignments import METADATA_KEY
+from deimos_ray.config import RestartConfig, ScalingConfig
 from deimos_ray.consensus import combine_probabilities
-from deimos_ray.restarts import (
-    _warn_if_cluster_too_small,
-    combine_dac_assignments,
-    combine_desom_assignments,
-    fit_restarts,
-)
+from deimos_ray.models.desom import DESOMConfig
+from deimos_ray.train import restarts
+from deimos_ray.train.restarts import _warn_if_cluster_too_small, fit_restarts
+
+DAC, DESOM = ALGORITHMS["dac"], ALGORITHMS["desom"]
 
 
 def test_concurrent_restarts_the_cluster_cannot_hold_are_announced(ray_session):
@@ -93,7 +95,7 @@ def test_combine_dac_assignments_writes_the_averaged_probabilities_in_the_first_
         pq.write_table(table, tmp_path / name / "part.parquet")
         sources.append(tmp_path / name)
 
-    agreement = combine_dac_assignments(sources, tmp_path / "out", seed=0)
+    agreement = DAC.combine(DACJobConfig(seed=0), sources, tmp_path / "out", kept=0)
     out = pq.read_table(tmp_path / "out")
     mean, expected_agreement = combine_probabilities([p, q], seed=0)
     assert agreement == expected_agreement
@@ -109,6 +111,14 @@ def test_combine_dac_assignments_writes_the_averaged_probabilities_in_the_first_
     assert metadata["job"] == "t" and metadata["consensus"]["agreement"] == agreement
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no staging left
 
+    # New images are combined by the same function with the saved matching: the same rows
+    # give the same table.
+    orders = [np.asarray(order) for order in metadata["consensus"]["orders"]]
+    DAC.combine(DACJobConfig(seed=0), sources, tmp_path / "again", kept=0, orders=orders)
+    again = pq.read_table(tmp_path / "again")
+    for column in ("id", "cluster", "confidence", "topk_clusters", "embedding"):
+        assert again.column(column).equals(out.column(column))
+
 
 def test_combine_dac_assignments_refuses_different_rows(tmp_path):
     p = np.full((4, 2), 0.5)
@@ -116,7 +126,7 @@ def test_combine_dac_assignments_refuses_different_rows(tmp_path):
         (tmp_path / name).mkdir()
         pq.write_table(_dac_table(np.array(ids), p), tmp_path / name / "part.parquet")
     with pytest.raises(ValueError, match="same rows"):
-        combine_dac_assignments([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+        DAC.combine(DACJobConfig(), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", kept=0)
     assert not (tmp_path / "out").exists()
 
 
@@ -145,7 +155,8 @@ def test_combine_desom_assignments_keeps_the_kept_map_and_votes_the_clusters(tmp
                        tmp_path / str(m) / "part.parquet")
         sources.append(tmp_path / str(m))
 
-    agreement = combine_desom_assignments(sources, tmp_path / "out", k=3, kept=1, seed=0)
+    cfg = DESOMJobConfig(model=DESOMConfig(n_clusters=3), seed=0)
+    agreement = DESOM.combine(cfg, sources, tmp_path / "out", kept=1)
     out = pq.read_table(tmp_path / "out")
     assert out.column("id").to_pylist() == ids[shuffled].tolist()
     assert out.column("som_row").to_pylist() == (10 + shuffled).tolist()  # restart 1's map
@@ -157,3 +168,10 @@ def test_combine_desom_assignments_keeps_the_kept_map_and_votes_the_clusters(tmp
     assert agreement == [11 / 12, 1.0, 1.0]
     metadata = json.loads(pq.read_schema(next((tmp_path / "out").glob("*.parquet"))).metadata[METADATA_KEY])
     assert metadata["consensus"]["kept"] == 1 and metadata["consensus"]["agreement"] == agreement
+
+    # New images: the saved matching, ties going to the kept restart's cluster.
+    orders = [np.asarray(order) for order in metadata["consensus"]["orders"]]
+    DESOM.combine(cfg, sources, tmp_path / "again", kept=1, orders=orders)
+    again = pq.read_table(tmp_path / "again")
+    assert again.column("cluster").equals(out.column("cluster"))
+    assert again.column("confidence").equals(out.column("confidence"))

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.algorithms import ALGORITHMS
-from deimos_ray.config import override_all
+from deimos_ray.config_io import override_all
 from deimos_ray.errors import UsageError
-from deimos_ray.files import FAULT_EXIT_CODE, FAULT_VARIABLE, check_writable, write_text
+from deimos_ray.files import check_writable, write_text
 from deimos_ray.identity import IDENTITY_FILE, check_identity, settings_identity, write_identity
+from tests import crash_at
 from tests.helpers import ROOT, load_job, write_bad_files, write_image_folder
 
 DEC = ALGORITHMS["dec"]
@@ -95,10 +96,11 @@ def test_a_crash_at_any_rename_leaves_whole_files_and_the_next_run_finishes(ray_
     # The crashing runs join this session's Ray instead of starting their own (10 s each).
     address = ray_session.get_runtime_context().gcs_address
     for point in ("checkpoint", "assignments", "metrics.json"):
-        env = {**os.environ, FAULT_VARIABLE: point, "RAY_ADDRESS": address}
-        done = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_dec.py"), *argv], env=env, cwd=ROOT,
+        env = {**os.environ, "RAY_ADDRESS": address}
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_at.py"), point,
+                               str(ROOT / "jobs" / "train_dec.py"), *argv], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
-        assert done.returncode == FAULT_EXIT_CODE, done.stderr[-2000:]
+        assert done.returncode == crash_at.EXIT_CODE, done.stderr[-2000:]
         # The run is not marked finished, and every file there reads whole.
         assert not (out / "metrics.json").exists()
         assert json.loads((out / IDENTITY_FILE).read_text())["seed"] == 0

@@ -21,6 +21,7 @@ import ray
 
 from deimos_ray.config import DataConfig, FeatureConfig
 from deimos_ray.data.feature_cache import cache_key, read_entry, write_entry
+from deimos_ray.data.features import extract_features
 from deimos_ray.data.metadata import join_metadata
 from deimos_ray.data.preprocess import (
     PREPROCESS_BATCH,
@@ -34,6 +35,7 @@ from deimos_ray.data.sources import load_source
 from deimos_ray.data.sources.base import rechunk
 from deimos_ray.errors import UsageError
 from deimos_ray.files import write_atomic
+from deimos_ray.models.backbones import DEFAULT_SIZE
 
 REJECTED_SCHEMA = pa.schema(
     [("id", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("stage", pa.string())]
@@ -97,12 +99,10 @@ def _append_meta_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return batch
 
 
-def _decode_size(cfg: DataConfig, features: FeatureConfig) -> DataConfig:
+def decode_size(cfg: DataConfig, features: FeatureConfig) -> DataConfig:
     """With a backbone, decode at the size it sees (unless tiling sets the geometry)."""
     if not features.enabled:
         return cfg
-    from deimos_ray.models.backbones import DEFAULT_SIZE
-
     if cfg.image_size is not None:
         raise ValueError("with --backbone, images are decoded at --feature-size (features.image_size); "
                          "leave --image-size (data.image_size) unset")
@@ -156,7 +156,7 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     source = load_source(cfg)
     rejected_parts = [pd.DataFrame(list(source.rejected), columns=REJECTED_SCHEMA.names)]
     shape = source.image_shape[:2] if source.image_shape else None
-    spec = resolve_image_spec(shape, _decode_size(cfg, features))
+    spec = resolve_image_spec(shape, decode_size(cfg, features))
     if not extract:
         features = FeatureConfig()  # the pixels, at the backbone's size
     good, cached, stats, hit = None, None, None, False
@@ -178,8 +178,6 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
             ds, _ = join_metadata(ds, sample, cfg)
         processed = preprocess(ds, spec, batch_size=batch)
         if features.enabled:
-            from deimos_ray.data.features import extract_features
-
             processed = extract_features(processed, features.backbone, features.weights, spec.size[0],
                                          use_gpu, features.actors, features.batch_size)
             # The cache entry is written from the driver anyway: split the rows there

@@ -1,2 +1,2 @@
 """Losses of the deep clustering algorithms: ``dac`` (pair loss), ``dec`` (KL to the
-target distribution); the SOM loss is part of :class:`deimos_ray.models.som.SOMLayer`."""
+target distribution), ``som`` (DESOM's neighbourhood-weighted distances)."""

@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deimos_ray.data.augment import AugmentConfig
+from deimos_ray.models.backbones import load_backbone
 
 TRUNKS = ("vgg", "resnet18")
 HEADS = ("dense", "narrow")
@@ -351,8 +351,6 @@ class DACNet(nn.Module):
             raise ValueError("model.fine_tune_backbone needs a backbone (--backbone NAME), "
                              "and a backbone trunk needs model.fine_tune_backbone")
         if backbone is not None:
-            from deimos_ray.models.backbones import load_backbone
-
             if len(input_shape) != 3:
                 raise ValueError(f"fine-tuning a backbone needs images (C, H, W), got shape {input_shape}")
             self.backbone = load_backbone(backbone["name"], backbone.get("weights"), backbone.get("image_size"))
@@ -395,42 +393,3 @@ class DACNet(nn.Module):
             return [{"params": list(self.parameters()), "lr": cfg.lr}]
         return [{"params": list(self.backbone.parameters()), "lr": cfg.lr * cfg.trunk_lr_ratio},
                 {"params": list(self.head.parameters()), "lr": cfg.lr}]
-
-
-def reassign_small_clusters(
-    clusters: torch.Tensor | list[int], features: torch.Tensor, min_size: int
-) -> tuple[torch.Tensor, dict[int, int]]:
-    """Merge clusters with fewer than ``min_size`` members into their most similar
-    remaining cluster (DeIMOS extension).
-
-    Similarity is the cosine similarity of the clusters' mean label features. Clusters
-    at or above ``min_size`` stay; if none is that large, the largest one stays.
-
-    Args:
-        clusters: (N,) cluster of each image.
-        features: (N, k) label features of each image.
-        min_size: The smallest cluster kept.
-
-    Returns:
-        The new (N,) clusters, and {old cluster: cluster it was merged into}.
-    """
-    clusters = torch.as_tensor(clusters, dtype=torch.long)
-    ids, counts = torch.unique(clusters, return_counts=True)
-    keep = ids[counts >= min_size]
-    if len(keep) == 0:
-        keep = ids[counts.argmax()].view(1)
-    small = [int(c) for c in ids if c not in keep]
-    if not small:
-        return clusters.clone(), {}
-    means = torch.stack([features[clusters == c].mean(dim=0) for c in ids.tolist()])
-    means = F.normalize(means, dim=1)
-    index = {int(c): i for i, c in enumerate(ids)}
-    kept_means = means[[index[int(c)] for c in keep]]
-    mapping = {}
-    for c in small:
-        similarity = kept_means @ means[index[c]]
-        mapping[c] = int(keep[similarity.argmax()])
-    out = clusters.clone()
-    for old, new in mapping.items():
-        out[clusters == old] = new
-    return out, mapping

@@ -8,7 +8,7 @@ For embeddings z (B, d) and prototypes w (M, d), M = rows x cols map nodes:
     h_k  = K(delta(bmu, k), T)                      neighbourhood weights    (B, M)
     L    = mean over the batch of sum_k h_k d_k     the SOM loss
 
-delta is the distance between two cells of the map grid, K the neighbourhood kernel
+(the loss itself: :func:`deimos_ray.losses.som.som_loss`). delta is the distance between two cells of the map grid, K the neighbourhood kernel
 (Gaussian exp(-delta^2 / T^2), or a window 1[delta <= T]); the BMUs and weights carry no
 gradient, so the loss pulls each prototype towards the embeddings it neighbours. The
 grid distance is the true Manhattan (or Euclidean) distance between (row, column)
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from deimos_ray.losses.som import som_loss
 
 KERNELS = ("gaussian", "window")
 DECAYS = ("exponential", "linear", "constant")
@@ -51,12 +53,6 @@ def temperature(iteration: int, iterations: int, t_max: float, t_min: float, dec
     if decay == "linear":
         return t_max - (t_max - t_min) * frac
     return t_max * (t_min / t_max) ** frac
-
-
-def som_loss(d: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of sum_k h_k d_k: ``d`` and ``weights`` (B, M), the weights
-    without gradient."""
-    return (weights * d).sum(dim=1).mean()
 
 
 class SOMLayer(nn.Module):

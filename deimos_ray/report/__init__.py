@@ -1,29 +1,9 @@
 """What a person checks by eye after a run, drawn from the run's files only.
 
-- :mod:`deimos_ray.report.page`: ``DIR/report/index.html``, the page every job and sweep
-  writes at its end (cluster montages, the 2-D map, sizes, scores, DESOM's maps, a
-  sweep's trials); ``python jobs/report.py DIR`` redraws it for any finished run.
-- :mod:`deimos_ray.report.pictures`: the image grids and DESOM's map pictures.
+- :mod:`deimos_ray.report.page`: ``DIR/report/index.html``, the page every job, sweep
+  and assignment writes at its end; ``python jobs/report.py DIR`` redraws it for any
+  finished run. It ties together :mod:`~deimos_ray.report.montages` (each cluster's
+  members), :mod:`~deimos_ray.report.map` (the 2-D map, the sizes),
+  :mod:`~deimos_ray.report.html` (the page) and the algorithm's own pictures.
+- :mod:`deimos_ray.report.pictures`: image mosaics and self-organising-map grids.
 """
-
-from deimos_ray.report.page import write_report
-from deimos_ray.report.pictures import (
-    draw_desom_pictures,
-    draw_desom_report,
-    draw_members,
-    hit_counts,
-    mosaic,
-    save_grid_values,
-    save_mosaic,
-)
-
-__all__ = [
-    "draw_desom_pictures",
-    "draw_desom_report",
-    "draw_members",
-    "hit_counts",
-    "mosaic",
-    "save_grid_values",
-    "save_mosaic",
-    "write_report",
-]

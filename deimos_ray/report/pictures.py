@@ -1,11 +1,8 @@
-"""Pictures a person can check by eye, drawn from a finished run directory.
+"""Image mosaics and self-organising-map grids, drawn from a trained model and the
+rows' map cells (a run's files), so they can be redrawn without training again
+(``python jobs/report.py DIR``).
 
-Everything here reads the saved checkpoint and the Parquet assignments only, so the
-pictures can be redrawn (or restyled) without training again:
-
-    python jobs/desom_report.py runs/train_desom-...
-
-DESOM maps (``DIR/report/``):
+DESOM maps (``DIR/report/``, drawn by ``DESOMAlgorithm.report_pictures``):
 - ``prototypes.png``: each map cell is the decoder's image of its prototype;
 - ``hits.png``: how many images have each cell as best-matching unit;
 - ``umatrix.png``: mean distance from each prototype to its grid neighbours (high values
@@ -21,9 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 
 from deimos_ray.files import write_atomic  # noqa: E402
+from deimos_ray.models.som import umatrix  # noqa: E402
 
 
 def mosaic(images: np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
@@ -80,8 +77,6 @@ def hit_counts(som_rows: np.ndarray, som_cols: np.ndarray, rows: int, cols: int)
 def draw_desom_pictures(model, som_rows: np.ndarray, som_cols: np.ndarray, out: Path) -> list[Path]:
     """Draw ``prototypes.png`` (image inputs only), ``hits.png`` and ``umatrix.png`` into
     ``out`` from a trained DESOM and the map cell of every assigned row."""
-    from deimos_ray.models.som import umatrix
-
     rows, cols = model.cfg.map_size
     out.mkdir(exist_ok=True)
     written = []
@@ -96,19 +91,6 @@ def draw_desom_pictures(model, som_rows: np.ndarray, som_cols: np.ndarray, out: 
     written.append(save_grid_values(u, out / "umatrix.png", "U-matrix (distance to neighbours)",
                                     "bone_r", annotate=False))
     return written
-
-
-def draw_desom_report(run_dir: str | Path, assignments: str | Path = "assignments") -> list[Path]:
-    """Redraw a finished run's pictures (:func:`draw_desom_pictures`) into
-    ``run_dir/report/`` from ``run_dir/checkpoint`` and the Parquet rows at
-    ``run_dir / assignments`` (a folder or file with ``som_row``, ``som_col``)."""
-    from deimos_ray.assign import load_desom
-
-    run_dir = Path(run_dir)
-    model, _ = load_desom(run_dir / "checkpoint")
-    table = pq.read_table(run_dir / assignments, columns=["som_row", "som_col"])
-    return draw_desom_pictures(model, table.column("som_row").to_numpy(), table.column("som_col").to_numpy(),
-                               run_dir / "report")
 
 
 def draw_members(images_per_cell: dict[tuple[int, int], np.ndarray], rows: int, cols: int,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deimos_ray.config_io import stored_settings, to_dict
 from deimos_ray.train import collective as C
 
 FEATURE_COLUMN = "x"
@@ -173,8 +174,6 @@ def check_resumable(state: dict[str, Any], algorithm: str, cfg: Any, input_shape
         algorithm: The resuming loop's algorithm (checkpoints without one are DEC's).
         cfg: The resuming run's model config.
     """
-    from deimos_ray.config import stored_settings, to_dict
-
     if state.get("algorithm", "dec") != algorithm:
         raise ValueError(f"the run directory holds a {state.get('algorithm', 'dec')} checkpoint, "
                          f"not {algorithm} (another algorithm); use a new --out")

@@ -27,7 +27,7 @@ from typing import Any
 import ray.train
 import torch
 
-from deimos_ray.config import from_dict, to_dict
+from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.data.augment import augment, two_views
 from deimos_ray.losses.dac import label_features, labeled_masks, pair_loss_sum, select_pairs
 from deimos_ray.models.dac import DACConfig, DACNet, next_lambda, schedule_done, thresholds

@@ -29,7 +29,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from deimos_ray.config import from_dict, to_dict
+from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.losses.dec import target_distribution
 from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder

@@ -17,7 +17,7 @@ from typing import Any
 import ray.train
 import torch
 
-from deimos_ray.config import from_dict, to_dict
+from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, node_hits
 from deimos_ray.models.som import temperature
 from deimos_ray.train import collective as C

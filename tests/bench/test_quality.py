@@ -17,7 +17,7 @@ quality = load_script("bench/quality.py")
 
 def bench_args(*sets: str) -> argparse.Namespace:
     """The options ``build_config`` reads, at the benchmark's defaults."""
-    from deimos_ray.config import parse_override
+    from deimos_ray.config_io import parse_override
 
     return argparse.Namespace(num_workers=0, use_gpu=False, torch_threads=None, pretrain_epochs=100,
                               desom_iterations=2000, overrides=dict(parse_override(s) for s in sets))

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from deimos_ray.algorithms.dac import known_label_mask
-from deimos_ray.apply import assign_new
-from deimos_ray.assign import read_metadata
+from deimos_ray.assignments import read_metadata
 from deimos_ray.consensus import combine_probabilities
 from deimos_ray.metrics import external_scores
+from deimos_ray.new_images import assign_new
 from deimos_ray.train.checkpoint import load_state
 from tests.helpers import load_job, smoke_may_collapse, write_image_folder
 

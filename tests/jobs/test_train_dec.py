@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from deimos_ray.assign import read_metadata
+from deimos_ray.assignments import read_metadata
 from tests.helpers import ROOT, load_job, write_bad_files, write_image_folder
 
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from deimos_ray.apply import assign_new
-from deimos_ray.assign import read_metadata
+from deimos_ray.assignments import read_metadata
 from deimos_ray.consensus import combine_labelings
+from deimos_ray.new_images import assign_new
 from deimos_ray.train.checkpoint import load_state
 from tests.helpers import ROOT, load_job, smoke_may_collapse
 
@@ -50,7 +50,7 @@ def test_train_desom_on_digits_writes_the_map_and_its_pictures(ray_session, tmp_
     # The pictures come back from the run directory alone.
     for png in (out / "report").glob("*.png"):
         png.unlink()
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "desom_report.py"), str(out)],
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "report.py"), "--no-images", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     for name in ("prototypes.png", "hits.png", "umatrix.png"):

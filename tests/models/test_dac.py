@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from deimos_ray.algorithms.dac import reassign_small_clusters
 from deimos_ray.losses import dac as losses
 from deimos_ray.models import dac
 from deimos_ray.models.dac import DACConfig, DACNet
@@ -127,10 +128,10 @@ def test_small_clusters_move_to_the_most_similar_remaining_cluster():
     # Clusters 0 and 1 are large; 2 (3 images) looks like 1, 3 (1 image) looks like 0.
     features = torch.tensor([[1.0, 0, 0]] * 5 + [[0, 1.0, 0]] * 5 + [[0.1, 0.9, 0.1]] * 3 + [[0.8, 0.1, 0.2]])
     clusters = torch.tensor([0] * 5 + [1] * 5 + [2] * 3 + [3])
-    merged, mapping = dac.reassign_small_clusters(clusters, features, min_size=4)
+    merged, mapping = reassign_small_clusters(clusters, features, min_size=4)
     assert mapping == {2: 1, 3: 0}
     assert merged.tolist() == [0] * 5 + [1] * 8 + [0]
-    unchanged, none = dac.reassign_small_clusters(clusters, features, min_size=1)
+    unchanged, none = reassign_small_clusters(clusters, features, min_size=1)
     assert none == {} and torch.equal(unchanged, clusters)
 
 

@@ -13,7 +13,8 @@ import ray
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.config import ScalingConfig
+from deimos_ray.config_io import to_dict
 from deimos_ray.losses.dac import label_features
 from deimos_ray.metrics import cluster_accuracy
 from deimos_ray.models.dac import DACConfig

@@ -9,7 +9,8 @@ import pytest
 import ray
 import torch
 
-from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.config import ScalingConfig
+from deimos_ray.config_io import to_dict
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train import collective as C
 from deimos_ray.train import dec_loop

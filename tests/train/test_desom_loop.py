@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import ray
 
-from deimos_ray.config import ScalingConfig, to_dict
+from deimos_ray.config import ScalingConfig
+from deimos_ray.config_io import to_dict
 from deimos_ray.models.desom import DESOMConfig
 from deimos_ray.train import desom_loop
 from deimos_ray.train.common import PROGRESS_SCORE

@@ -1,5 +1,6 @@
-"""Ray Tune sweeps: many trainings of one algorithm, chosen between by a label-free score
-computed in one space that every trial shares.
+"""The sweep driver: many trainings of one algorithm on Ray Tune, chosen between by a
+label-free score computed in one space that every trial shares
+(:mod:`deimos_ray.sweep.objective`), over the space of :mod:`deimos_ray.sweep.space`.
 
 :func:`run_sweep` prepares the data once (decoded pixels, or a backbone's cached
 features) and hands the same rows to every trial; each trial is one training through
@@ -7,22 +8,10 @@ the job spine (:func:`deimos_ray.job.run_prepared`, the code every job runs), st
 from a Tune function trainable, which builds its Ray Train run inside (the Train V2 way;
 no ``Tuner(trainer)``).
 
-The objective (:func:`objective_scores`) is computed for every trial on the same
-seeded sample of rows, in the same reference space: the standardised backbone features
-when a backbone is used, else a PCA of the pixels fitted once on that sample. Scores in
-each model's own embedding are not comparable across k or across trials (Wang & Ye 2024),
-while silhouette in one fixed space tracks clustering quality (Lowe et al. 2024)::
-
-    objective = silhouette (reference space) - collapsed / k
-
-where ``collapsed`` counts the k clusters asked for that are empty or tiny (fewer than
-``min_cluster_fraction`` of the rows, default 0.5 %, and at least 2). A large cluster is
-not penalised: science collections are uneven (the HiRISE originals are 84 % one class),
-and balance terms that force equal sizes scored worse there. Davies-Bouldin,
-Calinski-Harabasz and Dunn are recorded beside it, the silhouette in the model's own
-embedding (``silhouette_embedding``, for comparison only), and with restarts per trial,
-the mean ARI between the restarts' clusterings (stability). Labels, where the data has them, are
-scored per trial for the trials table and never used to choose.
+The objective (:mod:`deimos_ray.sweep.objective`) is computed for every trial on the
+same seeded sample of rows in the same reference space; the silhouette in the model's own
+embedding (``silhouette_embedding``) is recorded for comparison only. Labels, where the
+data has them, are scored per trial for the trials table and never used to choose.
 
 Outputs (``DIR``): ``trials.parquet`` (a row per trial), ``score_vs_k.png``,
 ``best_config.yaml`` (for ``--config`` of the job), ``trials/<trial>/`` (each trial's
@@ -50,83 +39,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-from sklearn.decomposition import PCA
-from sklearn.metrics import adjusted_rand_score
+import matplotlib
 
-from deimos_ray.algorithms import get_algorithm
-from deimos_ray.config import JobConfig, from_dict, override_all, save_yaml, to_dict
-from deimos_ray.data.prepare import PreparedData, collect_features, prepare_data, write_rejected
-from deimos_ray.files import copy_dir, write_atomic, write_json
-from deimos_ray.job import draw_report
-from deimos_ray.metrics import internal_scores
-from deimos_ray.train.common import PROGRESS_SCORE
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from ray import tune  # noqa: E402
 
-SEARCHES = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")  # fifo: every trial trains to the end
-OBJECTIVE = "objective"
-LABEL_SCORES = ("accuracy", "nmi", "ari", "purity")
-REFERENCE_DIMS = 50  # PCA components of the pixel reference space
+from deimos_ray.algorithms.base import Algorithm  # noqa: E402
+from deimos_ray.config import JobConfig  # noqa: E402
+from deimos_ray.config_io import from_dict, override_all, save_yaml, to_dict  # noqa: E402
+from deimos_ray.data.prepare import PreparedData  # noqa: E402
+from deimos_ray.files import copy_dir, write_atomic, write_json  # noqa: E402
+from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity  # noqa: E402
+from deimos_ray.job import run_prepared  # noqa: E402
+from deimos_ray.report.page import draw_report  # noqa: E402
+from deimos_ray.run_folder import open_run, prepare_rows  # noqa: E402
+from deimos_ray.runtime import check_room, init_ray, local_cpus_needed  # noqa: E402
+from deimos_ray.sweep.objective import (  # noqa: E402
+    INTERNAL_SCORES,
+    LABEL_SCORES,
+    OBJECTIVE,
+    OBJECTIVE_FORMULA,
+    OBJECTIVE_SCORES,
+    objective_scores,
+    reference_space,
+    stability,
+)
+from deimos_ray.sweep.space import SCHEDULERS, search_space, searcher  # noqa: E402
+from deimos_ray.train.common import PROGRESS_SCORE  # noqa: E402
+
 TRIAL_CPUS = 0.25  # the trial's own process only starts and waits for its Ray Train run
-
-
-def reference_space(data: PreparedData, sample_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """The sample every trial is scored on: (ids, vectors, description).
-
-    With a backbone the vectors are its (standardised) features; on pixels a PCA of at
-    most :data:`REFERENCE_DIMS` components fitted once on the sample, so distances are
-    not dominated by the many near-constant pixels.
-    """
-    ids, x = collect_features(data.good)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(ids), size=min(sample_size, len(ids)), replace=False))
-    ids, x = ids[pick], x[pick]
-    if data.representation != "pixels":
-        return ids, x, f"{data.representation} features ({x.shape[1]} values), {len(ids)} rows"
-    dims = min(REFERENCE_DIMS, x.shape[1], len(ids) - 1)
-    reduced = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(x)
-    return ids, reduced.astype(np.float32), f"PCA of the pixels ({dims} components), {len(ids)} rows"
-
-
-def objective_scores(reference: np.ndarray, sample_clusters: np.ndarray, all_clusters: np.ndarray, k: int,
-                     min_cluster_fraction: float = 0.005, seed: int = 0) -> dict[str, float]:
-    """The label-free scores of one clustering (module docstring for the objective).
-
-    Args:
-        reference: (n, d) vectors of the scored sample in the reference space.
-        sample_clusters: (n,) cluster of each of those rows.
-        all_clusters: The cluster of every assigned row (cluster sizes come from these).
-        k: The clusters asked for.
-        min_cluster_fraction: Clusters smaller than this share of the rows count as
-            collapsed.
-        seed: Seeds the sample of the Dunn index.
-
-    Returns:
-        ``objective``, ``silhouette``, ``davies_bouldin``, ``calinski_harabasz``,
-        ``dunn``, ``clusters_found`` (distinct clusters) and ``collapsed``.
-    """
-    sizes = np.bincount(pd.factorize(all_clusters)[0]) if len(all_clusters) else np.zeros(0, int)
-    tiny = max(2, math.ceil(min_cluster_fraction * len(all_clusters)))
-    kept = int((sizes >= tiny).sum())
-    collapsed = max(0, k - kept)
-    scores = internal_scores(reference, sample_clusters, sample_size=len(sample_clusters), seed=seed)
-    silhouette = scores["silhouette"]
-    objective = (silhouette if np.isfinite(silhouette) else -1.0) - collapsed / k
-    return {OBJECTIVE: float(objective), "silhouette": silhouette,
-            "davies_bouldin": scores["davies_bouldin"], "calinski_harabasz": scores["calinski_harabasz"],
-            "dunn": scores["dunn"], "clusters_found": int(len(sizes)), "collapsed": int(collapsed)}
-
-
-def stability(run_dir: Path) -> float | None:
-    """Mean ARI between every two restarts' clusterings of a run (None without restarts)."""
-    parts = sorted((run_dir / "restarts").glob("*/assignments"))
-    if len(parts) < 2:
-        return None
-    frames = [pd.read_parquet(p, columns=["id", "cluster"]).set_index("id")["cluster"] for p in parts]
-    ids = frames[0].index
-    aris = [adjusted_rand_score(a.loc[ids], b.loc[ids]) for a, b in itertools.combinations(frames, 2)]
-    return float(np.mean(aris))
+TRIAL_COLUMNS = ("k", "silhouette_embedding", "stability", "train_s", "trial_dir")  # a trial's report beside its scores
 
 
 def _progress_to_tune() -> Any:
@@ -148,17 +93,12 @@ def _progress_to_tune() -> Any:
     return ProgressToTune()
 
 
-def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any], data: PreparedData,
+def _trial(config: dict[str, Any], *, algorithm: Algorithm, base: dict[str, Any], data: PreparedData,
            out: str, reference: tuple[np.ndarray, np.ndarray], min_cluster_fraction: float,
            progress_rows: int = 0) -> None:
     """One Tune trial: a full training through the job spine in ``out/trials/<trial>``,
     then its scores in the reference space, reported to Tune. With ``progress_rows``
     (early stopping) every epoch's progress score reaches Tune first."""
-    from ray import tune
-
-    from deimos_ray.job import run_prepared
-
-    algorithm = get_algorithm(algorithm_name)
     cfg = override_all(from_dict(algorithm.config_class, base), config)
     trial_dir = Path(out) / "trials" / tune.get_context().get_trial_id()
     t0 = time.perf_counter()
@@ -177,43 +117,14 @@ def _trial(config: dict[str, Any], *, algorithm_name: str, base: dict[str, Any],
                  "trial_dir": str(trial_dir), **labelled, PROGRESS_SCORE: float("nan")})
 
 
-def search_space(grid: dict[str, list[Any]], search: str) -> dict[str, Any]:
-    """Tune's ``param_space``: every value of every key (``grid``), or one value per key
-    per trial, drawn at random (``random``) or by Optuna's TPE sampler from the
-    objectives of the trials before it (``optuna``)."""
-    from ray import tune
-
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    if not grid:
-        raise ValueError("a sweep needs at least one key with values (e.g. --k 4 6 8)")
-    for key, values in grid.items():
-        if not values:
-            raise ValueError(f"sweep key {key} has no values")
-    if any(k < 2 for k in grid.get("model.n_clusters", [])):
-        raise ValueError("--k: a sweep compares k >= 2 (its scores need two clusters)")
-    draw = tune.grid_search if search == "grid" else tune.choice
-    return {key: draw(list(values)) for key, values in grid.items()}
-
-
-def searcher(search: str, seed: int) -> Any:
-    """Tune's search algorithm: Optuna's (TPE, seeded, maximising the objective) for
-    ``optuna``, else None (Tune's own grid and random draws)."""
-    if search != "optuna":
-        return None
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch(metric=OBJECTIVE, mode="max", seed=seed)
-
-
-def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], out_dir: str | Path,
+def run_sweep(algorithm: Algorithm, cfg: JobConfig, grid: dict[str, list[Any]], out_dir: str | Path,
               search: str = "grid", samples: int = 1, max_concurrent: int = 1,
               sample_size: int = 2000, min_cluster_fraction: float = 0.005, scheduler: str = "fifo",
               grace_period: int = 2, reduction_factor: int = 3, progress_rows: int = 500) -> pd.DataFrame:
     """Run a sweep into ``out_dir`` (module docstring) and return the trials table.
 
     Args:
-        algorithm_name: ``dac``, ``dec`` or ``desom``.
+        algorithm: The method every trial trains.
         cfg: The job config every trial starts from; ``grid`` keys override it.
         grid: Dotted config keys and the values to try (``{"model.n_clusters": [4, 6]}``).
         search: ``grid`` (every combination, ``samples`` times), ``random`` (``samples``
@@ -232,38 +143,12 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     Raises:
         ValueError: Bad settings (before any work), or every trial failed.
     """
-    from ray import tune
-
-    from deimos_ray.files import remove_partials
-    from deimos_ray.identity import (
-        check_identity,
-        rows_fingerprint,
-        settings_identity,
-        write_identity,
-    )
-    from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
-
-    algorithm = get_algorithm(algorithm_name)
     space = search_space(grid, search)
     for values in itertools.product(*grid.values()):  # every value must make a valid config
         algorithm.check(override_all(cfg, dict(zip(grid, values, strict=True))))
-    if cfg.scaling.num_workers < 1:
-        raise ValueError("a sweep trains each trial in Ray Train workers: scaling.num_workers must be >= 1")
-    if samples < 1 or max_concurrent < 1:
-        raise ValueError("samples and max_concurrent must be >= 1")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"--scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    if scheduler == "asha":
-        if grace_period < 1 or reduction_factor < 2 or progress_rows < 2:
-            raise ValueError("ASHA needs --grace-period >= 1, --reduction-factor >= 2 and progress_rows >= 2")
-        if search == "optuna":
-            raise ValueError("--search optuna learns from each trial's final objective, and ASHA's "
-                             "per-epoch reports carry none: use --scheduler fifo with it")
-        if cfg.restarts.count > 1:
-            raise ValueError("--scheduler asha stops a trial by its epochs; with --restarts-per-trial the "
-                             "restarts' epochs would mix: use one or the other")
+    check_sweep(cfg, search, samples, max_concurrent, scheduler, grace_period, reduction_factor, progress_rows)
     out = Path(out_dir).resolve()
-    identity = {**settings_identity(f"tune_sweep:{algorithm_name}", cfg),
+    identity = {**settings_identity(f"tune_sweep:{algorithm.name}", cfg),
                 "sweep": {"grid": {key: list(values) for key, values in grid.items()}, "search": search,
                           "samples": samples, "scheduler": scheduler}}
     check_identity(out, identity, cfg)
@@ -272,44 +157,21 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     check_room(cfg.scaling, extra_cpus=TRIAL_CPUS)
 
     t0 = time.perf_counter()
-    fine_tune = algorithm.fine_tunes_backbone(cfg)
-    data = prepare_data(cfg.data, cfg.features, out / "features", cfg.scaling.use_gpu, extract=not fine_tune)
+    data = prepare_rows(out, algorithm, cfg, cfg.scaling.use_gpu)
     identity["data"].update(rows_fingerprint(data.ids))
-    check_identity(out, identity, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out)
-    (out / "metrics.json").unlink(missing_ok=True)  # reappears when this sweep has finished
-    write_identity(out, identity)
-    save_yaml(cfg, out / "config.yaml")
-    write_rejected(data.rejected, out / "rejected.parquet")
+    open_run(out, identity, cfg, data)
     reference = reference_space(data, sample_size, cfg.seed)
     data_s = time.perf_counter() - t0
     print(f"[tune_sweep] {data.num_inputs} inputs, {len(data.rejected)} rejected; every trial is scored on "
           f"{reference[2]}", flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, algorithm_name=algorithm_name, base=to_dict(cfg), data=data, out=str(out),
+        tune.with_parameters(_trial, algorithm=algorithm, base=to_dict(cfg), data=data, out=str(out),
                              reference=reference[:2], min_cluster_fraction=min_cluster_fraction,
                              progress_rows=progress_rows if scheduler == "asha" else 0),
         {"cpu": TRIAL_CPUS})
-    storage = out / "tune"
-    if tune.Tuner.can_restore(storage / "sweep"):
-        print(f"[tune_sweep] resuming the sweep in {storage / 'sweep'}", flush=True)
-        tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
-    else:
-        # No metric for Tune itself: the best trial is chosen from the trials table (ASHA
-        # and Optuna, when on, bring their own).
-        asha = None
-        if scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            asha = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS_SCORE, mode="max",
-                                  max_t=1_000_000, grace_period=grace_period, reduction_factor=reduction_factor)
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=asha,
-                                        search_alg=searcher(search, cfg.seed)),
-            run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
+    tuner = _tuner(trainable, out / "tune", space, search, samples, max_concurrent, scheduler, grace_period,
+                   reduction_factor, cfg.seed)
     t = time.perf_counter()
     results = tuner.fit()
     sweep_s = time.perf_counter() - t
@@ -326,7 +188,7 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
     plot_scores(finished, out / "score_vs_k.png", int(best["k"]))
     stopped = len(trials) - len(finished)
     _adopt_trial(Path(best["trial_dir"]), out, {
-        "objective": "silhouette in the reference space - collapsed clusters / k",
+        "objective": OBJECTIVE_FORMULA,
         "reference_space": reference[2], "chosen_by": OBJECTIVE, "search": search,
         "trials": len(trials), "failed_trials": len(results.errors), "scheduler": scheduler,
         "stopped_early": stopped,
@@ -338,6 +200,55 @@ def run_sweep(algorithm_name: str, cfg: JobConfig, grid: dict[str, list[Any]], o
           + f" (objective {best[OBJECTIVE]:.4f}, silhouette {best['silhouette']:.4f})", flush=True)
     draw_report(out, "tune_sweep")
     return trials
+
+
+def check_sweep(cfg: JobConfig, search: str, samples: int, max_concurrent: int, scheduler: str,
+                grace_period: int, reduction_factor: int, progress_rows: int) -> None:
+    """Refuse, before any work, sweep settings that cannot run (:func:`run_sweep`'s
+    arguments).
+
+    Raises:
+        ValueError: naming the setting and the fix.
+    """
+    if cfg.scaling.num_workers < 1:
+        raise ValueError("a sweep trains each trial in Ray Train workers: scaling.num_workers must be >= 1")
+    if samples < 1 or max_concurrent < 1:
+        raise ValueError("samples and max_concurrent must be >= 1")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if scheduler == "asha":
+        if grace_period < 1 or reduction_factor < 2 or progress_rows < 2:
+            raise ValueError("ASHA needs --grace-period >= 1, --reduction-factor >= 2 and progress_rows >= 2")
+        if search == "optuna":
+            raise ValueError("--search optuna learns from each trial's final objective, and ASHA's "
+                             "per-epoch reports carry none: use --scheduler fifo with it")
+        if cfg.restarts.count > 1:
+            raise ValueError("--scheduler asha stops a trial by its epochs; with --restarts-per-trial the "
+                             "restarts' epochs would mix: use one or the other")
+
+
+def _tuner(trainable: Any, storage: Path, space: dict[str, Any], search: str, samples: int,
+           max_concurrent: int, scheduler: str, grace_period: int, reduction_factor: int, seed: int) -> Any:
+    """Tune's Tuner for the sweep, restored from ``storage`` when an earlier run of it
+    was interrupted there."""
+    if tune.Tuner.can_restore(storage / "sweep"):
+        print(f"[tune_sweep] resuming the sweep in {storage / 'sweep'}", flush=True)
+        tuner = tune.Tuner.restore(str(storage / "sweep"), trainable, resume_errored=True)
+    else:
+        # No metric for Tune itself: the best trial is chosen from the trials table (ASHA
+        # and Optuna, when on, bring their own).
+        asha = None
+        if scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            asha = ASHAScheduler(time_attr="training_iteration", metric=PROGRESS_SCORE, mode="max",
+                                  max_t=1_000_000, grace_period=grace_period, reduction_factor=reduction_factor)
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=max_concurrent, scheduler=asha,
+                                        search_alg=searcher(search, seed)),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0))
+    return tuner
 
 
 def trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
@@ -359,9 +270,7 @@ def trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
 
 
 def _is_score(name: str) -> bool:
-    return name in (OBJECTIVE, "silhouette", "davies_bouldin", "calinski_harabasz", "dunn", "clusters_found",
-                    "collapsed", "k", "silhouette_embedding", "stability", "train_s", "trial_dir") \
-        or name.startswith("label_")
+    return name in (*OBJECTIVE_SCORES, *TRIAL_COLUMNS) or name.startswith("label_")
 
 
 def _plain(value: Any) -> Any:
@@ -371,12 +280,7 @@ def _plain(value: Any) -> Any:
 
 def plot_scores(trials: pd.DataFrame, path: Path, chosen_k: int) -> None:
     """Each label-free score against k (median over trials at each k), the chosen k marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in (OBJECTIVE, "silhouette", "davies_bouldin", "calinski_harabasz", "dunn")
+    names = [n for n in (OBJECTIVE, *INTERNAL_SCORES)
              if n in trials and trials[n].notna().any()]
     names += [n for n in trials if n.startswith("label_nmi")]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)

@@ -1,4 +1,4 @@
-"""Model -> assignment columns for every algorithm, written by Ray Data model actors
+"""Model -> assignment columns for every algorithm (its predictor), written by Ray Data model actors
 into a staged folder; the cluster remap and the metadata read back."""
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ import ray
 import torch
 
 from deimos_ray import __version__
-from deimos_ray.assign import (
-    dac_probability_columns,
-    load_predictor,
-    read_metadata,
-    remap_clusters,
-    write_assignments,
-)
-from deimos_ray.config import to_dict
+from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.algorithms.dac import dac_probability_columns
+from deimos_ray.assignments import read_metadata, remap_clusters, write_assignments
+from deimos_ray.config_io import to_dict
 from deimos_ray.models.dac import DACConfig, DACNet
 from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.models.desom import DESOM, DESOMConfig
@@ -52,7 +48,7 @@ COLUMNS = {
 
 @pytest.mark.parametrize("algorithm", sorted(COLUMNS))
 def test_every_checkpoint_gives_its_algorithms_columns(tmp_path, algorithm):
-    predict = load_predictor(save_checkpoint(tmp_path / "ck", algorithm))
+    predict = ALGORITHMS[algorithm].predictor(save_checkpoint(tmp_path / "ck", algorithm))
     with torch.no_grad():
         columns = predict(torch.rand(5, *SHAPE))
     assert set(columns) == COLUMNS[algorithm]
@@ -77,7 +73,7 @@ def test_a_checkpoint_of_an_unfinished_run_is_refused(tmp_path):
     state = torch.load(directory / STATE_FILE, weights_only=True)
     torch.save({**state, "node_clusters": None}, directory / STATE_FILE)
     with pytest.raises(ValueError, match="unfinished DESOM run"):
-        load_predictor(directory)
+        ALGORITHMS["desom"].predictor(directory)
 
 
 def test_actors_write_every_row_with_its_metadata_into_a_staged_folder(ray_session, tmp_path):
@@ -87,11 +83,11 @@ def test_actors_write_every_row_with_its_metadata_into_a_staged_folder(ray_sessi
     checkpoint = save_checkpoint(tmp_path / "ck", "dec")
     destination = tmp_path / "run" / "assignments"
     destination.parent.mkdir()
-    write_assignments(ray.data.from_items(rows), checkpoint, destination, {"job": "t", "config": {"seed": 3}})
+    write_assignments(ALGORITHMS["dec"], ray.data.from_items(rows), checkpoint, destination, {"job": "t", "config": {"seed": 3}})
     table = pq.read_table(destination).to_pandas().sort_values("id")
     assert len(table) == n and set(table["site"]) == {"s0", "s1", "s2"}  # metadata travels with its image
     with torch.no_grad():
-        expected = load_predictor(checkpoint)(torch.from_numpy(np.stack([r["x"] for r in rows])))["cluster"]
+        expected = ALGORITHMS["dec"].predictor(checkpoint)(torch.from_numpy(np.stack([r["x"] for r in rows])))["cluster"]
     assert dict(zip(table["id"], table["cluster"], strict=True)) == dict(
         zip([r["id"] for r in rows], expected.to_pylist(), strict=True))
     meta = read_metadata(destination)

@@ -15,9 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from deimos_ray.config import DataConfig, load_yaml
+from deimos_ray.config import DataConfig
+from deimos_ray.config_io import load_yaml
 from deimos_ray.data.prepare import prepare_data
-from deimos_ray.tune import objective_scores, reference_space, search_space, searcher
+from deimos_ray.sweep.objective import objective_scores, reference_space
+from deimos_ray.sweep.space import search_space, searcher
 from tests.helpers import ROOT, load_job, smoke_may_collapse, write_bad_files, write_image_folder
 
 POINTS = np.array([[0.0], [1.0], [10.0], [11.0]])
