@@ -211,3 +211,35 @@ def write_combined(table: pa.Table, sources: list[Path], base: int, destination:
             pq.write_table(table.slice(start, ROWS_PER_FILE), staging / f"part-{part:05d}.parquet")
 
     write_staged_dir(destination, write)
+
+
+def vote_assignments(sources: list[Path], destination: str | Path, k: int, kept: int, seed: int = 0,
+                     orders: list[np.ndarray] | None = None) -> list[float]:
+    """Combine restarts that give one cluster per row by a vote, as files.
+
+    The rows, their order and every other column are ``sources[kept]``'s (the restart
+    whose model is the run's); ``cluster`` becomes the vote and ``confidence`` (replaced,
+    or added) the share of restarts that gave the row that cluster. Ties go to the
+    reference partition in a training (``orders`` None: the consensus is found here),
+    and to the kept restart's cluster for new images (``orders``: the training's saved
+    matching; new rows have no reference partition).
+
+    Returns:
+        Each restart's agreement with the combined clusters (share of rows).
+    """
+    table, labelings = read_aligned(sources, "cluster", base=kept)
+    if orders is None:
+        prefer, orders = consensus_orders(labelings, k, seed)
+    else:
+        prefer = np.asarray(orders[kept])[labelings[kept]]
+    combined, share = vote(labelings, orders, k, prefer)
+    shares = agreement(labelings, orders, combined)
+    table = table.set_column(table.schema.get_field_index("cluster"), "cluster", pa.array(combined, pa.int32()))
+    confidence = pa.array(share, pa.float32())
+    if "confidence" in table.column_names:
+        table = table.set_column(table.schema.get_field_index("confidence"), "confidence", confidence)
+    else:
+        table = table.append_column("confidence", confidence)
+    write_combined(table, sources, kept, destination,
+                   {"kept": kept, "agreement": shares, "orders": [np.asarray(o).tolist() for o in orders]})
+    return shares

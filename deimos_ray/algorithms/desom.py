@@ -22,7 +22,7 @@ from deimos_ray.algorithms.dec import require_dense_for_metadata
 from deimos_ray.assignments import fixed_list
 from deimos_ray.config import JobConfig
 from deimos_ray.config_io import from_dict, to_dict
-from deimos_ray.consensus import agreement, consensus_orders, read_aligned, vote, write_combined
+from deimos_ray.consensus import vote_assignments
 from deimos_ray.data.prepare import PreparedData
 from deimos_ray.files import write_atomic
 from deimos_ray.models.desom import DESOM, DESOMConfig, histo_vectors
@@ -150,29 +150,13 @@ class DESOMAlgorithm(Algorithm):
 
     def combine(self, cfg: DESOMJobConfig, sources: list[Path], destination: Path, kept: int,
                 orders: list[np.ndarray] | None = None) -> list[float]:
-        """A vote of the restarts' groupings of the nodes (:mod:`deimos_ray.consensus`).
-
-        The maps themselves cannot be combined, so every other column (``som_row``,
-        ``som_col``, ``bmu_distance``, ``embedding``) and the row order are those of
-        ``sources[kept]``, the restart whose checkpoint the run exports; ``cluster`` is
-        the vote, and ``confidence`` (added) the share of restarts that gave the row that
-        cluster. Ties go to the consensus's reference partition in a training, and to
-        the kept restart's cluster for new images (which have no reference partition).
-        """
-        k = cfg.model.clusters
-        table, labelings = read_aligned(sources, "cluster", base=kept)
-        if orders is None:
-            prefer, orders = consensus_orders(labelings, k, cfg.seed)
-        else:
-            prefer = np.asarray(orders[kept])[labelings[kept]]
-        combined, share = vote(labelings, orders, k, prefer)
-        shares = agreement(labelings, orders, combined)
-        table = table.set_column(table.schema.get_field_index("cluster"), "cluster",
-                                 pa.array(combined, pa.int32()))
-        table = table.append_column("confidence", pa.array(share, pa.float32()))
-        write_combined(table, sources, kept, destination,
-                       {"kept": kept, "agreement": shares, "orders": [np.asarray(o).tolist() for o in orders]})
-        return shares
+        """A vote of the restarts' groupings of the nodes
+        (:func:`deimos_ray.consensus.vote_assignments`). The maps themselves cannot be
+        combined, so every other column (``som_row``, ``som_col``, ``bmu_distance``,
+        ``embedding``) and the row order are those of ``sources[kept]``, the restart whose
+        checkpoint the run exports; ``confidence`` (added) is the share of restarts that
+        gave the row its cluster."""
+        return vote_assignments(sources, destination, cfg.model.clusters, kept, cfg.seed, orders)
 
     def after_assign(self, cfg: DESOMJobConfig, out: Path, assignments: pd.DataFrame,
                      data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:

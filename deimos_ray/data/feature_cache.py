@@ -10,7 +10,10 @@ file names, sizes and modification times, or the array contents), the preprocess
 settings, the backbone, its weights file's digest and the input size, and this package's
 version. A changed input, setting or weights file gives another key, so stale features
 are never read. An entry appears complete or not at all: it is written under a temporary
-name and renamed into place.
+name and renamed into place; of two runs that write the same entry at once, the first
+rename wins and the other discards its copy. ``info.json`` holds a SHA-256 of each file,
+checked on every read: an entry that is truncated, corrupt or incomplete on disk is
+named in a warning, removed and computed again, never read as features.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +95,49 @@ def cache_key(source: Source, data_cfg: Any, features_cfg: Any, image_size: int)
     return f"{features_cfg.backbone.replace(':', '-')}-{image_size}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
+def _damage(entry: Path) -> str | None:
+    """Why the entry cannot be read (a missing or changed file, no checksums), or None."""
+    try:
+        info = json.loads((entry / INFO_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{INFO_FILE} cannot be read ({exc})"
+    checksums = info.get("sha256")
+    if not isinstance(checksums, dict):
+        return f"{INFO_FILE} holds no checksums (written by an older version)"
+    for name, expected in checksums.items():
+        if not (entry / name).is_file():
+            return f"{name} is missing"
+        if _file_digest(entry / name) != expected:
+            return f"{name} does not match its checksum (truncated or changed on disk)"
+    return None
+
+
 def read_entry(cache_dir: Path, key: str) -> tuple[ray.data.Dataset, pd.DataFrame] | None:
-    """(readable rows, rejected rows) of the entry ``key``, or None when there is none."""
+    """(readable rows, rejected rows) of the entry ``key``, or None when there is none or
+    it is damaged (then it is named in a warning and removed, to be computed again)."""
     entry = Path(cache_dir) / key
-    if not (entry / INFO_FILE).is_file():
+    if not entry.exists():
         return None
+    damage = _damage(entry)
+    if damage is not None:
+        warnings.warn(f"feature cache entry {entry} is damaged: {damage}; it is removed and the features "
+                      "are computed again", stacklevel=2)
+        _remove(entry)
+        return None
+    if not (entry / FEATURES_FILE).is_file():  # no input was readable
+        return ray.data.from_items([]), pd.read_parquet(entry / REJECTED_FILE)
     good = ray.data.read_parquet(str(entry / FEATURES_FILE)).drop_columns(["backbone", "size"])
     return good, pd.read_parquet(entry / REJECTED_FILE)
+
+
+def _remove(entry: Path) -> None:
+    """Remove an entry: renamed aside first, so no reader sees it half-deleted."""
+    aside = entry.parent / f".{entry.name}.{uuid.uuid4().hex}.removed"
+    try:
+        os.rename(entry, aside)
+    except OSError:  # another run removed (or replaced) it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_entry(cache_dir: Path, key: str, good: pa.Table, rejected: pd.DataFrame,
@@ -110,7 +150,9 @@ def write_entry(cache_dir: Path, key: str, good: pa.Table, rejected: pd.DataFram
     tmp = cache_dir / f".{key}.{uuid.uuid4().hex}.tmp"
     tmp.mkdir()
     try:
+        files = [REJECTED_FILE]
         if table is not None:
+            files.append(FEATURES_FILE)
             frame = table.drop_columns(["x"]).to_pandas()
             x = np.stack(table.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)
             order = np.argsort(frame["id"].to_numpy(dtype=str), kind="stable")
@@ -127,7 +169,9 @@ def write_entry(cache_dir: Path, key: str, good: pa.Table, rejected: pd.DataFram
         rejected.to_parquet(tmp / REJECTED_FILE, index=False)
         (tmp / INFO_FILE).write_text(json.dumps({"key": key, "backbone": backbone, "size": image_size,
                                                  "rows": rows, "dim": dim, "rejected": len(rejected),
-                                                 "version": deimos_ray.__version__}, indent=2))
+                                                 "version": deimos_ray.__version__,
+                                                 "sha256": {name: _file_digest(tmp / name) for name in files}},
+                                                indent=2))
         try:
             os.rename(tmp, cache_dir / key)
         except OSError:  # another run wrote the same entry first: theirs is as good

@@ -24,7 +24,7 @@ from deimos_ray.algorithms.base import Algorithm, Predictor
 from deimos_ray.assignments import fixed_list
 from deimos_ray.config import JobConfig
 from deimos_ray.config_io import from_dict
-from deimos_ray.consensus import agreement, consensus_orders, read_aligned, vote, write_combined
+from deimos_ray.consensus import vote_assignments
 from deimos_ray.train.checkpoint import load_state, report_epoch
 from deimos_ray.train.common import load_shard
 
@@ -88,20 +88,7 @@ class KMeansAlgorithm(Algorithm):
 
     def combine(self, cfg: KMeansJobConfig, sources: list[Path], destination: Path, kept: int,
                 orders: list[np.ndarray] | None = None) -> list[float]:
-        k = cfg.model.n_clusters
-        table, labelings = read_aligned(sources, "cluster", base=kept)
-        if orders is None:
-            prefer, orders = consensus_orders(labelings, k, cfg.seed)
-        else:
-            prefer = np.asarray(orders[kept])[labelings[kept]]
-        combined, share = vote(labelings, orders, k, prefer)
-        table = table.set_column(table.schema.get_field_index("cluster"), "cluster", pa.array(combined, pa.int32()))
-        table = table.set_column(table.schema.get_field_index("confidence"), "confidence",
-                                 pa.array(share, pa.float32()))
-        shares = agreement(labelings, orders, combined)
-        write_combined(table, sources, kept, destination,
-                       {"agreement": shares, "orders": [np.asarray(o).tolist() for o in orders]})
-        return shares
+        return vote_assignments(sources, destination, cfg.model.n_clusters, kept, cfg.seed, orders)
 
     def report_pictures(self, run: Path, report_dir: Path, images_of: Any) -> list[str]:
         centres = load_state(run / "checkpoint")["centres"].numpy()
