@@ -5,10 +5,15 @@ algorithm's own (``Algorithm.add_arguments``), both mapped to config paths, and 
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import ray
 
 from deimos_ray.algorithms.base import Algorithm
 from deimos_ray.config_io import from_dict, load_yaml, override_all, parse_override
@@ -16,6 +21,7 @@ from deimos_ray.data.sources import detect_format
 from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
 from deimos_ray.job import run_training_job
+from deimos_ray.runtime import handle_sigterm, stopping_signal
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, str] | None = None) -> None:
@@ -143,6 +149,35 @@ def build_job_config(algorithm: Algorithm, args: argparse.Namespace) -> Any:
     return build_config(algorithm.config_class, args, algorithm.smoke, extra, preset=algorithm.preset(args))
 
 
+INTERRUPTED = "interrupted; rerun with the same --out to resume"
+
+
+def interruptible(main_function: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a job's ``main`` so that Ctrl-C (SIGINT) or SIGTERM on the driver stops
+    Ray's work (the private local Ray is shut down; a joined cluster's driver-owned runs
+    end with the driver) and prints one line, :data:`INTERRUPTED`, instead of a stack
+    dump; the exit status is 130 or 143 (128 + the signal). Every file of the run folder
+    is whole (written atomically), so the rerun resumes from the last checkpoint."""
+
+    @functools.wraps(main_function)
+    def run(*args: Any, **kwargs: Any) -> int:
+        handle_sigterm()
+        try:
+            return main_function(*args, **kwargs)
+        except KeyboardInterrupt:
+            code = 128 + stopping_signal()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        try:
+            ray.shutdown()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return code
+
+    return run
+
+
+@interruptible
 def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
     """A job's ``main``: build and check the config, then run ``algorithm`` through the
     job spine (:func:`deimos_ray.job.run_training_job`). A wrong setting, input or run

@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import socket
 import sys
+import threading
+from typing import Any
 
 import ray
 
@@ -34,10 +38,47 @@ def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
         ray.init()
     else:
         # The dashboard (bound to 127.0.0.1) serves the state API that Train's cleanup
-        # actor polls; without it that actor logs a warning every second.
-        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+        # actor polls; without it that actor logs a warning every second. That actor
+        # finds the API through RAY_API_SERVER_ADDRESS, which every process of this Ray
+        # inherits from here: without it, beside another Ray on the machine (a second
+        # job), it cannot choose between the two and fails with a traceback.
+        port = _free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port,
                  log_to_driver=not quiet, logging_level=logging.WARNING)
+    # Ray's core worker has just installed a crash handler for SIGTERM (a C stack dump,
+    # then abort): the driver's own comes back.
+    handle_sigterm()
     configure_data_context(quiet)
+
+
+_signals: list[int] = []  # the stopping signals this process received, in order
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    _signals.append(signum)
+    raise KeyboardInterrupt  # Ray's get turns any other exception from a handler into exit 1
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM stop the driver as Ctrl-C does (a ``KeyboardInterrupt`` in the main
+    thread, so cleanup runs), remembering which signal came
+    (:func:`stopping_signal`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def stopping_signal() -> int:
+    """The signal behind the last ``KeyboardInterrupt``: SIGTERM when
+    :func:`handle_sigterm`'s handler raised it, else SIGINT (Ctrl-C)."""
+    return _signals[-1] if _signals else signal.SIGINT
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that no process listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def configure_data_context(quiet: bool = False) -> None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deimos_ray.cli import interruptible
 from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
 from deimos_ray.new_images import assign_new
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished job's or sweep's folder")

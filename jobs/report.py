@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deimos_ray.cli import interruptible
 from deimos_ray.report.page import write_report
 from deimos_ray.run_folder import NotAFinishedRun
 from deimos_ray.runtime import init_ray
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished job's, sweep's or assignment's folder")

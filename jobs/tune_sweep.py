@@ -36,6 +36,7 @@ import sys
 
 from deimos_ray import cli
 from deimos_ray.algorithms import ALGORITHMS, get_algorithm
+from deimos_ray.cli import interruptible
 from deimos_ray.config_io import parse_override
 from deimos_ray.data.sources import detect_format
 from deimos_ray.files import check_writable
@@ -91,6 +92,7 @@ def parse_grid(args: argparse.Namespace) -> dict[str, list]:
     return grid
 
 
+@interruptible
 def main(args: argparse.Namespace) -> int:
     algorithm = get_algorithm(args.algorithm)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from deimos_ray.cli import INTERRUPTED
 from deimos_ray.config import DataConfig
 from deimos_ray.config_io import load_yaml
 from deimos_ray.data.prepare import prepare_data
@@ -84,7 +86,7 @@ def finished_trials(state_dir: Path) -> int:
 
 @pytest.mark.slow
 @smoke_may_collapse
-def test_an_interrupted_optuna_sweep_resumes_keeping_its_finished_trial_and_ends_in_one_clustering(
+def test_a_terminated_optuna_sweep_resumes_keeping_its_finished_trial_and_ends_in_one_clustering(
         ray_session, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -96,18 +98,23 @@ def test_an_interrupted_optuna_sweep_resumes_keeping_its_finished_trial_and_ends
     argv = ["--algorithm", "dec", "--data", str(images), "--image-size", "8", "--smoke-test",
             "--k", "2", "3", "--search", "optuna", "--samples", "2", "--out", str(out)]
 
-    # The sweep's driver is killed once Tune has saved one finished trial (it joins this
-    # session's Ray, whose workers outlive it) ...
+    # The sweep's driver is stopped by SIGTERM once Tune has saved one finished trial (it
+    # joins this session's Ray, whose workers outlive it): one line, exit status 143 ...
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "tune_sweep.py"), *argv], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while finished_trials(out / "tune" / "sweep") < 1 and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=120)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # gone already, as it should be
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
+    assert driver.returncode == 143, err[-3000:]
+    assert err.splitlines()[-1] == INTERRUPTED
     assert finished_trials(out / "tune" / "sweep") == 1, "the sweep was not stopped between its two trials"
     finished = {p: os.stat(p).st_mtime_ns for p in out.glob("trials/*/metrics.json")}
     assert len(finished) == 1 and not (out / "trials.parquet").exists()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,10 @@ def run_sweep(algorithm: Algorithm, cfg: JobConfig, grid: dict[str, list[Any]], 
     tuner = _tuner(trainable, out / "tune", space, search, samples, max_concurrent, scheduler, grace_period,
                    reduction_factor, cfg.seed)
     t = time.perf_counter()
+    # Ctrl-C stops the sweep as it stops a job (deimos_ray.cli.interruptible: one line, exit
+    # 130, a rerun resumes), not through Tune's own handler, which ends the experiment
+    # early and hands back the trials as if it had finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     results = tuner.fit()
     sweep_s = time.perf_counter() - t
 

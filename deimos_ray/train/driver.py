@@ -79,6 +79,11 @@ def fit(
         ),
         datasets={"train": dataset},
     )
+    if hasattr(trainer, "_register_sigint_handler"):
+        # Ctrl-C is the job's (deimos_ray.cli.interruptible: one line, exit 130, a rerun
+        # resumes). Train's own handler aborts the run and ends the driver with status 1
+        # and no word; without it, Ctrl-C reaches the job as KeyboardInterrupt.
+        trainer._register_sigint_handler = lambda controller: None
     if scaling.num_workers > 0:
         return trainer.fit()
     folder = Path(storage_path).resolve() / name / "driver"

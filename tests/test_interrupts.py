@@ -1,0 +1,48 @@
+"""Ctrl-C on a job's driver: Ray's work stops, one line says how to resume, the exit
+status is 130, every file in --out is whole, and the rerun resumes from the last
+checkpoint. (SIGTERM, status 143, is tested on a sweep: tests/test_sweep.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+
+from deimos_ray.cli import INTERRUPTED
+from tests.helpers import ROOT, load_job
+
+ARGV = ["--smoke-test", "--limit", "100", "--k", "3", "--set", "model.pretrain_epochs=15",
+        "--set", "checkpoint_interval_s=0"]
+
+
+def test_ctrl_c_stops_a_job_with_one_line_and_the_rerun_resumes(ray_session, tmp_path):
+    out = tmp_path / "run"
+    argv = [*ARGV, "--out", str(out)]
+    # The job joins this session's Ray (a private one would cost 10 s to start).
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "train_dec.py"), *argv], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("ray/train/checkpoint_*")) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the job ended before its first checkpoint"
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, err[-3000:]
+    assert err.splitlines()[-1] == INTERRUPTED and "Traceback" not in err
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*partial*"))
+    assert json.loads((out / "identity.json").read_text())["seed"] == 0
+
+    job = load_job("train_dec")
+    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from"] is not None  # the phase and epoch it went on from
+    assert pq.read_table(out / "assignments").num_rows == 100
