@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from deimos_ray.cli import INTERRUPTED
 from tests.helpers import ROOT, load_job
 
-ARGV = ["--smoke-test", "--limit", "100", "--k", "3", "--set", "model.pretrain_epochs=15",
+ARGV = ["--smoke-test", "--limit", "100", "--k", "3", "--set", "model.pretrain_epochs=10",
         "--set", "checkpoint_interval_s=0"]
 
 

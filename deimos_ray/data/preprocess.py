@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from PIL import Image
+from PIL import Image, ImageOps
 from ray.data.expressions import col, lit
 
 from deimos_ray.data.sources.archive import open_zip
@@ -29,6 +29,7 @@ from deimos_ray.data.sources.base import PIXEL_COLUMNS
 DEFAULT_FILE_IMAGE_SIZE = 28
 FLAG_COLUMNS = ("ok", "reason", "stage")
 REJECTED_COLUMNS = ["id", "path", "reason", "stage"]  # what rejected.parquet keeps of a row
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels are turned
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PREPROCESS_BATCH = 256  # images a decode task: a fraction of a second each, so tasks spread
 
@@ -117,8 +118,10 @@ def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -
     """Decode a Pillow image to (C, H, W) float32 in [0, 1].
 
     8-bit images scale by 255, 16-bit by 65535, 32-bit integer and float images by their
-    range. Alpha is dropped, palettes expanded. Resized to ``spec.size`` unless
-    ``full_size`` (tiling cuts the full image first).
+    range. Alpha is dropped, palettes expanded, CMYK converted; an EXIF orientation
+    (a camera held sideways) is applied, so the image is seen as it is meant to be; an
+    animated file gives its first frame. Resized to ``spec.size`` unless ``full_size``
+    (tiling cuts the full image first).
 
     Raises:
         ValueError: more pixels than ``spec.max_pixels`` (a probable decompression bomb).
@@ -130,6 +133,8 @@ def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -
     if img.format == "JPEG" and not full_size:
         img.draft(mode, spec.size)  # decode at a reduced scale: the cheap win for big JPEGs
     img.load()
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in HIGH_DEPTH_MODES:
         raw = np.asarray(img)
         arr = raw.astype(np.float32) / 65535.0 if raw.dtype == np.uint16 or img.mode.startswith("I;16") else to_unit_float(raw)

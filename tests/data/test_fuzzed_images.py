@@ -1,0 +1,47 @@
+"""A job over a few hundred broken and odd files (tests/fuzz_images.py, seeded): every
+file is assigned or rejected with a reason, the job never crashes, a forged size is
+never decoded, and odd but valid files (CMYK, 16-bit, palette with transparency, EXIF-
+rotated, animated, TIFF) are read, an EXIF-rotated one turned as it is meant to be seen."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from deimos_ray.data.preprocess import ImageSpec, image_to_array
+from tests.fuzz_images import exif_rotated_jpeg, write_fuzzed_images
+from tests.helpers import load_job, smoke_may_collapse
+
+
+@smoke_may_collapse
+def test_a_job_over_fuzzed_files_assigns_or_rejects_every_one(ray_session, tmp_path):
+    images = tmp_path / "images"
+    kinds = write_fuzzed_images(images, seed=0)
+    job = load_job("train_dec")
+    out = tmp_path / "run"
+    argv = ["--data", str(images), "--image-size", "16", "--channels", "3", "--smoke-test", "--limit", "10000",
+            "--k", "3", "--num-workers", "0", "--out", str(out)]
+    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+
+    assigned = {Path(p).name for p in pq.read_table(out / "assignments", columns=["path"]).column("path").to_pylist()}
+    rejected = pq.read_table(out / "rejected.parquet").to_pandas()
+    rejected_names = {Path(p).name for p in rejected["path"]}
+    assert assigned | rejected_names == set(kinds) and not assigned & rejected_names
+    assert rejected["reason"].str.len().gt(0).all()
+    accounting = json.loads((out / "metrics.json").read_text())["accounting"]
+    assert accounting == {"inputs": len(kinds), "assigned": len(assigned), "rejected": len(rejected_names)}
+    assert {name for name, kind in kinds.items() if kind == "valid"} <= assigned
+    assert {name for name in kinds if "forged0" in name} <= rejected_names  # 60,000 x 60,000: never decoded
+    assert len(rejected_names) > len(kinds) / 4  # the damage was real
+
+
+def test_an_exif_rotated_photo_is_turned_as_it_is_meant_to_be_seen():
+    data, upright = exif_rotated_jpeg()
+    x = image_to_array(Image.open(io.BytesIO(data)), ImageSpec(upright.shape, 1))
+    assert x.shape == (1, *upright.shape)
+    np.testing.assert_allclose(x[0], upright / 255, atol=0.05)
