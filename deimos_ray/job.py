@@ -5,10 +5,10 @@
 1. check the config, and that ``DIR`` holds no other training (:mod:`deimos_ray.identity`);
 2. start or join Ray; load and preprocess the source in Ray Data
    (:func:`deimos_ray.run_folder.prepare_rows`);
-3. :func:`run_prepared` on those rows: check that ``DIR`` holds no training on other
-   rows and that the rows serve the settings (``Algorithm.check_data``), and only then
-   open the folder (:func:`deimos_ray.run_folder.open_run`: ``identity.json``,
-   ``config.yaml``, ``rejected.parquet``); train on Ray Train (``DIR/ray/``; a rerun
+3. :func:`run_prepared` on those rows: check that the rows serve the settings
+   (``Algorithm.check_data``) and that ``DIR`` holds no training on other rows, and only
+   then open the folder (:func:`deimos_ray.run_folder.open_run`: ``identity.json``,
+   ``config.yaml``, ``rejected.parquet``, ``feature_stats.npz``); train on Ray Train (``DIR/ray/``; a rerun
    with the same ``DIR`` resumes), once or as restarts (:mod:`deimos_ray.train.restarts`),
    export ``DIR/checkpoint/``; assign every row with Ray Data model actors into
    ``DIR/assignments/`` (restarts: each into ``DIR/restarts/R/``, and their combination,
@@ -37,7 +37,6 @@ from deimos_ray.config import JobConfig
 from deimos_ray.config_io import to_dict
 from deimos_ray.data.prepare import PreparedData
 from deimos_ray.data.preprocess import output_columns
-from deimos_ray.files import save_npz
 from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
@@ -113,12 +112,8 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         The metrics dict: accounting, scores, training summary, restarts, timings.
     """
     out = Path(out_dir).resolve()
-    identity = run_identity(algorithm, cfg, data)
-    check_identity(out, identity, cfg, overwrite)
     algorithm.check_data(cfg, data)
-    open_run(out, identity, cfg, data, overwrite)
-    if data.feature_stats is not None:  # new images must be standardised the same way
-        save_npz(out / "feature_stats.npz", **data.feature_stats)
+    open_run(out, run_identity(algorithm, cfg, data), cfg, data, overwrite)
     job = algorithm.job
     timings = {"data_s": data_s}
 

@@ -5,7 +5,8 @@ for training jobs, sweeps and the assignment of new images alike.
   source with no readable input is recorded in ``DIR/rejected.parquet`` (when ``DIR``
   holds no other run) and refused.
 - :func:`open_run` checks that ``DIR`` holds no other training (:mod:`deimos_ray.identity`),
-  then writes ``identity.json``, ``config.yaml`` and ``rejected.parquet`` and removes an
+  then writes ``identity.json``, ``config.yaml``, ``rejected.parquet`` (and
+  ``feature_stats.npz``) and removes an
   earlier run's ``metrics.json`` and partial files.
 - :func:`finish_run` checks the accounting (inputs = assigned + rejected), scores the
   rows beside the baselines, writes ``metrics.json`` (written last: it marks a finished
@@ -39,7 +40,7 @@ from deimos_ray.data.prepare import (
     write_rejected,
 )
 from deimos_ray.errors import UsageError
-from deimos_ray.files import remove_partials, write_json
+from deimos_ray.files import remove_partials, save_npz, write_json
 from deimos_ray.identity import IDENTITY_FILE, check_identity, clear_run, write_identity
 from deimos_ray.metrics import format_table
 from deimos_ray.scoring import score_run
@@ -80,7 +81,8 @@ def open_run(out: Path, identity: dict[str, Any] | None, cfg: JobConfig, data: P
         identity: What the run trains (:mod:`deimos_ray.identity`), checked against the
             one stored there; None for a folder that trains nothing (new images).
         cfg: The run's config, written as ``config.yaml``.
-        data: Its rows; the rejected ones are written as ``rejected.parquet``.
+        data: Its rows; the rejected ones are written as ``rejected.parquet``, and the
+            statistics the features were standardised with as ``feature_stats.npz``.
         overwrite: Replace the run that is there (``--overwrite``).
 
     Raises:
@@ -99,6 +101,8 @@ def open_run(out: Path, identity: dict[str, Any] | None, cfg: JobConfig, data: P
         write_identity(out, identity)
     save_yaml(cfg, out / "config.yaml")
     write_rejected(data.rejected, out / "rejected.parquet")
+    if data.feature_stats is not None:  # new images must be standardised the same way
+        save_npz(out / "feature_stats.npz", **data.feature_stats)
 
 
 def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:

@@ -52,7 +52,7 @@ def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
     configure_data_context(quiet)
 
 
-_signals: list[int] = []  # the stopping signals this process received, in order
+_signals: list[int] = []  # the SIGTERM received since handle_sigterm() was last called
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -65,6 +65,7 @@ def handle_sigterm() -> None:
     thread, so cleanup runs), remembering which signal came
     (:func:`stopping_signal`)."""
     if threading.current_thread() is threading.main_thread():
+        _signals.clear()
         signal.signal(signal.SIGTERM, _terminate)
 
 

@@ -65,7 +65,6 @@ class DACJobConfig(JobConfig):
             raise ValueError(f"min_cluster_size must be >= 0, got {self.min_cluster_size}")
 
 
-
 class DACAlgorithm(Algorithm):
     """DAC: pair selection by thresholds on the label features' cosine similarity
     (:mod:`deimos_ray.train.dac_loop`).

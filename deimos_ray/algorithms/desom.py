@@ -197,12 +197,11 @@ def load_desom(checkpoint_dir: str | Path, device: str = "cpu") -> tuple[DESOM, 
     return model.to(device).eval(), list(state["node_clusters"])
 
 
-def draw_desom_report(run: Path, report_dir: Path, rows: str | Path = "assignments") -> list[Path]:
+def draw_desom_report(run: Path, report_dir: Path) -> list[Path]:
     """Draw a finished map's pictures (:func:`deimos_ray.report.pictures.draw_desom_pictures`)
-    into ``report_dir`` from ``run/checkpoint`` and the Parquet rows at ``run / rows``
-    (a folder or file with ``som_row``, ``som_col``)."""
+    into ``report_dir`` from ``run/checkpoint`` and ``run/assignments``."""
     model, _ = load_desom(run / "checkpoint")
-    table = pq.read_table(run / rows, columns=["som_row", "som_col"])
+    table = pq.read_table(run / "assignments", columns=["som_row", "som_col"])
     return draw_desom_pictures(model, table.column("som_row").to_numpy(), table.column("som_col").to_numpy(),
                                report_dir)
 
@@ -211,9 +210,10 @@ def draw_level2_report(run: Path, images_of: Callable[[list[str]], dict[str, np.
     """DESOM-2's pictures in ``run/level2/report/``, from ``level2/checkpoint`` and
     ``groups.parquet``; ``members.png`` where the groups' representatives can be drawn."""
     level2 = run / "level2"
-    pictures = draw_desom_report(level2, level2 / "report", rows=run / "groups.parquet")
-    groups = pq.read_table(run / "groups.parquet", columns=["group", "som_row", "som_col"]).to_pandas()
     model, _ = load_desom(level2 / "checkpoint")
+    groups = pq.read_table(run / "groups.parquet", columns=["group", "som_row", "som_col"]).to_pandas()
+    pictures = draw_desom_pictures(model, groups["som_row"].to_numpy(), groups["som_col"].to_numpy(),
+                                   level2 / "report")
     representatives = group_representatives(pq.read_table(
         run / "assignments", columns=["id", "group", "bmu_distance"]).to_pandas())
     images = images_of(list(representatives.values()))

@@ -40,7 +40,8 @@ def pick_members(rows: pd.DataFrame, score: pd.Series) -> tuple[list[str], list[
 def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
     """(C, H, W) pixels in [0, 1] of the rows ``ids``: those an earlier drawing saved in
     ``saved_file``, the others re-read from the source (:func:`load_images`); when any
-    was read, every one found is saved there again. Rows neither saved nor readable are
+    was read, the file is written again with the saved images and the new ones (the
+    montages' and an algorithm's pictures' alike). Rows neither saved nor readable are
     left out, with a note when the source cannot be read at all (moved, or removed)."""
     saved: dict[str, np.ndarray] = {}
     if saved_file.is_file():
@@ -58,8 +59,8 @@ def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.n
     found = {i: saved[i] for i in ids if i in saved}
     if read:  # a redraw that read nothing new leaves the file as it is
         # 8-bit, as the montage PNGs hold them: the same pictures when drawn again.
-        x = np.stack([np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for v in found.values()])
-        save_npz(saved_file, ids=np.array(list(found), dtype=str), x=x)
+        x = np.stack([np.round(np.clip(v, 0, 1) * 255).astype(np.uint8) for v in saved.values()])
+        save_npz(saved_file, ids=np.array(list(saved), dtype=str), x=x)
     return found
 
 

@@ -39,7 +39,6 @@ from deimos_ray.report.montages import IMAGES_FILE, montage_images, pick_members
 from deimos_ray.run_folder import read_run
 
 MAX_CLUSTERS = 60  # montages for the largest clusters only
-EXTRA_IMAGES_FILE = "extra_images.npz"  # images of the algorithm's own pictures, kept like IMAGES_FILE
 
 
 def write_report(run_dir: str | Path, images: bool = True) -> Path:
@@ -84,7 +83,7 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
                     montages[c][kind] = (name, len(found))
 
     def images_of(ids: list[str]) -> dict[str, np.ndarray]:
-        return montage_images(out / EXTRA_IMAGES_FILE, cfg, ids) if images else {}
+        return montage_images(out / IMAGES_FILE, cfg, ids) if images else {}
 
     extras = algorithm.report_pictures(run, out, images_of)
     sweep = _sweep_parts(run, out, metrics)
