@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -79,3 +80,14 @@ def interrupted_after_two_reports(config):
         return module.train_loop_per_worker(config)
     finally:
         module.report_epoch = real
+
+
+def registered_checkpoint(storage: Path) -> dict | None:
+    """The latest checkpoint Ray Train's controller has registered for the run in
+    ``storage`` (a written folder alone is not enough: a retry or a rerun starts from
+    this one)."""
+    try:
+        snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return snapshot.get("latest_checkpoint_result")

@@ -19,7 +19,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from deimos_ray.config import JobConfig
 from deimos_ray.runtime import CLUSTER_RETRIES, worker_retries
 from deimos_ray.train.checkpoint import STATE_FILE, worker_state
-from tests.helpers import load_job
+from tests.helpers import load_job, registered_checkpoint
 
 
 def test_a_corrupt_latest_worker_checkpoint_falls_back_to_the_one_before(tmp_path):
@@ -49,16 +49,6 @@ def test_retries_default_to_a_few_on_a_cluster_and_none_locally(monkeypatch):
     assert worker_retries(1) == 1
     with pytest.raises(ValueError, match=r"max_failures \(--max-failures\) must be >= 0"):
         JobConfig(max_failures=-2)
-
-
-def registered_checkpoint(storage: Path) -> dict | None:
-    """The latest checkpoint Ray Train's controller has registered for the run in
-    ``storage`` (a written folder alone is not enough: a retry starts from this one)."""
-    try:
-        snapshot = json.loads((storage / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return snapshot.get("latest_checkpoint_result")
 
 
 def kill_one_worker_after_a_checkpoint(storage: Path, killed: list[int], stop: threading.Event) -> None:
