@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import signal
 import sys
 import time
@@ -15,12 +16,13 @@ from typing import Any
 
 import ray
 
+from deimos_ray import progress
 from deimos_ray.algorithms.base import Algorithm
-from deimos_ray.config_io import from_dict, load_yaml, override_all, parse_override
-from deimos_ray.data.sources import detect_format
+from deimos_ray.config_io import UnknownSetting, from_dict, load_yaml, override_all, parse_override
 from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
 from deimos_ray.job import run_training_job
+from deimos_ray.preflight import check_inputs
 from deimos_ray.runtime import handle_sigterm, stopping_signal
 
 
@@ -36,7 +38,9 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
                    "the same training (another training there is refused)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
                    "(its training, checkpoint and outputs; the feature cache stays)")
-    p.add_argument("--config", help=f"YAML config (see configs/{job}.yaml); flags override it")
+    documented = settings_file(job if job.startswith("train_") else "train_<algorithm>")
+    p.add_argument("--config", help=f"YAML config (every setting with its meaning: {documented}); "
+                   "flags override it")
     p.add_argument("--k", type=int, help=flag_help.get("k", "number of clusters (default 10)"))
     p.add_argument("--epochs", type=int, help=flag_help.get("epochs", "training epochs (an upper bound "
                                                             "where the algorithm has its own stopping rule)"))
@@ -76,9 +80,17 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
                    "submitted to a cluster, 0 on a private local Ray)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field by dotted path, e.g. --set model.tol=0.0005 (repeatable)")
+                   help=f"any setting by dotted path, e.g. --set model.lr=0.0005 (repeatable; every "
+                   f"setting: {documented})")
+    add_verbose_arg(p)
     p.add_argument("--smoke-test", action="store_true", help="the real code path on a few hundred "
                    "images with tiny epochs: checks an installation in about a minute")
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose``: every log line, Ray's and the training loop's included."""
+    p.add_argument("-v", "--verbose", action="store_true", help="show every log line: Ray's, its workers' and "
+                   "the training's schedule (default: deimos_ray's own lines and progress bars)")
 
 
 def add_restart_args(p: argparse.ArgumentParser) -> None:
@@ -97,29 +109,58 @@ def restart_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"restarts.count": args.restarts, "restarts.concurrent": args.concurrent_restarts}
 
 
+# Config paths the common flags set, and the flag as the user types it.
+COMMON_FLAGS: dict[str, str] = {
+    "data.spec": "--data", "data.image_size": "--image-size", "data.channels": "--channels",
+    "data.on_error": "--on-error", "data.limit": "--limit", "data.labels_from_folders": "--labels-from-folders",
+    "data.originals_only": "--originals-only", "data.tile": "--tile", "data.stride": "--stride",
+    "data.metadata": "--metadata", "data.metadata_key": "--metadata-key",
+    "data.metadata_features": "--metadata-features", "data.metadata_weight": "--metadata-weight",
+    "features.backbone": "--backbone", "features.weights": "--backbone-weights",
+    "features.image_size": "--feature-size", "features.cache": "--feature-cache",
+    "model.n_clusters": "--k", "model.epochs": "--epochs", "scaling.num_workers": "--num-workers",
+    "seed": "--seed", "scaling.use_gpu": "--use-gpu", "max_failures": "--max-failures",
+}
+
+
 def common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config paths set by the common flags (only those given)."""
-    flags = {
-        "data.spec": args.data, "data.image_size": args.image_size, "data.channels": args.channels,
-        "data.on_error": args.on_error, "data.limit": args.limit,
-        "data.labels_from_folders": True if args.labels_from_folders else None,
-        "data.originals_only": True if args.originals_only else None,
-        "data.tile": args.tile, "data.stride": args.stride, "data.metadata": args.metadata,
-        "data.metadata_key": args.metadata_key, "data.metadata_features": args.metadata_features,
-        "data.metadata_weight": args.metadata_weight,
-        "features.backbone": args.backbone, "features.weights": args.backbone_weights,
-        "features.image_size": args.feature_size, "features.cache": args.feature_cache,
-        "model.n_clusters": args.k, "model.epochs": args.epochs,
-        "scaling.num_workers": args.num_workers, "seed": args.seed,
-        "scaling.use_gpu": True if args.use_gpu else None, "max_failures": args.max_failures,
-    }
+    flags = {path: getattr(args, flag[2:].replace("-", "_")) for path, flag in COMMON_FLAGS.items()}
+    for path in ("data.labels_from_folders", "data.originals_only", "scaling.use_gpu"):  # store_true
+        flags[path] = True if flags[path] else None
     return {k: v for k, v in flags.items() if v is not None}
 
 
+def flags_given(args: argparse.Namespace) -> dict[str, str]:
+    """{config path: the flag the user typed for it}: the common flags given and every
+    ``--set``, so that an error can name what the user wrote."""
+    given = {path: COMMON_FLAGS[path] for path in common_overrides(args)}
+    for text in args.set:
+        path = text.split("=", 1)[0].strip()
+        given[path] = f"--set {path}"
+    return given
+
+
+def in_users_words(message: str, given: dict[str, str]) -> str:
+    """``message`` with each config path the user set by a flag written as that flag
+    (``model.n_clusters must be >= 2`` -> ``--k must be >= 2``)."""
+    for path, flag in sorted(given.items(), key=lambda item: -len(item[0])):
+        if flag in message:
+            continue  # the message already names what the user typed
+        message = re.sub(rf"(?<![\w.=-]){re.escape(path)}(?![\w.])", flag, message)
+    return message
+
+
 def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], extra: dict[str, Any],
-                 preset: dict[str, Any] | None = None) -> Any:
+                 preset: dict[str, Any] | None = None, job: str = "train_dec") -> Any:
     """Config from defaults <- YAML file <- ``preset`` (a job's named recipe) <-
-    --smoke-test <- flags <- --set, validated."""
+    --smoke-test <- flags <- --set, validated.
+
+    Raises:
+        UsageError: A ``--set`` key that names no setting (with the nearest ones and the
+            YAML file of ``job`` that documents them all).
+        ValueError: A value the config refuses.
+    """
     cfg = from_dict(cls, load_yaml(args.config)) if args.config else cls()
     overrides: dict[str, Any] = dict(preset or {})
     if args.smoke_test:
@@ -127,13 +168,23 @@ def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], ext
     overrides.update(common_overrides(args))
     overrides.update({k: v for k, v in extra.items() if v is not None})
     overrides.update(parse_override(s) for s in args.set)
-    return override_all(cfg, overrides)
+    try:
+        return override_all(cfg, overrides)
+    except UnknownSetting as exc:
+        raise UsageError(f"--set {exc.path}: {exc} (every setting, with its meaning: "
+                         f"{settings_file(job)})") from exc
 
 
-def job_parser(algorithm: Algorithm, description: str | None) -> argparse.ArgumentParser:
+def settings_file(job: str) -> str:
+    """The commented YAML that documents every setting of ``job``'s config."""
+    return f"configs/{job}.yaml"
+
+
+def job_parser(algorithm: Algorithm, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
     """The parser of ``algorithm``'s job: the common flags, its own, and the restart
-    flags when it has restarts."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    flags when it has restarts; ``description`` defaults to ``algorithm.description``."""
+    p = argparse.ArgumentParser(prog=prog, description=description or algorithm.description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, algorithm.job, algorithm.flag_help)
     algorithm.add_arguments(p)
     if algorithm.has_restarts:
@@ -146,7 +197,14 @@ def build_job_config(algorithm: Algorithm, args: argparse.Namespace) -> Any:
     extra = algorithm.settings(args)
     if algorithm.has_restarts:
         extra.update(restart_overrides(args))
-    return build_config(algorithm.config_class, args, algorithm.smoke, extra, preset=algorithm.preset(args))
+    return build_config(algorithm.config_class, args, algorithm.smoke, extra, preset=algorithm.preset(args),
+                        job=algorithm.job)
+
+
+def usage_error(message: str) -> int:
+    """Print ``error: message`` on one line to stderr; the exit status of a usage error."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 INTERRUPTED = "interrupted; rerun with the same --out to resume"
@@ -179,24 +237,25 @@ def interruptible(main_function: Callable[..., int]) -> Callable[..., int]:
 
 @interruptible
 def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
-    """A job's ``main``: build and check the config, then run ``algorithm`` through the
-    job spine (:func:`deimos_ray.job.run_training_job`). A wrong setting, input or run
-    folder (:class:`~deimos_ray.errors.UsageError`) exits with status 2 and the reason on
-    one line, before the run folder changes."""
+    """A job's ``main``: build and check the config and the inputs (before Ray starts:
+    :func:`deimos_ray.preflight.check_inputs`), then run ``algorithm`` through the job
+    spine (:func:`deimos_ray.job.run_training_job`). A wrong setting, input or run
+    folder exits with status 2 and the reason on one line, naming the flags the user
+    typed, before the run folder changes."""
+    progress.configure(args.verbose)
+    given = flags_given(args)
     try:
         cfg = build_job_config(algorithm, args)
-        detect_format(cfg.data.spec)  # a missing path or unknown format fails before any work
         algorithm.check(cfg)
-    except (ValueError, FileNotFoundError) as exc:  # every config check raises ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
+        check_inputs(cfg, algorithm.n_clusters(cfg))
         out = default_out(algorithm.job, args.out)
         check_writable(out)
+    except (ValueError, FileNotFoundError) as exc:  # UsageError and every config check
+        return usage_error(in_users_words(str(exc), given))
+    try:
         run_training_job(algorithm, cfg, out, overwrite=args.overwrite)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UsageError as exc:  # known once the rows are read (another run in --out, ...)
+        return usage_error(in_users_words(str(exc), given))
     return 0
 
 

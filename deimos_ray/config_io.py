@@ -9,8 +9,10 @@ them the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -143,22 +145,55 @@ def override(cfg: Any, path: str, value: Any) -> Any:
     return dataclasses.replace(cfg, **{head: value})
 
 
+class UnknownSetting(ValueError):
+    """A dotted path that names no config field; ``nearest`` holds the closest valid
+    paths, for the message."""
+
+    def __init__(self, path: str, nearest: list[str]):
+        self.path, self.nearest = path, nearest
+        near = f"; nearest: {', '.join(nearest)}" if nearest else ""
+        super().__init__(f"no setting {path!r}{near}")
+
+
+def setting_paths(cls: type, _prefix: str = "") -> list[str]:
+    """Every dotted leaf path of the config dataclass ``cls`` (``model.lr``, ``seed``)."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for field in dataclasses.fields(cls):
+        tp = _resolve_type(hints[field.name])
+        if dataclasses.is_dataclass(tp):
+            paths += setting_paths(tp, f"{_prefix}{field.name}.")
+        else:
+            paths.append(f"{_prefix}{field.name}")
+    return paths
+
+
+def check_paths(cls: type, paths: Iterable[str]) -> None:
+    """Raise :class:`UnknownSetting` for the first of ``paths`` that names no leaf
+    field of ``cls``."""
+    valid = setting_paths(cls)
+    sections = {leaf.rsplit(".", i)[0] for leaf in valid for i in range(1, leaf.count(".") + 1)}
+    for path in paths:
+        if path not in valid and path not in sections:  # a whole section may be set too
+            raise UnknownSetting(path, difflib.get_close_matches(path, valid, n=3, cutoff=0.5))
+
+
 def override_all(cfg: Any, settings: dict[str, Any]) -> Any:
     """Return a copy of ``cfg`` with every dotted field of ``settings`` set, validated
     once, after all of them: rules that tie two fields together (DESOM's restart
     consensus needs ``n_clusters``) must not depend on the order the settings come in.
 
     Raises:
-        ValueError: A path names no field, or the result is not a valid config.
+        UnknownSetting: A path names no field (with the nearest valid ones).
+        ValueError: The result is not a valid config.
     """
+    check_paths(type(cfg), settings)
     data = to_dict(cfg)
     for path, value in settings.items():
         *heads, leaf = path.split(".")
         node = data
         for head in heads:
-            node = node.get(head) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            raise ValueError(f"{type(cfg).__name__} has no field {path!r}")
+            node = node[head]
         node[leaf] = value
     return from_dict(type(cfg), data)
 

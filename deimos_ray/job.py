@@ -38,6 +38,7 @@ from deimos_ray.config_io import to_dict
 from deimos_ray.data.prepare import PreparedData
 from deimos_ray.data.preprocess import output_columns
 from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity
+from deimos_ray.progress import stage_line
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
@@ -54,7 +55,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     Nothing in ``out_dir`` changes until the checks have passed: the config, then (once
     the rows are known) that the folder holds no other training
     (:mod:`deimos_ray.identity`). ``overwrite`` replaces a run that is there instead;
-    ``report=False`` skips the pictures (``jobs/report.py`` draws them later).
+    ``report=False`` skips the pictures (``deimos-ray report`` draws them later).
     """
     algorithm.check(cfg)
     out = Path(out_dir).resolve()
@@ -74,8 +75,8 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     for note in data.notes:
         print(f"[{algorithm.job}] {note}")
     tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
-    print(f"[{algorithm.job}] {data.num_inputs} inputs: {data.good_inputs} readable{tiles}, "
-          f"{len(data.rejected)} rejected; model input shape {data.input_shape}")
+    stage_line(algorithm.job, f"read and decode: {data.num_inputs} inputs, {data.good_inputs} readable{tiles}, "
+               f"{len(data.rejected)} rejected; model input shape {data.input_shape}", time.perf_counter() - t0)
     metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0, overwrite=overwrite)
     if report:
         draw_report(out, algorithm.job)
@@ -151,6 +152,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     assignments = pq.read_table(out / "assignments").to_pandas()
     assignments, extra = algorithm.after_assign(cfg, out, assignments, data)
     timings["assign_s"] = time.perf_counter() - t
+    stage_line(job, f"assignment: {len(assignments)} rows", timings["assign_s"])
 
     accounting = account(cfg, data, len(assignments))
 
@@ -165,6 +167,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     model_name = algorithm.model_name(cfg)
     scores = score_rows(algorithm, cfg, data, assignments, algorithm.labels_seen(cfg))
     timings["score_s"] = time.perf_counter() - t
+    stage_line(job, "scores beside k-means and Ward", timings["score_s"])
     timings["total_s"] = sum(timings.values())
 
     found = assignments["cluster"].nunique()

@@ -34,6 +34,7 @@ from deimos_ray.config_io import to_dict
 from deimos_ray.consensus import match_clusters
 from deimos_ray.data.preprocess import output_columns
 from deimos_ray.errors import UsageError
+from deimos_ray.preflight import check_inputs
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import (
     account,
@@ -75,10 +76,12 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
     if (run / "feature_stats.npz").is_file():
         with np.load(run / "feature_stats.npz") as saved:
             stats = {name: saved[name] for name in saved.files}
+    expected = tuple(load_state(run / "checkpoint")["input_shape"])
+    cfg = to_run_input(cfg, expected)
+    check_inputs(cfg, None)  # the new source exists and holds images: before Ray starts
     t0 = time.perf_counter()
     init_ray()
     data = prepare_rows(out, algorithm, cfg, use_gpu, feature_stats=stats)
-    expected = tuple(load_state(run / "checkpoint")["input_shape"])
     if tuple(data.input_shape) != expected:
         raise UsageError(f"the new rows have shape {tuple(data.input_shape)}, the run's model takes {expected}")
     open_run(out, None, cfg, data)
@@ -112,6 +115,19 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
     if report:
         draw_report(out, "assign")
     return metrics
+
+
+def to_run_input(cfg: Any, input_shape: tuple[int, ...]) -> Any:
+    """``cfg`` with the new images decoded to the run's own input (its side and
+    channels), whatever their format or size: a run trained on 8 x 8 arrays takes PNGs of
+    any size. Said once on the console. Backbone runs decode at their feature size and
+    tiled runs cut tiles of their size: both already fit."""
+    if cfg.features.enabled or cfg.data.tile is not None or len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        return cfg
+    channels, side = input_shape[0], input_shape[1]
+    print(f"[assign] new images are brought to the run's input: {side} x {side} px, "
+          f"{'grayscale' if channels == 1 else 'RGB'}")
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=side, channels=channels))
 
 
 def combine_restarts(algorithm: Algorithm, cfg: Any, run: Path, checkpoints: list[Path], rows: Any, out: Path,

@@ -156,6 +156,8 @@ def read_run(run: Path) -> tuple[Algorithm, JobConfig]:
         NotAFinishedRun: ``metrics.json``, ``assignments/`` or the config is missing, or
             the run's job is not a known algorithm's.
     """
+    if not run.exists():
+        raise NotAFinishedRun(f"{run} does not exist")
     metrics_path = run / METRICS_FILE
     if not metrics_path.is_file() or not (run / "assignments").is_dir():
         raise NotAFinishedRun(f"{run} is not a finished run (it has no metrics.json and assignments/)")

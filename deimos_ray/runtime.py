@@ -7,36 +7,43 @@ import math
 import os
 import signal
 import socket
-import sys
 import threading
 from typing import Any
 
 import ray
 
+from deimos_ray import progress
 from deimos_ray.config import ScalingConfig
 from deimos_ray.errors import UsageError
 
 
-def init_ray(num_cpus: float | None = None, quiet: bool = False) -> None:
+def init_ray(num_cpus: float | None = None, quiet: bool | None = None) -> None:
     """Connect to the cluster a job was submitted to, or start a private local instance.
 
     Under ``ray job submit`` (or with ``RAY_ADDRESS`` set) this joins that cluster and
     asks for no resources; otherwise it always starts a fresh local Ray, so a stray
     ``ray start`` on the machine is never joined by accident. Token authentication stays
-    at Ray's default (on for local clusters).
+    at Ray's default (on for local clusters); a private local instance does not warn
+    about its own token.
 
     Args:
         num_cpus: Logical CPUs of a local instance (``None``: the machine's count).
-        quiet: Hide Ray Data progress output (tests, benchmarks).
+        quiet: Keep Ray's INFO lines and its workers' output (``log_to_driver``) off the
+            console; they stay in Ray's session logs. Default: quiet unless the command
+            was given ``-v`` (:mod:`deimos_ray.progress`).
     """
     if ray.is_initialized():
         return
+    if quiet is None:
+        quiet = not progress.is_verbose()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Train V2 patches print() on workers and each line reaches the driver twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if on_cluster():
-        ray.init()
+        ray.init(log_to_driver=not quiet)
     else:
+        # Its own token, made for this instance: the advice to opt out is not for the user.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         # The dashboard (bound to 127.0.0.1) serves the state API that Train's cleanup
         # actor polls; without it that actor logs a warning every second. That actor
         # finds the API through RAY_API_SERVER_ADDRESS, which every process of this Ray
@@ -85,7 +92,8 @@ def _free_port() -> int:
 def configure_data_context(quiet: bool = False) -> None:
     """Ray Data settings for batch jobs.
 
-    Progress bars appear only on a terminal. Ray Data's per-operator resource
+    Progress bars appear only on a terminal: one per dataset, and one per operator with
+    ``-v`` (:mod:`deimos_ray.progress`). Ray Data's per-operator resource
     reservation is switched off: on a 2-CPU node it admitted one decode task at a time,
     leaving a core idle. deimos_ray's pipelines are short chains, and their memory stays
     bounded without it (``bench/ingest.py`` measures both). Set
@@ -105,7 +113,9 @@ def configure_data_context(quiet: bool = False) -> None:
             # The terminal's handler only; the session log file keeps everything.
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(max(handler.level, logging.WARNING))
-    ctx.enable_progress_bars = (not quiet) and sys.stderr.isatty()
+    ctx.enable_progress_bars = progress.on_terminal() and (progress.is_enabled() or not quiet)
+    if hasattr(ctx, "enable_operator_progress_bars"):
+        ctx.enable_operator_progress_bars = progress.is_verbose()
     if not ctx.enable_progress_bars:
         # Ray Data then warns once that progress bars are off and how to turn them on;
         # here they are off on purpose (no terminal, or quiet), so the advice is noise.

@@ -1,23 +1,9 @@
 """Train DAC (Deep Adaptive Clustering) on a set of images; one Parquet row per image.
 
-Locally (starts a private Ray instance):
-    python jobs/train_dac.py                                   # built-in digits
-    python jobs/train_dac.py --data ../shared/data/usps.npz
-    python jobs/train_dac.py --recipe reference              # the reference code's training
-    python jobs/train_dac.py --data /path/to/hirise --originals-only --image-size 32 \\
-        --set model.augmentation.rotate90=true --set model.augmentation.hflip=true
+The entry point of ``deimos-ray train dac`` for ``ray job submit`` (the script
+joins the cluster it is submitted to); its flags and help: deimos_ray/algorithms/dac.py.
 
-On a Ray cluster (the script joins the cluster it is submitted to):
-    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/tiles \\
-        --num-workers 4 --use-gpu --gather-pairs --out /shared/runs/dac-tiles
-    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/usps.npz \\
-        --recipe reference --restarts 8 --concurrent-restarts 8 --num-workers 1 --use-gpu
-
-Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
-(cluster, confidence, topk_clusters, topk_probs, embedding = label features),
-rejected.parquet; with --restarts, restarts/R/ holds each restart's checkpoint and
-assignments, and assignments/ their consensus. Rerunning with the same --out and the
-same model settings resumes, schedule included.
+    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/images --num-workers 4
 """
 
 from __future__ import annotations
@@ -34,7 +20,7 @@ SMOKE = ALGORITHM.smoke
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return cli.job_parser(ALGORITHM, __doc__)
+    return cli.job_parser(ALGORITHM)
 
 
 def build_config(args: argparse.Namespace):

@@ -1,16 +1,9 @@
 """Train DEC or IDEC on a set of images and write one Parquet row per image.
 
-Locally (starts a private Ray instance):
-    python jobs/train_dec.py                                  # built-in digits
-    python jobs/train_dec.py --data ../shared/data/usps.npz --variant idec --update-interval 30
-    python jobs/train_dec.py --data /path/to/images --image-size 28 --k 8
+The entry point of ``deimos-ray train dec`` for ``ray job submit`` (the script
+joins the cluster it is submitted to); its flags and help: deimos_ray/algorithms/dec.py.
 
-On a Ray cluster (the script joins the cluster it is submitted to):
-    ray job submit --working-dir . -- python jobs/train_dec.py --data /shared/usps.npz \\
-        --num-workers 4 --use-gpu --out /shared/runs/dec-usps
-
-Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet,
-rejected.parquet. Rerunning with the same --out resumes training from its checkpoint.
+    ray job submit --working-dir . -- python jobs/train_dec.py --data /shared/images --num-workers 4
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ SMOKE = ALGORITHM.smoke
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return cli.job_parser(ALGORITHM, __doc__)
+    return cli.job_parser(ALGORITHM)
 
 
 def build_config(args: argparse.Namespace):

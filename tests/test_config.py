@@ -74,9 +74,9 @@ def test_override_all_validates_once_whatever_the_order():
         override_all(DACJobConfig(), {"restarts.count": 2, "restarts.concurrent": 2, "scaling.num_workers": 0})
     with pytest.raises(ValueError, match="DEC trains once"):
         override_all(DECJobConfig(), {"restarts.count": 2})
-    with pytest.raises(ValueError, match="has no field 'restart.count'"):
+    with pytest.raises(ValueError, match="no setting 'restart.count'; nearest: restarts.count"):
         override_all(DESOMJobConfig(), {"restart.count": 2})
-    with pytest.raises(ValueError, match="has no field 'model.nope'"):
+    with pytest.raises(ValueError, match="no setting 'model.nope'"):
         override_all(DESOMJobConfig(), {"model.nope": 2})
 
 

@@ -48,6 +48,7 @@ class Algorithm:
         flag_help: Help texts of the common flags that mean something else for this
             method (``{"k": ..., "epochs": ...}``).
         confidence_words: How the report names the surest and the least sure members.
+        description: The job's ``--help`` text: what it does, examples, its outputs.
     """
 
     name: ClassVar[str]
@@ -57,6 +58,7 @@ class Algorithm:
     smoke: ClassVar[dict[str, Any]] = {}
     flag_help: ClassVar[dict[str, str]] = {}
     confidence_words: ClassVar[tuple[str, str]] = ("most confident", "least confident")
+    description: ClassVar[str] = ""
 
     # --- the command line -------------------------------------------------------------
 

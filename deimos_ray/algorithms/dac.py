@@ -77,6 +77,27 @@ class DACAlgorithm(Algorithm):
 
     name = "dac"
     job = "train_dac"
+    description = """Train DAC (Deep Adaptive Clustering) on a set of images; one Parquet row per image.
+
+Locally (starts a private Ray instance):
+    deimos-ray train dac                                   # built-in digits
+    deimos-ray train dac --data ../shared/data/usps.npz
+    deimos-ray train dac --recipe reference              # the reference code's training
+    deimos-ray train dac --data /path/to/hirise --originals-only --image-size 32 \\
+        --set model.augmentation.rotate90=true --set model.augmentation.hflip=true
+
+On a Ray cluster (jobs/train_dac.py joins the cluster it is submitted to):
+    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/tiles \\
+        --num-workers 4 --use-gpu --gather-pairs --out /shared/runs/dac-tiles
+    ray job submit --working-dir . -- python jobs/train_dac.py --data /shared/usps.npz \\
+        --recipe reference --restarts 8 --concurrent-restarts 8 --num-workers 1 --use-gpu
+
+Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
+(cluster, confidence, topk_clusters, topk_probs, embedding = label features),
+rejected.parquet; with --restarts, restarts/R/ holds each restart's checkpoint and
+assignments, and assignments/ their consensus. Rerunning with the same --out and the
+same model settings resumes, schedule included.
+"""
     config_class = DACJobConfig
     train_loop = staticmethod(dac_loop.train_loop_per_worker)
     smoke = {

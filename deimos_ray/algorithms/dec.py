@@ -38,6 +38,20 @@ class DECAlgorithm(Algorithm):
 
     name = "dec"
     job = "train_dec"
+    description = """Train DEC or IDEC on a set of images and write one Parquet row per image.
+
+Locally (starts a private Ray instance):
+    deimos-ray train dec                                  # built-in digits
+    deimos-ray train dec --data ../shared/data/usps.npz --variant idec --update-interval 30
+    deimos-ray train dec --data /path/to/images --image-size 28 --k 8
+
+On a Ray cluster (jobs/train_dec.py joins the cluster it is submitted to):
+    ray job submit --working-dir . -- python jobs/train_dec.py --data /shared/usps.npz \\
+        --num-workers 4 --use-gpu --out /shared/runs/dec-usps
+
+Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet,
+rejected.parquet. Rerunning with the same --out resumes training from its checkpoint.
+"""
     config_class = DECJobConfig
     train_loop = staticmethod(dec_loop.train_loop_per_worker)
     smoke = {

@@ -77,6 +77,26 @@ class DESOMAlgorithm(Algorithm):
 
     name = "desom"
     job = "train_desom"
+    description = """Train DESOM (Deep Embedded Self-Organising Map) on a set of images; one Parquet row per
+image placed on a map, and the map drawn as pictures.
+
+Locally (starts a private Ray instance):
+    deimos-ray train desom                                # built-in digits, 8x8 map
+    deimos-ray train desom --data ../shared/data/usps.npz --map-size 8 8 --k 10
+    deimos-ray train desom --data ../shared/data/usps.npz --k 10 --iterations 2000 --restarts 8
+    deimos-ray train desom --data /path/to/exposures --tile 32 --map-size 25 25 --levels 2
+
+On a Ray cluster:
+    ray job submit --working-dir . -- python jobs/train_desom.py --data /shared/cutouts \\
+        --num-workers 4 --use-gpu --out /shared/runs/desom
+
+Outputs (DIR = --out): config.yaml, metrics.json, checkpoint/, assignments/*.parquet
+(som_row, som_col, bmu_distance, cluster, embedding), rejected.parquet, report/
+(prototypes.png, hits.png, umatrix.png); with --restarts (needs --k), restarts/R/ holds
+each restart's checkpoint and assignments, and cluster is their vote. With --levels 2
+also groups.parquet (one row per group: group, som_row, som_col, cluster, members) and
+level2/report/ (hits, U-matrix, members.png). Redraw the pictures with deimos-ray report DIR.
+"""
     config_class = DESOMJobConfig
     train_loop = staticmethod(desom_loop.train_loop_per_worker)
     smoke = {
@@ -265,7 +285,7 @@ def run_level2(cfg: DESOMJobConfig, out: Path, job: str) -> dict[str, Any]:
                    "checkpoint_interval_s": cfg.checkpoint_interval_s}
     dataset = ray.data.from_items([{"x": v} for v in vectors.numpy()])
     result = fit(desom_loop.train_loop_per_worker, loop_config, dataset, cfg.scaling, level2 / "ray",
-                 name="train", max_failures=cfg.max_failures)
+                 name="train", max_failures=cfg.max_failures, label=("train_desom", "level-2 training"))
     export_checkpoint(result, level2 / "checkpoint")
 
     model, node_cluster = load_desom(level2 / "checkpoint")

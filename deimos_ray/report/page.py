@@ -3,7 +3,7 @@
 :func:`write_report` reads only what a run left in its folder (``metrics.json``,
 ``config.yaml`` or a sweep's ``best_config.yaml``, ``assignments/``, ``checkpoint/``,
 ``trials.parquet``, ``report/images.npz``), so an old run can be redrawn without
-training (``python jobs/report.py DIR``); the source the config names is read only for
+training (``deimos-ray report DIR``); the source the config names is read only for
 montage images that no earlier drawing saved. It writes into ``DIR/report/``:
 
 - ``images.npz``: the montages' images as the page shows them (8-bit), so a redraw
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from deimos_ray.files import write_atomic, write_text
+from deimos_ray.progress import stage_line
 from deimos_ray.report.html import render_page
-from deimos_ray.report.map import add_map_coordinates, clusters_text, draw_map, draw_sizes
+from deimos_ray.report.map import add_map_coordinates, draw_map, draw_sizes
 from deimos_ray.report.montages import IMAGES_FILE, montage_images, pick_members, save_montage
 from deimos_ray.run_folder import read_run
 
@@ -89,9 +91,7 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
     sweep = _sweep_parts(run, out, metrics)
     page = render_page(run, metrics, clusters, shown, montages, extras, sweep, labelled,
                        algorithm.confidence_words)
-    path = write_text(out / "index.html", page)
-    print(f"[report] {path}: {clusters_text(len(clusters))}, montages for {len(montages)}")
-    return path
+    return write_text(out / "index.html", page)
 
 
 def _score_column(table: pd.DataFrame) -> pd.Series:
@@ -135,10 +135,13 @@ def _sweep_parts(run: Path, out: Path, metrics: dict[str, Any]) -> dict[str, Any
 
 def draw_report(out: Path, job: str) -> None:
     """Draw ``out/report/`` (:func:`write_report`) at the end of a job, sweep or
-    assignment. The run has finished whatever happens here: a failure is a warning that
-    names the command to redraw."""
+    assignment, and say where to open it. The run has finished whatever happens here: a
+    failure is a warning that names the command to redraw."""
+    t = time.perf_counter()
     try:
-        write_report(out)
+        path = write_report(out)
     except Exception as exc:  # the clustering is written; the pictures can be drawn later
         warnings.warn(f"[{job}] the report could not be drawn ({type(exc).__name__}: {exc}); "
-                      f"redraw it with: python jobs/report.py {out}", stacklevel=2)
+                      f"redraw it with: deimos-ray report {out}", stacklevel=2)
+        return
+    stage_line(job, f"report: open {path}", time.perf_counter() - t)

@@ -1,6 +1,6 @@
 """Image mosaics and self-organising-map grids, drawn from a trained model and the
 rows' map cells (a run's files), so they can be redrawn without training again
-(``python jobs/report.py DIR``).
+(``deimos-ray report DIR``).
 
 DESOM maps (``DIR/report/``, drawn by ``DESOMAlgorithm.report_pictures``):
 - ``prototypes.png``: each map cell is the decoder's image of its prototype;

@@ -27,6 +27,7 @@ from typing import Any
 import ray.train
 import torch
 
+from deimos_ray import progress
 from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.data.augment import augment, two_views
 from deimos_ray.losses.dac import label_features, labeled_masks, pair_loss_sum, select_pairs
@@ -40,7 +41,7 @@ KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not dra
 
 def _log(message: str) -> None:
     if C.rank() == 0:
-        print(f"[dac] {message}", flush=True)
+        progress.note(f"[dac] {message}")
 
 
 def _loss_and_stats(
@@ -251,6 +252,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             record["labeled_loss"] = totals["labeled_loss_sum"] / max(totals["labeled"], 1.0)
         history.append(record)
         _log(common.format_metrics(record, 4))
+        if C.rank() == 0:
+            progress.advance(epoch + 1, cfg.epochs, "epoch", pair_loss=record["pair_loss"],
+                             selected=round(record["selected_fraction"], 3))
         epoch, lam = epoch + 1, next_lambda(cfg, lam)
         due = clock.due(final=schedule_done(cfg, lam, epoch))
         if not due and not probe.on:

@@ -29,6 +29,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
+from deimos_ray import progress
 from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.losses.dec import target_distribution
 from deimos_ray.models.autoencoder import DenoisingLayerPair, DenseAutoencoder
@@ -83,7 +84,17 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def _log(message: str) -> None:
     if C.rank() == 0:
-        print(f"[dec] {message}", flush=True)
+        progress.note(f"[dec] {message}")
+
+
+def _advance(done: int, total: int, **values: Any) -> None:
+    if C.rank() == 0:
+        progress.advance(done, total, "epoch", **values)
+
+
+def _pretrain_total(cfg: DECConfig, autoencoder: nn.Module) -> int:
+    """Epochs of pretraining in all (every stage's)."""
+    return sum(epochs for _, epochs in pretrain_stages(cfg, autoencoder)) if cfg.pretrain_epochs > 0 else 0
 
 
 def _should_log(epoch: int, total: int) -> bool:
@@ -163,6 +174,7 @@ def pretrain(
             if _should_log(e, stage_epochs):
                 _log(f"pretrain {stage_name} epoch {e + 1}/{stage_epochs} loss {loss_avg:.5f}")
             global_epoch += 1
+            _advance(global_epoch, _pretrain_total(cfg, autoencoder) + cfg.epochs, phase="pretrain", loss=loss_avg)
             if not clock.due(final=e == stage_epochs - 1):
                 continue
             report_epoch(
@@ -313,6 +325,9 @@ def cluster(
         }
         if _should_log(epoch - 1, cfg.epochs) or converged:
             _log(common.format_metrics(metrics))
+        before = _pretrain_total(cfg, model.autoencoder)
+        _advance(before + epoch, before + cfg.epochs, phase="cluster",
+                 **{k: v / max(1, batches.steps) for k, v in totals.items()})
         due = clock.due(final=converged or epoch >= cfg.epochs)
         if not due and not probe.on:
             continue

@@ -17,6 +17,7 @@ from typing import Any
 import ray.train
 import torch
 
+from deimos_ray import progress
 from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.models.desom import DESOM, DESOMConfig, node_clusters, node_hits
 from deimos_ray.models.som import temperature
@@ -28,7 +29,7 @@ from deimos_ray.train.common import Batches, CheckpointClock, global_count, load
 
 def _log(message: str) -> None:
     if C.rank() == 0:
-        print(f"[desom] {message}", flush=True)
+        progress.note(f"[desom] {message}")
 
 
 def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, seed: int) -> None:
@@ -119,6 +120,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                   **{k: global_count(v / steps) / C.world_size() for k, v in sums.items()}}
         if epoch == 1 or iteration >= cfg.iterations or epoch % max(1, (cfg.iterations // batches.steps) // 10) == 0:
             _log(common.format_metrics(record))
+        if C.rank() == 0:
+            progress.advance(iteration, cfg.iterations, "iteration", loss=record.get("loss", float("nan")))
         final = iteration >= cfg.iterations
         due = clock.due(final=final)
         if not due and not probe.on:

@@ -16,23 +16,28 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
+from deimos_ray import progress
 from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
 from deimos_ray.runtime import worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
 
 
-def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, config: dict[str, Any]) -> Any:
-    """Run ``train_loop(config)`` with PyTorch limited to ``threads`` CPU threads.
+def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, board: Any,
+                      config: dict[str, Any]) -> Any:
+    """Run ``train_loop(config)`` with PyTorch limited to ``threads`` CPU threads, its
+    progress and log lines going to ``board`` (:mod:`deimos_ray.progress`; None: printed).
 
     The previous count comes back afterwards: in local mode this process is the driver,
     which goes on to score and write the results.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    progress.attach(board)
     try:
         return train_loop(config)
     finally:
+        progress.attach(None)
         torch.set_num_threads(previous)
 
 
@@ -45,6 +50,7 @@ def fit(
     name: str = "train",
     max_failures: int | None = None,
     callbacks: list[Any] | None = None,
+    label: tuple[str, str] = ("train", "training"),
 ) -> ray.train.Result:
     """Run ``train_loop`` on ``scaling.num_workers`` workers over ``dataset``.
 
@@ -55,15 +61,18 @@ def fit(
     (``num_workers=0``) the checkpoints are kept in ``storage_path/name/driver/``. The
     loop runs with ``scaling.threads`` PyTorch threads in the driver and in every
     worker alike. ``callbacks`` are Ray Train callbacks of the run (a sweep's report to Tune).
+    ``label`` (the job, what is trained) names the training's progress bar and line
+    (:class:`deimos_ray.progress.TrainingDisplay`).
 
     Raises:
         ray.train.TrainingFailedError: the loop raised on some worker.
     """
+    display = progress.TrainingDisplay(*label)
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        functools.partial(_run_with_threads, train_loop, scaling.threads),
+        functools.partial(_run_with_threads, train_loop, scaling.threads, display.board),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -85,9 +94,10 @@ def fit(
         # and no word; without it, Ctrl-C reaches the job as KeyboardInterrupt.
         trainer._register_sigint_handler = lambda controller: None
     if scaling.num_workers > 0:
-        return trainer.fit()
+        with display:
+            return trainer.fit()
     folder = Path(storage_path).resolve() / name / "driver"
-    with driver_checkpoints(folder):
+    with driver_checkpoints(folder), display:
         result = trainer.fit()
     if result.checkpoint is None and (kept := latest_driver_checkpoint(folder)) is not None:
         # A rerun of a finished training reports nothing new; Ray Train's workers would

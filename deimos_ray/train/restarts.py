@@ -51,7 +51,7 @@ def fit_restarts(
     restarts = cfg.restarts.count
     if restarts == 1:
         return [fit(train_loop, loop_config, rows, cfg.scaling, out / "ray", name="train",
-                    max_failures=cfg.max_failures, callbacks=callbacks)], None, 0
+                    max_failures=cfg.max_failures, callbacks=callbacks, label=(job, "training"))], None, 0
     concurrent = min(cfg.restarts.concurrent, restarts)
     if concurrent > 1:
         _warn_if_cluster_too_small(cfg.scaling, concurrent)
@@ -68,7 +68,7 @@ def fit_restarts(
         try:
             result = fit(train_loop, {**loop_config, "seed": record["seed"]}, rows, cfg.scaling, out / "ray",
                          name="train" if r == 0 else f"train-restart{r}", max_failures=cfg.max_failures,
-                         callbacks=callbacks)
+                         callbacks=callbacks, label=(job, f"training restart {r + 1}/{restarts}"))
         except BaseException:
             failed.set()
             raise

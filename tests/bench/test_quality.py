@@ -54,7 +54,7 @@ def test_a_bad_set_raises(setting):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "dac", "desom-8x8", "--set", "model.official_lower=0.5"], "no field 'model.official_lower'"),
+    (["--methods", "dac", "desom-8x8", "--set", "model.official_lower=0.5"], "no setting 'model.official_lower'"),
     (["--methods", "dac-reference", "--set", "model.official_lower=0.95"], "must be below"),
     (["--set", "data.image_size"], "must look like key.path=value"),
 ])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 
+from deimos_ray import commands
 from deimos_ray.assignments import read_metadata
 from tests.helpers import ROOT, load_job, write_bad_files, write_image_folder
 
@@ -43,6 +44,17 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
     rejected = pq.read_table(out / "rejected.parquet")
     assert rejected.column_names == ["id", "path", "reason", "stage"] and rejected.num_rows == 3
 
+    # The export: a CSV row per assigned image, and a folder per cluster linking the files.
+    assert commands.main(["export", str(out), "--csv", str(tmp_path / "c.csv"), "--folders",
+                          str(tmp_path / "by_cluster")]) == 0
+    rows = pd.read_csv(tmp_path / "c.csv")
+    assert list(rows.columns[:4]) == ["id", "path", "cluster", "confidence"] and len(rows) == len(good)
+    assert "embedding" not in rows and rows["cluster"].value_counts().is_monotonic_decreasing
+    links = sorted((tmp_path / "by_cluster").glob("cluster_*/*"))
+    assert len(links) == len(good) and all(link.is_symlink() and link.resolve().is_file() for link in links)
+    for link in links:
+        assert rows.loc[rows["path"] == str(link.resolve()), "cluster"].item() == int(link.parent.name[8:])
+
     metrics = json.loads((out / "metrics.json").read_text())
     acc = metrics["accounting"]
     assert acc["inputs"] == acc["assigned"] + acc["rejected"] == len(good) + 3
@@ -65,19 +77,6 @@ def test_labelled_source_gets_external_scores(ray_session, tmp_path):
         assert 0.0 <= metrics["scores"][method]["accuracy"] <= 1.0
     table = pq.read_table(out / "assignments")
     assert sorted(set(table.column("label").to_pylist())) == list(range(10))
-
-
-@pytest.mark.parametrize(
-    "bad, message",
-    [(["--data", "/no/such/folder"], "does not exist"), (["--k", "0"], "n_clusters"),
-     (["--set", "model.nope=1"], "no field")],
-)
-def test_bad_arguments_fail_before_any_work(bad, message, tmp_path, capsys):
-    job = load_job("train_dec")
-    args = job.get_args_parser().parse_args([*bad, "--out", str(tmp_path / "x")])
-    assert job.main(args) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
 
 
 def test_hirise_fixture_end_to_end_keeps_metadata_and_reports_missing(ray_session, tmp_path):

@@ -1,0 +1,29 @@
+"""``deimos-ray train ALGORITHM [flags]``: one training job (the flags of
+``jobs/train_<algorithm>.py``, from :func:`deimos_ray.cli.job_parser`)."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+from deimos_ray import cli
+from deimos_ray.algorithms import ALGORITHMS
+
+
+def main(argv: list[str], prog: str = "deimos-ray train") -> int:
+    """Parse ``ALGORITHM [flags]`` and run that algorithm's job (:func:`deimos_ray.cli.main`)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {prog} {{{','.join(ALGORITHMS)}}} [flags]\n\n"
+              + "\n".join(f"  {name:<7}{algorithm.description.splitlines()[0]}"
+                          for name, algorithm in ALGORITHMS.items())
+              + f"\n\n'{prog} ALGORITHM --help' shows its flags.")
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in ALGORITHMS:
+        near = difflib.get_close_matches(name, ALGORITHMS, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"one of: {', '.join(ALGORITHMS)}"
+        print(f"error: unknown algorithm {name!r}; {hint}", file=sys.stderr)
+        return 2
+    algorithm = ALGORITHMS[name]
+    args = cli.job_parser(algorithm, prog=f"{prog} {name}").parse_args(argv[1:])
+    return cli.main(algorithm, args)
