@@ -39,6 +39,7 @@ from deimos_ray.data.prepare import PreparedData
 from deimos_ray.data.preprocess import output_columns
 from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity
 from deimos_ray.progress import stage_line
+from deimos_ray.report.input_map import write_input_map
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
@@ -79,6 +80,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
                f"{len(data.rejected)} rejected; model input shape {data.input_shape}", time.perf_counter() - t0)
     metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0, overwrite=overwrite)
     if report:
+        write_input_map(out, data, cfg.seed)
         draw_report(out, algorithm.job)
     return metrics
 

@@ -35,6 +35,7 @@ from deimos_ray.consensus import match_clusters
 from deimos_ray.data.preprocess import output_columns
 from deimos_ray.errors import UsageError
 from deimos_ray.preflight import check_inputs
+from deimos_ray.report.input_map import write_input_map
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import (
     account,
@@ -113,6 +114,7 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
     }
     finish_run(out, metrics, "assign", k, scores_title="scores on the new rows")
     if report:
+        write_input_map(out, data, cfg.seed)
         draw_report(out, "assign")
     return metrics
 

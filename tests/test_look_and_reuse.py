@@ -17,6 +17,8 @@ from deimos_ray.config_io import override_all
 from deimos_ray.errors import UsageError
 from deimos_ray.job import run_training_job
 from deimos_ray.new_images import assign_new
+from deimos_ray.report.input_map import read_input_map
+from deimos_ray.report.members import COLUMNS, THUMB
 from deimos_ray.report.montages import PER_GRID, montage_size
 from deimos_ray.report.page import write_report
 from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
@@ -68,6 +70,30 @@ def test_the_report_names_only_files_it_wrote(dec_run):
                 assert Image.open(path).size == montage_size(n, (8, 8))
 
 
+def member_ids(run: Path) -> dict[str, list[str]]:
+    """{cluster page: the ids its thumbnails (or its list) show}."""
+    pages = {}
+    for page in sorted((run / "report" / "clusters").glob("c*_p*.html")):
+        text = page.read_text()
+        pages[page.name] = re.findall(r"class='t' title='([^']+) \(", text) or re.findall(r"<li>([^<]+)</li>", text)
+    return pages
+
+
+def test_every_member_has_a_thumbnail_on_its_clusters_page_and_the_map_is_of_the_input(dec_run):
+    run = dec_run / "run"
+    rows = pq.read_table(run / "assignments").to_pandas()
+    pages = member_ids(run)
+    assert sorted(i for ids in pages.values() for i in ids) == sorted(rows["id"])
+    for cluster, members in rows.groupby("cluster"):
+        assert sorted(pages[f"c{cluster}_p1.html"]) == sorted(members["id"])
+        assert f"clusters/c{cluster}_p1.html" in (run / "report" / "index.html").read_text()
+        sheet = Image.open(run / "report" / "clusters" / f"c{cluster}_p1.png")
+        assert sheet.size == (min(len(members), COLUMNS) * THUMB, -(-len(members) // COLUMNS) * THUMB)
+    points, method = read_input_map(run)
+    assert method["method"] == "t-SNE" and method["of"] == "pixels" and len(points) == len(rows) == 40
+    assert (run / "report" / "index.html").read_text().count("<circle ") == len(rows)
+
+
 def test_the_report_is_redrawn_from_the_run_folder_alone(dec_run, tmp_path):
     # A copy of the run whose source is gone: the montages come from report/images.npz.
     run = tmp_path / "run"
@@ -77,8 +103,12 @@ def test_the_report_is_redrawn_from_the_run_folder_alone(dec_run, tmp_path):
     drawn = {p.name: p.read_bytes() for p in (run / "report").glob("cluster_*.png")}
     for name in drawn:
         (run / "report" / name).unlink()
+    sheets = {p.name: p.read_bytes() for p in (run / "report" / "clusters").glob("*.png")}
     write_report(run)
     assert drawn and {p.name: p.read_bytes() for p in (run / "report").glob("cluster_*.png")} == drawn
+    # The member pages keep their sheets: the same pictures, every member still shown.
+    assert {p.name: p.read_bytes() for p in (run / "report" / "clusters").glob("*.png")} == sheets
+    assert member_ids(run) == member_ids(dec_run / "run")
 
 
 def test_the_report_loads_in_a_real_browser(dec_run, tmp_path):
@@ -86,6 +116,8 @@ def test_the_report_loads_in_a_real_browser(dec_run, tmp_path):
         pytest.skip("Chromium and its driver are not installed (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -99,12 +131,31 @@ def test_the_report_loads_in_a_real_browser(dec_run, tmp_path):
         driver.get((dec_run / "run" / "report" / "index.html").as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        # Hovering a point of the map shows its image and its id.
+        point = driver.find_element(By.CSS_SELECTOR, "#map circle")
+        ActionChains(driver).move_to_element(point).perform()
+        tip = driver.find_element(By.ID, "tip")
+        hover = (tip.is_displayed(), driver.find_element(By.ID, "tip-text").text, point.get_attribute("data-id"),
+                 driver.find_element(By.ID, "tip-image").value_of_css_property("background-image"))
         driver.save_screenshot(str(tmp_path / "report.png"))
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        # A cluster page: its sheet loads, a thumbnail per member.
+        driver.find_element(By.CSS_SELECTOR, ".cluster h3 a").click()
+        page = driver.execute_script(
+            "var t = document.querySelectorAll('.t'); var sheet = new Image();"
+            "sheet.src = t[0].style.backgroundImage.slice(5, -2);"
+            "return [t.length, document.title, sheet.src];")
+        sheet_loaded = driver.execute_async_script(
+            "var done = arguments[arguments.length - 1], i = new Image();"
+            "i.onload = () => done(i.naturalWidth); i.onerror = () => done(0); i.src = arguments[0];", page[2])
+        errors += [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     finally:
         driver.quit()
     assert len(images) >= 4
     assert all(complete and width > 0 for _, complete, width in images), images
+    shown, text, point_id, background = hover
+    assert shown and text.startswith(point_id + " (cluster ") and "clusters/c" in background
+    assert page[0] >= 1 and page[1].startswith("cluster ") and sheet_loaded > 0
     assert errors == []
 
 

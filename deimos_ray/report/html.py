@@ -14,6 +14,7 @@ import pandas as pd
 
 from deimos_ray.metrics import EXTERNAL, HELDOUT, INTERNAL
 from deimos_ray.report.map import clusters_text
+from deimos_ray.report.members import page_name
 
 
 def _score_table(scores: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -57,15 +58,22 @@ thead th { background: #f0f0f0; }
 .cluster figcaption { font-size: 0.75em; color: #555; }
 .montage { image-rendering: pixelated; }
 .note { color: #555; font-size: 0.85em; }
+.map { display: inline-block; margin: 0 1em 1em 0; } .map svg { border: 1px solid #ddd; }
+.map figcaption { font-size: 0.75em; color: #555; max-width: 480px; }
+#tip { position: fixed; display: none; background: #fff; border: 1px solid #999; padding: 4px;
+       font-size: 12px; pointer-events: none; }
+#tip-image { width: 48px; height: 48px; background-repeat: no-repeat; }
 """
 
 
 def render_page(run: Path, metrics: dict[str, Any], clusters: pd.DataFrame, shown: pd.DataFrame,
                 montages: dict[int, dict[str, tuple[str, int]]], extras: list[str],
                 sweep: dict[str, Any] | None, labelled: bool,
-                confidence_words: tuple[str, str] = ("most confident", "least confident")) -> str:
+                confidence_words: tuple[str, str] = ("most confident", "least confident"),
+                map_html: str | None = None) -> str:
     """The HTML of ``index.html``; ``confidence_words`` name a cluster's surest and
-    least sure members (the algorithm's)."""
+    least sure members (the algorithm's); ``map_html`` is the map of the input
+    representation (:func:`deimos_ray.report.input_map.svg_map`), when the run has one."""
     accounting = metrics.get("accounting", {})
     scores = _score_table(metrics.get("scores", {}))
     parts = [f"<h1>{html.escape(run.name)}: {clusters_text(len(clusters))}</h1>",
@@ -87,12 +95,16 @@ def render_page(run: Path, metrics: dict[str, Any], clusters: pd.DataFrame, show
         if sweep["plot"]:
             parts.append(f"<p class='pictures'><img src='{sweep['plot']}' alt='scores against k'></p>")
         parts.append(_table(sweep["trials"], "trial"))
-    parts += ["<h2>Cluster sizes and map</h2>", "<p class='pictures'>"
-              "<img src='sizes.png' alt='rows per cluster'> <img src='map2d.png' alt='2-D map of the embedding'></p>"]
+    parts.append("<h2>Map of the input, cluster sizes, the model's embedding</h2>")
+    if map_html:
+        parts.append(map_html)
+    parts.append("<p class='pictures'><img src='sizes.png' alt='rows per cluster'> "
+                 "<img src='map2d.png' alt='the model embedding on its first two principal components'></p>")
     if extras:
         parts += ["<h2>The self-organising map</h2>", "<p class='pictures'>"
                   + " ".join(f"<img src='{name}' alt='{name[:-4]}'>" for name in extras) + "</p>"]
-    parts.append("<h2>Clusters, largest first</h2>")
+    parts.append("<h2>Clusters, largest first</h2><p class='note'>Each cluster's title opens a page "
+                 "with every member.</p>")
     if not montages:
         parts.append("<p class='note'>No images drawn (the source could not be read again).</p>")
     if len(clusters) > len(shown):
@@ -106,7 +118,8 @@ def render_page(run: Path, metrics: dict[str, Any], clusters: pd.DataFrame, show
             f"<figure><img class='montage' src='{name}' alt='cluster {c}, {kind}'>"
             f"<figcaption>{n} {surest if kind == 'confident' else least}</figcaption></figure>"
             for kind, (name, n) in montages.get(c, {}).items())
-        parts.append(f"<div class='cluster'><h3>{html.escape(title)}</h3>{figures}</div>")
+        link = f"clusters/{page_name(c, 1, 'html')}"
+        parts.append(f"<div class='cluster'><h3><a href='{link}'>{html.escape(title)}</a></h3>{figures}</div>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(run.name)}</title><style>{STYLE}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,19 @@ def load_images(cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
     """(C, H, W) pixels in [0, 1] of the rows ``ids``, re-read from the run's source
     through its own preprocessing (tiles cut the same way), at most :data:`MAX_SIDE`
     pixels on a side. Rows that cannot be read again are left out."""
+    return dict(iter_images(cfg, ids))
+
+
+def iter_images(cfg: Any, ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, (C, H, W) pixels in [0, 1]) of the rows ``ids`` as one streaming pass over
+    the source reads them (:func:`load_images`), for callers that keep less than the
+    pixels (thumbnails)."""
     if not ids:
-        return {}
+        return
     data_cfg = decode_size(cfg.data, cfg.features)
     source = load_source(data_cfg)
     if source.dataset is None:
-        return {}
+        return
     shape = source.image_shape[:2] if source.image_shape else None
     spec = resolve_image_spec(shape, data_cfg)
     if spec.size[0] > MAX_SIDE or spec.size[1] > MAX_SIDE:
@@ -83,12 +91,10 @@ def load_images(cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
     sources = np.asarray(sorted({i.split("@y")[0] for i in ids}) if cfg.data.tile else ids, dtype=object)
     ds = source.dataset.map_batches(_keep_ids, fn_kwargs={"ids": sources}, batch_format="numpy")
     ds = preprocess(ds, spec).map_batches(_keep_ids, fn_kwargs={"ids": wanted}, batch_format="numpy")
-    found = {}
     for batch in ds.select_columns(["id", "x", "ok"]).iter_batches(batch_size=256, batch_format="numpy"):
         for i, x, ok in zip(batch["id"], batch["x"], batch["ok"], strict=True):
             if ok:
-                found[str(i)] = np.asarray(x, dtype=np.float32)
-    return found
+                yield str(i), np.asarray(x, dtype=np.float32)
 
 
 def _keep_ids(batch: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -36,7 +36,9 @@ import pandas as pd
 from deimos_ray.files import write_atomic, write_text
 from deimos_ray.progress import stage_line
 from deimos_ray.report.html import render_page
+from deimos_ray.report.input_map import read_input_map, svg_map
 from deimos_ray.report.map import add_map_coordinates, draw_map, draw_sizes
+from deimos_ray.report.members import draw_member_pages
 from deimos_ray.report.montages import IMAGES_FILE, montage_images, pick_members, save_montage
 from deimos_ray.run_folder import read_run
 
@@ -89,8 +91,13 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
 
     extras = algorithm.report_pictures(run, out, images_of)
     sweep = _sweep_parts(run, out, metrics)
+    thumbs = draw_member_pages(out, cfg, table, score, clusters, images)
+    map_html = None
+    if (found := read_input_map(run)) is not None:
+        points, method = found
+        map_html = svg_map(points.merge(table[["id", "cluster"]], on="id"), method, thumbs)
     page = render_page(run, metrics, clusters, shown, montages, extras, sweep, labelled,
-                       algorithm.confidence_words)
+                       algorithm.confidence_words, map_html)
     return write_text(out / "index.html", page)
 
 

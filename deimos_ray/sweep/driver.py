@@ -55,6 +55,7 @@ from deimos_ray.data.prepare import PreparedData  # noqa: E402
 from deimos_ray.files import copy_dir, write_atomic, write_json  # noqa: E402
 from deimos_ray.identity import check_identity, rows_fingerprint, settings_identity  # noqa: E402
 from deimos_ray.job import run_prepared  # noqa: E402
+from deimos_ray.report.input_map import write_input_map  # noqa: E402
 from deimos_ray.report.page import draw_report  # noqa: E402
 from deimos_ray.run_folder import open_run, prepare_rows  # noqa: E402
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed  # noqa: E402
@@ -203,6 +204,7 @@ def run_sweep(algorithm: Algorithm, cfg: JobConfig, grid: dict[str, list[Any]], 
           + (f" ({stopped} stopped early by ASHA)" if scheduler == "asha" else "") + "; chosen by the objective: "
           + ", ".join(f"{key}={_plain(best[key])}" for key in grid)
           + f" (objective {best[OBJECTIVE]:.4f}, silhouette {best['silhouette']:.4f})", flush=True)
+    write_input_map(out, data, cfg.seed)
     draw_report(out, "tune_sweep")
     return trials
 
