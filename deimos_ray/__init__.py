@@ -19,15 +19,18 @@ The package is organised by concept (``CONTRIBUTING.md``: adding an algorithm)::
                          (TorchTrainer), restarts.py (several trainings), common.py, collective.py, checkpoint.py
       assignments.py     the assignments/ folder: model actors -> Parquet, staged then renamed
       consensus.py       one clustering of several trainings: matching, averaging, voting, the files
-      new_images.py      a finished run assigns new images (jobs/assign.py)
-      report/            page.py (DIR/report/index.html), montages.py, map.py, html.py, pictures.py
+      new_images.py      a finished run assigns new images (deimos-ray assign)
+      report/            page.py (DIR/report/index.html), members.py (a page per cluster), input_map.py,
+                         montages.py, map.py, html.py, pictures.py
       sweep/             driver.py (Ray Tune trials through run_prepared), objective.py, space.py
       identity.py        what a run folder holds, checked before a rerun resumes; files.py atomic writes;
                          errors.py the one-line user error
       scoring.py, metrics.py, baselines.py   the score table, the scores, k-means and Ward
-      cli.py, runtime.py the jobs' flags and main; ray.init for laptop, cluster and job submit
+      commands/          deimos-ray: train, sweep, assign, report, export (the parsers jobs/*.py share)
+      cli.py, runtime.py the training flags and main; ray.init for laptop, cluster and job submit
+      preflight.py       the checks of a job's inputs before Ray starts; progress.py what the console shows
       estimator.py       DeepClusterer: the scikit-learn face over the job spine and new_images.py
-    jobs/                train_dac.py, train_dec.py, train_desom.py, tune_sweep.py, assign.py, report.py
+    jobs/                train_dac.py, ... : the commands as scripts, for ray job submit
     configs/             one commented YAML per job
     bench/               quality.py, features.py, concurrent_restarts.py, ingest.py, train_overhead.py,
                          tune_k.py, same_assignments.py; RESULTS.md

@@ -256,7 +256,25 @@ def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
         run_training_job(algorithm, cfg, out, overwrite=args.overwrite)
     except UsageError as exc:  # known once the rows are read (another run in --out, ...)
         return usage_error(in_users_words(str(exc), given))
+    except ray.train.TrainingFailedError as exc:
+        if progress.is_verbose():
+            raise  # the whole story, tracebacks of every worker included
+        print(f"error: {training_failure(exc)}; rerun with the same --out to resume from the last checkpoint "
+              "(-v shows the tracebacks)", file=sys.stderr)
+        return 1
     return 0
+
+
+def training_failure(exc: Exception) -> str:
+    """One line on why Ray Train gave up: the room lost, or a worker's error."""
+    cause = getattr(exc, "controller_failure", None)
+    if cause is not None and type(cause).__name__ == "WorkerGroupStartupTimeoutError":
+        return (f"training stopped: the cluster no longer has room for its {cause.num_workers} Ray Train "
+                "worker(s) (a node was lost?)")
+    failures = getattr(exc, "worker_failures", None) or {}
+    first = next(iter(failures.values()), exc)
+    lines = [line for line in str(first).splitlines() if line.strip()]
+    return f"training failed: {type(first).__name__}: {lines[-1] if lines else ''}"
 
 
 def default_out(job: str, out: str | None) -> Path:

@@ -4,7 +4,7 @@
 ``jobs/train_dec.py``: :func:`deimos_ray.job.run_training_job` into a run folder (Ray
 Data preprocessing, Ray Train, Ray Data assignment, scores). ``predict`` and
 ``transform`` assign new rows with that run through :func:`deimos_ray.new_images.assign_new`,
-the code behind ``jobs/assign.py``. So a model fitted here is an ordinary run folder
+the code behind ``deimos-ray assign``. So a model fitted here is an ordinary run folder
 (``run_dir_``): ``deimos-ray report`` draws it, ``deimos-ray assign`` reuses it.
 
 ``X`` is either a data spec (what ``--data`` takes: a folder, an ``.npz``, ``digits``)

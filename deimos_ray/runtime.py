@@ -182,7 +182,7 @@ def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:
     Raises:
         UsageError: naming what is missing and the flags that fix it.
     """
-    if scaling.num_workers == 0 or scaling.wait_for_nodes or os.environ.get(WAIT_VARIABLE) == "1":
+    if scaling.num_workers == 0 or waits_for_nodes(scaling):
         return
     short = shortfall(scaling, extra_cpus=extra_cpus)
     largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
@@ -203,6 +203,12 @@ def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:
             raise UsageError("--use-gpu needs GPUs and the cluster has none: drop --use-gpu")
         raise UsageError(f"--use-gpu gives each of {scaling.num_workers} workers a GPU and the cluster has "
                          f"{gpus}: use --num-workers {gpus} or add GPU nodes")
+
+
+def waits_for_nodes(scaling: ScalingConfig) -> bool:
+    """Whether training waits for nodes to come (an autoscaler): ``scaling.wait_for_nodes``
+    or ``DEIMOS_RAY_WAIT_FOR_NODES=1`` (:func:`check_room`)."""
+    return scaling.wait_for_nodes or os.environ.get(WAIT_VARIABLE) == "1"
 
 
 def local_cpus_needed(num_workers: int, cpus_per_worker: float) -> int:

@@ -98,3 +98,15 @@ def test_every_command_has_help_whose_examples_name_real_settings(command, capsy
 def test_the_train_overview_lists_the_algorithms(capsys):
     code, out, _ = run(["train", "--help"], capsys)
     assert code == 0 and all(f"  {name}" in out for name in ("dac", "dec", "desom"))
+
+
+def test_a_training_ray_gives_up_on_is_one_line_naming_why():
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from deimos_ray.cli import training_failure
+
+    lost = training_failure(ControllerError(WorkerGroupStartupTimeoutError(2)))
+    assert lost == "training stopped: the cluster no longer has room for its 2 Ray Train worker(s) (a node was lost?)"
+    failed = training_failure(WorkerGroupError("worker 0 failed", {0: ValueError("loss is nan")}))
+    assert failed == "training failed: ValueError: loss is nan"

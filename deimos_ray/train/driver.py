@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from deimos_ray import progress
 from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
-from deimos_ray.runtime import worker_retries
+from deimos_ray.runtime import waits_for_nodes, worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
 
 
@@ -82,7 +82,13 @@ def fit(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
-            failure_config=ray.train.FailureConfig(max_failures=worker_retries(max_failures)),
+            # A worker group that cannot start again within Ray Train's startup timeout
+            # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s) means the cluster lost the
+            # room it had (a node): stop then, rather than retry for ever, unless nodes
+            # are expected to come (an autoscaler).
+            failure_config=ray.train.FailureConfig(
+                max_failures=worker_retries(max_failures),
+                controller_failure_limit=-1 if waits_for_nodes(scaling) else 0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),

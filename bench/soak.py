@@ -1,0 +1,142 @@
+"""A long day on one Ray: many smoke-sized jobs of the three algorithms, sweeps and
+assignments in a row in one driver, watching what could leak.
+
+Every ``--every`` runs it prints the Ray worker processes alive, the driver's resident
+memory, the object store's use, and the files and bytes left under the temporary folder
+(Ray's session folder and deimos_ray's own temporary folders), then, after Ray has shut
+down, what is left. Target: flat after the first rows (warm-up), nothing left after the
+last run.
+
+    .venv/bin/python bench/soak.py                          # 30 jobs, 2 sweeps, 10 assignments (~40 min on 2 cores)
+    .venv/bin/python bench/soak.py --jobs 9 --sweeps 1 --assignments 3 --every 3   # a short day
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import ray
+
+from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.config_io import override_all
+from deimos_ray.job import run_training_job
+from deimos_ray.new_images import assign_new
+from deimos_ray.runtime import init_ray
+from deimos_ray.sweep.driver import run_sweep
+
+ALGORITHM_ORDER = ("dac", "dec", "desom")
+
+
+def ray_workers() -> int:
+    """Processes of this machine's Ray that run tasks or actors (``ray::`` in their title)."""
+    count = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(part.startswith("ray::") for part in proc.info["cmdline"] or []):
+                count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return count
+
+
+def folder_size(root: Path) -> tuple[int, int]:
+    """(files, bytes) under ``root`` (0, 0 when it does not exist)."""
+    files = size = 0
+    for path in root.rglob("*") if root.exists() else []:
+        try:
+            if path.is_file() and not path.is_symlink():
+                files, size = files + 1, size + path.stat().st_size
+        except OSError:
+            continue
+    return files, size
+
+
+def own_temporary() -> list[Path]:
+    """deimos_ray's own temporary folders and files (checkpoint staging, façade runs)."""
+    return [p for p in Path(tempfile.gettempdir()).glob("deimos_ray*")]
+
+
+def row(label: str, runs: int, t0: float, session: Path | None) -> None:
+    used = ""
+    if ray.is_initialized():
+        total = ray.cluster_resources().get("object_store_memory", 0.0)
+        free = ray.available_resources().get("object_store_memory", total)
+        used = f"{(total - free) / 2**20:.0f}"
+    files, size = folder_size(session) if session else (0, 0)
+    own = sum(folder_size(p)[0] if p.is_dir() else 1 for p in own_temporary())
+    rss = psutil.Process().memory_info().rss / 2**20
+    print(f"{label:<26}{runs:>5}{time.perf_counter() - t0:>8.0f}{ray_workers():>9}{rss:>10.0f}{used:>10}"
+          f"{files:>9}{size / 2**20:>9.1f}{own:>6}", flush=True)
+
+
+def smoke_config(name: str, data: str, seed: int):
+    algorithm = ALGORITHMS[name]
+    settings = {**algorithm.smoke, "data.spec": data, "seed": seed, "scaling.num_workers": 1}
+    if name == "desom":
+        settings["model.n_clusters"] = 4
+    return algorithm, override_all(algorithm.config_class(), settings)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=30)
+    p.add_argument("--sweeps", type=int, default=2)
+    p.add_argument("--assignments", type=int, default=10)
+    p.add_argument("--every", type=int, default=10, help="print a row every N runs")
+    p.add_argument("--data", default="digits")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="soak_"))
+    t0 = time.perf_counter()
+    init_ray(quiet=True)
+    # Ray names no public accessor for its session folder; this is where its logs and spill go.
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    print(f"{'after':<26}{'runs':>5}{'s':>8}{'workers':>9}{'rss MiB':>10}{'store MiB':>10}"
+          f"{'files':>9}{'MiB':>9}{'own':>6}")
+    row("start", 0, t0, session)
+    runs, last = 0, {}
+    for i in range(args.jobs):
+        name = ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]
+        algorithm, cfg = smoke_config(name, args.data, seed=i)
+        out = work / f"job{i}"
+        run_training_job(algorithm, cfg, out, report=True)
+        if name in last:  # keep one finished run per algorithm for the assignments
+            shutil.rmtree(last[name])
+        last[name] = out
+        runs += 1
+        gc.collect()
+        if runs % args.every == 0:
+            row(f"{runs} jobs", runs, t0, session)
+    for i in range(args.sweeps):
+        algorithm, cfg = smoke_config("dec", args.data, seed=100 + i)
+        out = work / f"sweep{i}"
+        run_sweep(algorithm, cfg, {"model.n_clusters": [3, 4]}, out)
+        shutil.rmtree(out)
+        runs += 1
+    if args.sweeps:
+        row(f"{args.sweeps} sweeps", runs, t0, session)
+    for i in range(args.assignments):
+        out = work / f"assign{i}"
+        assign_new(last[ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]], args.data, out)
+        shutil.rmtree(out)
+        runs += 1
+        if (i + 1) % args.every == 0:
+            row(f"{i + 1} assignments", runs, t0, session)
+    row("last run", runs, t0, session)
+    ray.shutdown()
+    time.sleep(5)  # workers exit after the driver's shutdown
+    shutil.rmtree(work)
+    row("after ray.shutdown()", runs, t0, session)
+    left = [str(p) for p in own_temporary()]
+    print(f"\nRay worker processes left: {ray_workers()}; deimos_ray temporary paths left: {left or 'none'}; "
+          f"Ray session folder {session}: {folder_size(session)[0]} files (Ray's logs, kept by design)")
+
+
+if __name__ == "__main__":
+    main()
