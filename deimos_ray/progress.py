@@ -82,7 +82,7 @@ def note(line: str) -> None:
 def _board_class() -> Any:
     import ray
 
-    @ray.remote(num_cpus=0, max_concurrency=4)
+    @ray.remote(num_cpus=0)  # one call at a time: no line is lost between read and note
     class ProgressBoard:
         """Holds a training's latest progress and the log lines not yet shown."""
 
@@ -132,7 +132,10 @@ class TrainingDisplay:
             return
         self._stop.set()
         self._thread.join()
-        self._show()  # the last state and lines
+        try:
+            self._show()  # the last state and lines
+        except Exception:  # the board went with an interrupted or failed run: nothing more to show
+            pass
         if self._bar is not None:
             self._bar.close()
         if kind is None:
@@ -148,7 +151,7 @@ class TrainingDisplay:
     def _show(self) -> None:
         import ray
 
-        state, lines = ray.get(self.board.read.remote())
+        state, lines = ray.get(self.board.read.remote(), timeout=10)
         if _verbose:
             for line in lines:
                 (self._bar.write if self._bar is not None else print)(line)

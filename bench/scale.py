@@ -1,0 +1,174 @@
+"""Cost against collection size: the real jobs on N distinct images, N = 7,500, 25,000
+and 75,000 by default, built from the shared HiRISE files.
+
+Each HiRISE file contributes N / 7,495 variants (a random crop of 70 to 100 % of the
+side, a right-angle rotation, a flip, a brightness change, seeded by the row), written as
+JPEG with unique names under ``--cache`` (built once, reused), so no two rows are equal
+and decoding is real work. Jobs (epochs or iterations capped, the same at every N, shown
+in the table):
+
+- ``dec``: DEC on ``--backbone efficientnet_lite0 --feature-size 128`` features;
+- ``dac``: DAC on the pixels at 32 px;
+- ``desom``: DESOM on the pixels at 32 px.
+
+Per N and job: each stage's seconds (read and decode with the features, training,
+assignment, scores, report), rows per second, the peak resident memory of the driver and
+of the largest Ray Train worker, the peak use of the object store (``/dev/shm``), and
+each stage's time ratio to the smallest N's scaled by the rows (1.00 = linear). The last
+line is ``linear T M``: the worst job's end-to-end ratio to linear and the worst ratio of
+the largest worker's peak memory between the largest and the smallest N.
+
+    .venv/bin/python bench/scale.py                                  # 7,500 / 25,000 / 75,000 (hours on 2 cores)
+    .venv/bin/python bench/scale.py --sizes 2500 7500 --jobs dac desom
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image, ImageEnhance
+
+ROOT = Path(__file__).resolve().parents[1]
+HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3" / "map-proj-v3"
+JOBS = {
+    "dec": ["jobs/train_dec.py", "--backbone", "efficientnet_lite0", "--feature-size", "128", "--k", "8",
+            "--set", "model.pretrain_epochs=2", "--epochs", "2"],
+    "dac": ["jobs/train_dac.py", "--image-size", "32", "--k", "8", "--epochs", "2"],
+    "desom": ["jobs/train_desom.py", "--image-size", "32", "--k", "8", "--iterations", "300"],
+}
+CAPS = {"dec": "2 + 2 epochs", "dac": "2 epochs", "desom": "300 iterations"}
+STAGES = ("data_s", "train_s", "assign_s", "score_s", "report_s")
+
+
+def variant(args: tuple[Path, int, Path]) -> None:
+    """Write row ``i``'s variant of ``source`` to ``target`` (seeded by ``i``)."""
+    source, i, target = args
+    rng = np.random.default_rng(i)
+    with Image.open(source) as img:
+        img = img.convert("L")
+        side = min(img.size)
+        crop = int(side * rng.uniform(0.7, 1.0))
+        x, y = rng.integers(0, img.size[0] - crop + 1), rng.integers(0, img.size[1] - crop + 1)
+        img = img.crop((x, y, x + crop, y + crop)).rotate(90 * int(rng.integers(4)))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+        img.save(target, quality=90)
+
+
+def build_collection(n: int, cache: Path) -> Path:
+    """The folder of ``n`` variants (built once: ``complete.json`` marks it done)."""
+    folder = cache / f"hirise-{n}"
+    if (folder / "complete.json").is_file():
+        return folder
+    files = sorted(HIRISE.glob("*.jpg"))
+    if not files:
+        sys.exit(f"no HiRISE files in {HIRISE}")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    work = [(files[i % len(files)], i, folder / f"v{i // len(files):02d}-{files[i % len(files)].stem}.jpg")
+            for i in range(n)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(variant, work, chunksize=256))
+    (folder / "complete.json").write_text(json.dumps({"rows": n}))
+    return folder
+
+
+class PeakMemory:
+    """Samples, every 0.5 s while a job runs, the resident memory of its driver, of its
+    largest Ray Train worker, and the use of /dev/shm (Ray's object store)."""
+
+    def __init__(self, pid: int):
+        self.driver = psutil.Process(pid)
+        self.peaks = {"driver_mb": 0.0, "worker_mb": 0.0, "store_mb": 0.0}
+        self.base_shm = shutil.disk_usage("/dev/shm").used
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                self.peaks["driver_mb"] = max(self.peaks["driver_mb"], self.driver.memory_info().rss / 2**20)
+                for child in self.driver.children(recursive=True):
+                    if "RayTrainWorker" in " ".join(child.cmdline()):
+                        self.peaks["worker_mb"] = max(self.peaks["worker_mb"], child.memory_info().rss / 2**20)
+            except psutil.Error:
+                pass
+            used = (shutil.disk_usage("/dev/shm").used - self.base_shm) / 2**20
+            self.peaks["store_mb"] = max(self.peaks["store_mb"], used)
+
+    def done(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        return self.peaks
+
+
+def run_job(job: str, data: Path, out: Path) -> dict:
+    """Run ``job`` on ``data`` into ``out``: wall time, stage times, peaks, accounting."""
+    t0 = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *JOBS[job], "--data", str(data), "--out", str(out)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    memory = PeakMemory(process.pid)
+    output, _ = process.communicate()
+    wall = time.perf_counter() - t0
+    peaks = memory.done()
+    if process.returncode != 0:
+        sys.exit(f"{job} on {data} failed:\n{output[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    timings = metrics["timings_s"]
+    stages = {name: timings.get(name, 0.0) for name in STAGES[:-1]}
+    stages["report_s"] = max(0.0, wall - sum(stages.values()))  # start-up, report and the rest
+    return {"wall_s": wall, **stages, **peaks, "accounted": metrics["accounting"]["inputs"]
+            == metrics["accounting"]["assigned"] + metrics["accounting"]["rejected"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[7500, 25000, 75000])
+    p.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=sorted(JOBS))
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "deimos_ray_scale")
+    args = p.parse_args()
+    sizes = sorted(args.sizes)
+    results: dict[tuple[str, int], dict] = {}
+    for n in sizes:
+        data = build_collection(n, args.cache)
+        for job in args.jobs:
+            with tempfile.TemporaryDirectory() as tmp:
+                results[job, n] = run_job(job, data, Path(tmp) / "run")
+                print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
+
+    head = (f"{'job':<7}{'rows':>7}{'cap':>16}{'read+feat':>10}{'train':>8}{'assign':>8}{'scores':>8}{'rest':>7}"
+            f"{'total':>8}{'rows/s':>8}{'driver MB':>10}{'worker MB':>10}{'store MB':>9}  ratios to linear")
+    print("\n" + head)
+    worst_time, worst_memory = 0.0, 0.0
+    for job in args.jobs:
+        base_n, base = sizes[0], results[job, sizes[0]]
+        for n in sizes:
+            r = results[job, n]
+            scale = n / base_n
+            ratios = {s: r[s] / (base[s] * scale) if base[s] > 0 else float("nan") for s in (*STAGES, "wall_s")}
+            print(f"{job:<7}{n:>7}{CAPS[job]:>16}{r['data_s']:>10.0f}{r['train_s']:>8.0f}{r['assign_s']:>8.0f}"
+                  f"{r['score_s']:>8.0f}{r['report_s']:>7.0f}{r['wall_s']:>8.0f}{n / r['wall_s']:>8.0f}"
+                  f"{r['driver_mb']:>10.0f}{r['worker_mb']:>10.0f}{r['store_mb']:>9.0f}  "
+                  + " ".join(f"{s[:-2]} {v:.2f}" for s, v in ratios.items())
+                  + ("" if r["accounted"] else "  ROWS NOT ACCOUNTED"))
+        worst_time = max(worst_time, results[job, sizes[-1]]["wall_s"] / (base["wall_s"] * sizes[-1] / base_n))
+        if base["worker_mb"] > 0:
+            worst_memory = max(worst_memory, results[job, sizes[-1]]["worker_mb"] / base["worker_mb"])
+    print(f"linear {worst_time:.2f} {worst_memory:.2f}")
+
+
+if __name__ == "__main__":
+    main()
