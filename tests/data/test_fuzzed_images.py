@@ -45,3 +45,31 @@ def test_an_exif_rotated_photo_is_turned_as_it_is_meant_to_be_seen():
     x = image_to_array(Image.open(io.BytesIO(data)), ImageSpec(upright.shape, 1))
     assert x.shape == (1, *upright.shape)
     np.testing.assert_allclose(x[0], upright / 255, atol=0.05)
+
+
+def test_files_that_change_between_listing_and_decoding_are_read_as_they_are_then_or_rejected(
+        ray_session, tmp_path):
+    # The source lists the folder first; Ray Data decodes later. A file truncated, replaced
+    # by another image, replaced by text or removed in between is never a crash: each row
+    # is decoded as the file is when it is read, or rejected with the reason.
+    from deimos_ray.config import DataConfig
+    from deimos_ray.data.preprocess import preprocess, resolve_image_spec
+    from deimos_ray.data.sources import load_source
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(images / f"img{i}.png")
+    cfg = DataConfig(spec=str(images), image_size=8)
+    source = load_source(cfg)
+    (images / "img0.png").write_bytes((images / "img0.png").read_bytes()[:30])  # truncated
+    Image.fromarray(np.full((30, 10), 255, np.uint8)).save(images / "img1.png")  # another image, other size
+    (images / "img2.png").write_text("not an image any more")
+    (images / "img3.png").unlink()
+    rows = preprocess(source.dataset, resolve_image_spec(None, cfg)).to_pandas()
+    ok = dict(zip(rows["id"], rows["ok"], strict=True))
+    reason = dict(zip(rows["id"], rows["reason"], strict=True))
+    assert len(rows) == source.num_inputs == 6
+    assert not any(ok[f"img{i}.png"] for i in (0, 2, 3)) and all(reason[f"img{i}.png"] for i in (0, 2, 3))
+    assert ok["img1.png"] and ok["img4.png"] and ok["img5.png"]
+    assert np.allclose(rows.set_index("id").loc["img1.png", "x"], 1.0)  # read as it was when decoded
