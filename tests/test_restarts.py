@@ -48,7 +48,7 @@ def test_a_failing_concurrent_restart_stops_the_ones_not_started(monkeypatch, tm
     started, finished = [], []
     zero_running = threading.Event()
 
-    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures, callbacks):
+    def fake_fit(train_loop, loop_config, rows, scaling, storage, name, max_failures, callbacks, label):
         started.append(name)
         if name == "train":
             zero_running.set()

@@ -149,7 +149,7 @@ def test_an_all_bad_folder_writes_its_reasons_and_stops(ray_session, tmp_path, c
     job = load_job("train_dec")
     out = tmp_path / "run"
     assert job.main(job.get_args_parser().parse_args(["--data", str(images), "--out", str(out),
-                                                      "--num-workers", "0"])) == 2
+                                                      "--num-workers", "0", "--k", "2"])) == 2
     err = capsys.readouterr().err
     assert "none of the 3 inputs" in err and "most common reasons" in err and "rejected.parquet" in err
     rejected = pq.read_table(out / "rejected.parquet").to_pandas()
@@ -157,12 +157,18 @@ def test_an_all_bad_folder_writes_its_reasons_and_stops(ray_session, tmp_path, c
     assert not (out / IDENTITY_FILE).exists()
 
 
-def test_more_clusters_than_rows_stops_before_training(ray_session, tmp_path, capsys):
+def test_more_clusters_than_readable_rows_stops_before_training(ray_session, tmp_path, capsys):
+    # 7 files are enough for k = 5 before decoding (deimos_ray.preflight); only 4 can be read.
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image_folder(images, n_good=4)
+    write_bad_files(images)
     job = load_job("train_dec")
     out = tmp_path / "run"
-    assert job.main(job.get_args_parser().parse_args([*QUICK, "--limit", "5", "--k", "8", "--out", str(out)])) == 2
-    assert "5 readable rows cannot make 8 clusters" in capsys.readouterr().err
-    assert not out.exists()
+    argv = ["--data", str(images), "--image-size", "8", "--num-workers", "0", "--k", "5", "--out", str(out)]
+    assert job.main(job.get_args_parser().parse_args(argv)) == 2
+    assert "4 readable rows cannot make 5 clusters" in capsys.readouterr().err
+    assert not (out / IDENTITY_FILE).exists()
 
 
 def test_config_and_folder_errors_are_one_line_before_any_work(tmp_path, capsys):

@@ -183,7 +183,7 @@ def test_bad_sweep_settings_fail_before_any_work(tmp_path, capsys):
     args = job.get_args_parser().parse_args(["--algorithm", "dec", "--k", "3", "--num-workers", "0",
                                              "--out", str(tmp_path)])
     assert job.main(args) == 2
-    assert "num_workers must be >= 1" in capsys.readouterr().err
+    assert "--num-workers must be >= 1" in capsys.readouterr().err
     args = job.get_args_parser().parse_args(["--algorithm", "dec", "--k", "2", "3", "--search", "optuna",
                                              "--scheduler", "asha", "--out", str(tmp_path)])
     assert job.main(args) == 2

@@ -14,7 +14,7 @@ def main(argv: list[str], prog: str = "deimos-ray train") -> int:
     """Parse ``ALGORITHM [flags]`` and run that algorithm's job (:func:`deimos_ray.cli.main`)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {prog} {{{','.join(ALGORITHMS)}}} [flags]\n\n"
-              + "\n".join(f"  {name:<7}{algorithm.description.splitlines()[0]}"
+              + "\n".join(f"  {name:<7}{(algorithm.description or algorithm.job).splitlines()[0]}"
                           for name, algorithm in ALGORITHMS.items())
               + f"\n\n'{prog} ALGORITHM --help' shows its flags.")
         return 0 if argv else 2

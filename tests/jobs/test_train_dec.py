@@ -107,7 +107,8 @@ def test_a_run_stopped_by_an_unreadable_input_leaves_the_folder_as_it_was(ray_se
     (out / "metrics.json").write_text('{"scores": {}}')
     job = load_job("train_dec")
     args = job.get_args_parser().parse_args(
-        ["--data", str(images), "--out", str(out), "--smoke-test", "--on-error", "fail", "--num-workers", "0"])
+        ["--data", str(images), "--out", str(out), "--smoke-test", "--on-error", "fail", "--num-workers", "0",
+         "--k", "2"])
     assert job.main(args) == 2
     assert "empty.png" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
