@@ -22,16 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster import local_cluster  # noqa: E402
+from tests.cluster import local_cluster, processes_naming  # noqa: E402
 from tests.helpers import registered_checkpoint  # noqa: E402
 
 JOB = ["jobs/train_dec.py", "--smoke-test", "--set", "model.pretrain_epochs=40", "--set", "checkpoint_interval_s=0",
@@ -53,10 +56,24 @@ def train_worker_pid(env: dict[str, str]) -> int | None:
     return int(actors[0]["pid"]) if actors else None
 
 
+def node_of(pid: int | None, started: list) -> int | None:
+    """Which node (index into ``started``) runs process ``pid``: workers have process
+    groups of their own, their raylet is in its ``ray start``'s."""
+    groups = {p.pid: i for i, p in enumerate(started)}
+    try:
+        process = psutil.Process(pid) if pid else None
+        while process is not None and os.getpgid(process.pid) not in groups:
+            process = process.parent()
+    except (psutil.Error, ProcessLookupError):
+        return None
+    return groups[os.getpgid(process.pid)] if process is not None else None
+
+
 def job_status(env: dict[str, str], job_id: str) -> str:
-    out = ray(env, "job", "status", job_id).stdout
+    done = ray(env, "job", "status", job_id)
+    out = done.stdout + done.stderr
     for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if status in out:
+        if status in out.upper():
             return status
     return "?"
 
@@ -70,28 +87,37 @@ def one_case(name: str, worker_cpus: list[int], timeout: float) -> dict:
     with local_cluster(0, worker_cpus) as (env, temp, started):
         out = temp / "run"
         submitted = ray(env, "job", "submit", "--no-wait", "--working-dir", ".", "--", "python", *JOB, "--out", str(out))
-        job_id = next(w for w in submitted.stdout.split() if w.startswith("raysubmit_"))
-        t0 = time.monotonic()
-        while registered_checkpoint(out / "ray" / "train") is None and time.monotonic() - t0 < 300:
-            time.sleep(0.5)
-        pid = train_worker_pid(env)
-        node = next((i for i, p in enumerate(started) if pid and os.getpgid(pid) == p.pid), None)
-        if node in (None, 0):
-            return {"case": name, "lost": f"worker not found on a worker node (pid {pid})"}
-        os.killpg(started[node].pid, signal.SIGKILL)
-        lost_at = time.monotonic()
+        job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout).group(0)
+        try:
+            return lose_a_node(name, worker_cpus, env, started, job_id, out, timeout)
+        finally:
+            # The job's driver runs in a session of its own: stop it, or it outlives the cluster.
+            for pid in processes_naming(str(out)):
+                os.kill(pid, signal.SIGKILL)
+
+
+def lose_a_node(name: str, worker_cpus: list[int], env: dict[str, str], started: list, job_id: str, out: Path,
+                timeout: float) -> dict:
+    t0 = time.monotonic()
+    while registered_checkpoint(out / "ray" / "train") is None and time.monotonic() - t0 < 300:
+        time.sleep(0.5)
+    pid = train_worker_pid(env)
+    node = node_of(pid, started)
+    if node in (None, 0):
+        return {"case": name, "lost": f"the training worker (pid {pid}) is on no worker node",
+                "status": job_status(env, job_id)}
+    os.killpg(started[node].pid, signal.SIGKILL)
+    lost_at = time.monotonic()
+    status = job_status(env, job_id)
+    while status in ("RUNNING", "PENDING") and time.monotonic() - lost_at < timeout:
+        time.sleep(2)
         status = job_status(env, job_id)
-        while status in ("RUNNING", "PENDING") and time.monotonic() - lost_at < timeout:
-            time.sleep(2)
-            status = job_status(env, job_id)
-        logs = [line for line in ray(env, "job", "logs", job_id).stdout.splitlines() if line.strip()]
-        if status in ("RUNNING", "PENDING"):
-            ray(env, "job", "stop", job_id)
-        metrics = out / "metrics.json"
-        resumed = json.loads(metrics.read_text())["training"]["resumed_from"] if metrics.is_file() else None
-        return {"case": name, "lost": f"node {node} ({worker_cpus[node - 1]} CPUs)", "status": status,
-                "seconds": round(time.monotonic() - lost_at), "resumed_from": resumed,
-                "whole_files": whole_files(out), "last_line": logs[-1][:100] if logs else ""}
+    logs = [line for line in ray(env, "job", "logs", job_id).stdout.splitlines() if line.strip()]
+    metrics = out / "metrics.json"
+    resumed = json.loads(metrics.read_text())["training"]["resumed_from"] if metrics.is_file() else None
+    return {"case": name, "lost": f"node {node} ({worker_cpus[node - 1]} CPUs)", "status": status,
+            "seconds": round(time.monotonic() - lost_at), "resumed_from": resumed,
+            "whole_files": whole_files(out), "last_line": logs[-1][:120] if logs else ""}
 
 
 def main() -> None:

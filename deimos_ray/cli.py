@@ -23,7 +23,7 @@ from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
 from deimos_ray.job import run_training_job
 from deimos_ray.preflight import check_inputs
-from deimos_ray.runtime import handle_sigterm, stopping_signal
+from deimos_ray.runtime import LostRoom, handle_sigterm, stopping_signal
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, str] | None = None) -> None:
@@ -256,7 +256,7 @@ def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
         run_training_job(algorithm, cfg, out, overwrite=args.overwrite)
     except UsageError as exc:  # known once the rows are read (another run in --out, ...)
         return usage_error(in_users_words(str(exc), given))
-    except ray.train.TrainingFailedError as exc:
+    except (ray.train.TrainingFailedError, LostRoom) as exc:
         if progress.is_verbose():
             raise  # the whole story, tracebacks of every worker included
         print(f"error: {training_failure(exc)}; rerun with the same --out to resume from the last checkpoint "
@@ -267,6 +267,8 @@ def main(algorithm: Algorithm, args: argparse.Namespace) -> int:
 
 def training_failure(exc: Exception) -> str:
     """One line on why Ray Train gave up: the room lost, or a worker's error."""
+    if isinstance(exc, LostRoom):
+        return str(exc)
     cause = getattr(exc, "controller_failure", None)
     if cause is not None and type(cause).__name__ == "WorkerGroupStartupTimeoutError":
         return (f"training stopped: the cluster no longer has room for its {cause.num_workers} Ray Train "

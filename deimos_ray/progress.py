@@ -173,7 +173,10 @@ class TrainingDisplay:
         if state is None:
             return "done"
         values = " ".join(f"{k} {v}" for k, v in _format(state["values"]).items())
-        return f"{state['done']} of {state['total']} {state['unit']}s" + (f", {values}" if values else "")
+        done, total, unit = state["done"], state["total"], state["unit"]
+        # Fewer than the total: the algorithm's own stopping rule ended it (the total is a bound).
+        count = f"{done} of {total} {unit}s" if done >= total else f"{done} {unit}s (at most {total})"
+        return count + (f", {values}" if values else "")
 
 
 def _format(values: dict[str, Any]) -> dict[str, str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import math
 import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 import ray
@@ -164,6 +166,63 @@ def shortfall(scaling: ScalingConfig, trainings: int = 1, extra_cpus: float = 0.
     if scaling.use_gpu:
         need["GPU"] = workers
     return {k: (have.get(k, 0.0), v) for k, v in need.items() if have.get(k, 0.0) < v}
+
+
+class LostRoom(RuntimeError):
+    """The cluster no longer has room for a running training beside Ray Data (a node
+    was lost) and nothing says nodes will come (:class:`RoomWatch`)."""
+
+
+class RoomWatch:
+    """While a training runs on a cluster, check every :data:`POLL_S` seconds that its
+    workers and Ray Data's task still fit (:func:`shortfall`). After a lost node, Ray
+    Train starts the workers again wherever they fit, and with no CPU left for Ray Data
+    they would wait for their data for ever; after :data:`GRACE_S` seconds short, the
+    training is interrupted and :class:`LostRoom` raised instead, naming what is missing.
+
+    Only in a command's driver on a cluster (a private local Ray loses no node), with
+    workers, and unless nodes are awaited (:func:`waits_for_nodes`).
+    """
+
+    POLL_S = 5.0
+    GRACE_S = 30.0
+
+    def __init__(self, scaling: ScalingConfig):
+        self.scaling = scaling
+        self.active = (on_cluster() and scaling.num_workers > 0 and not waits_for_nodes(scaling)
+                       and progress.is_enabled() and threading.current_thread() is threading.main_thread())
+        self.lost: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="room-watch", daemon=True)
+
+    def __enter__(self) -> RoomWatch:
+        if self.active:
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self._stop.set()
+        if kind is KeyboardInterrupt and self.lost:
+            have, need = self.lost.get("CPU", self.lost.get("GPU", (0.0, 0.0)))
+            unit = "CPUs" if "CPU" in self.lost else "GPUs"
+            raise LostRoom(f"training stopped: the cluster has {have:g} {unit} left and its workers and Ray Data "
+                           f"need {need:g} (a node was lost?)") from error
+
+    def _watch(self) -> None:
+        short_since = None
+        while not self._stop.wait(self.POLL_S):
+            try:
+                short = shortfall(self.scaling)
+            except Exception:  # the driver is shutting Ray down
+                return
+            if not short:
+                short_since = None
+                continue
+            short_since = short_since or time.monotonic()
+            if time.monotonic() - short_since >= self.GRACE_S:
+                self.lost = short
+                _thread.interrupt_main()  # trainer.fit() blocks the main thread
+                return
 
 
 def check_room(scaling: ScalingConfig, extra_cpus: float = 0.0) -> None:

@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from deimos_ray import progress
 from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
-from deimos_ray.runtime import waits_for_nodes, worker_retries
+from deimos_ray.runtime import RoomWatch, waits_for_nodes, worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
 
 
@@ -100,7 +100,7 @@ def fit(
         # and no word; without it, Ctrl-C reaches the job as KeyboardInterrupt.
         trainer._register_sigint_handler = lambda controller: None
     if scaling.num_workers > 0:
-        with display:
+        with display, RoomWatch(scaling):
             return trainer.fit()
     folder = Path(storage_path).resolve() / name / "driver"
     with driver_checkpoints(folder), display:
