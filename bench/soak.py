@@ -14,7 +14,9 @@ last run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import shutil
 import tempfile
 import time
@@ -94,7 +96,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="soak_"))
     t0 = time.perf_counter()
-    init_ray(quiet=True)
+    init_ray(num_cpus=4, quiet=True)  # room for a sweep's trial beside its worker and Ray Data
     # Ray names no public accessor for its session folder; this is where its logs and spill go.
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     print(f"{'after':<26}{'runs':>5}{'s':>8}{'workers':>9}{'rss MiB':>10}{'store MiB':>10}"
@@ -105,7 +107,8 @@ def main() -> None:
         name = ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]
         algorithm, cfg = smoke_config(name, args.data, seed=i)
         out = work / f"job{i}"
-        run_training_job(algorithm, cfg, out, report=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # the table is what this prints
+            run_training_job(algorithm, cfg, out, report=True)
         if name in last:  # keep one finished run per algorithm for the assignments
             shutil.rmtree(last[name])
         last[name] = out
@@ -116,14 +119,16 @@ def main() -> None:
     for i in range(args.sweeps):
         algorithm, cfg = smoke_config("dec", args.data, seed=100 + i)
         out = work / f"sweep{i}"
-        run_sweep(algorithm, cfg, {"model.n_clusters": [3, 4]}, out)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_sweep(algorithm, cfg, {"model.n_clusters": [3, 4]}, out)
         shutil.rmtree(out)
         runs += 1
     if args.sweeps:
         row(f"{args.sweeps} sweeps", runs, t0, session)
     for i in range(args.assignments):
         out = work / f"assign{i}"
-        assign_new(last[ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]], args.data, out)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assign_new(last[ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]], args.data, out)
         shutil.rmtree(out)
         runs += 1
         if (i + 1) % args.every == 0:

@@ -1,5 +1,6 @@
 """Every member of every cluster in view: one page per cluster (paged when large), each
-member a thumbnail whose tooltip gives its id and confidence.
+member a thumbnail whose tooltip gives its id and how sure the model is of it (its
+confidence, or DESOM's distance to its node).
 
 A page's thumbnails are drawn on one picture, a sheet (``report/clusters/c<C>_p<N>.png``,
 :data:`COLUMNS` thumbnails of :data:`THUMB` pixels a row), placed on the page with CSS,
@@ -86,7 +87,9 @@ def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series
     previous = json.loads((folder / INDEX).read_text()) if (folder / INDEX).is_file() else {}
     order = table.assign(_score=score.values).sort_values("_score", ascending=False, kind="stable")
     members = {c: order.loc[order["cluster"] == c, "id"].tolist() for c in clusters.index}
-    confidence = dict(zip(order["id"], order["_score"], strict=True))
+    # The tooltip's number: the confidence, or the distance to the node (the score negated).
+    sureness = {i: (f"confidence {v:.3g}" if "confidence" in table else f"distance {-v:.3g}")
+                for i, v in zip(order["id"], order["_score"], strict=True)}
     pages = {page_name(c, n + 1, "png"): ids[n * PAGE : (n + 1) * PAGE]
              for c, ids in members.items() for n in range(-(-len(ids) // PAGE))}
     stale = [name for name, ids in pages.items() if previous.get(name) != ids or not (folder / name).is_file()]
@@ -113,12 +116,12 @@ def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series
             if sheet in drawn:
                 positions.update({i: (f"{FOLDER}/{sheet}", *sheet_position(k)) for k, i in enumerate(chunk)})
             write_text(folder / page_name(c, n, "html"),
-                       _page_html(c, n, n_pages, len(ids), chunk, sheet if sheet in drawn else None, confidence))
+                       _page_html(c, n, n_pages, len(ids), chunk, sheet if sheet in drawn else None, sureness))
     return positions
 
 
 def _page_html(cluster: Any, page: int, pages: int, size: int, ids: list[str], sheet: str | None,
-               confidence: dict[str, float]) -> str:
+               sureness: dict[str, str]) -> str:
     """One cluster page: its members ``ids`` on ``sheet`` (None: as a list of ids)."""
     nav = ["<a href='../index.html'>overview</a>"]
     if page > 1:
@@ -136,7 +139,7 @@ def _page_html(cluster: Any, page: int, pages: int, size: int, ids: list[str], s
         cells = []
         for k, i in enumerate(ids):
             x, y = sheet_position(k)
-            cells.append(f"<span class='t' title='{html.escape(i, quote=True)} ({confidence[i]:.3g})' "
+            cells.append(f"<span class='t' title='{html.escape(i, quote=True)} ({sureness[i]})' "
                          f"style=\"background-image:url('{sheet}');background-position:-{x}px -{y}px\"></span>")
         body = f"<div class='grid'>{''.join(cells)}</div>"
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
