@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+from collections.abc import Iterable
 
 from deimos_ray import __version__
 
@@ -42,6 +43,15 @@ commands:
 """
 
 
+def unknown(what: str, name: str, choices: Iterable[str]) -> int:
+    """Say on one line that ``name`` is no known ``what``, with the nearest of ``choices``
+    (or all of them); the exit status of a usage error."""
+    near = difflib.get_close_matches(name, list(choices), n=1)
+    hint = f"did you mean '{near[0]}'?" if near else f"one of: {', '.join(choices)}"
+    print(f"error: unknown {what} {name!r}; {hint}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``deimos-ray`` console script: dispatch to a subcommand's ``main``.
 
@@ -56,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        near = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else f"; one of: {', '.join(COMMANDS)}"
-        print(f"error: unknown command {name!r}{hint}", file=sys.stderr)
-        return 2
+        return unknown("command", name, COMMANDS)
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(argv[1:], prog=f"{PROG} {name}")
 

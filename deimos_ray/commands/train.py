@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import difflib
-import sys
-
 from deimos_ray import cli
 from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.commands import unknown
 
 
 def main(argv: list[str], prog: str = "deimos-ray train") -> int:
@@ -20,10 +18,7 @@ def main(argv: list[str], prog: str = "deimos-ray train") -> int:
         return 0 if argv else 2
     name = argv[0]
     if name not in ALGORITHMS:
-        near = difflib.get_close_matches(name, ALGORITHMS, n=1)
-        hint = f"did you mean '{near[0]}'?" if near else f"one of: {', '.join(ALGORITHMS)}"
-        print(f"error: unknown algorithm {name!r}; {hint}", file=sys.stderr)
-        return 2
+        return unknown("algorithm", name, ALGORITHMS)
     algorithm = ALGORITHMS[name]
     args = cli.job_parser(algorithm, prog=f"{prog} {name}").parse_args(argv[1:])
     return cli.main(algorithm, args)
