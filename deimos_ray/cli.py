@@ -152,7 +152,7 @@ def in_users_words(message: str, given: dict[str, str]) -> str:
 
 
 def build_config(cls: type, args: argparse.Namespace, smoke: dict[str, Any], extra: dict[str, Any],
-                 preset: dict[str, Any] | None = None, job: str = "train_dec") -> Any:
+                 preset: dict[str, Any] | None = None, *, job: str) -> Any:
     """Config from defaults <- YAML file <- ``preset`` (a job's named recipe) <-
     --smoke-test <- flags <- --set, validated.
 
