@@ -4,6 +4,7 @@ and version answer; the examples in the help name only settings that exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -22,14 +23,6 @@ def run(argv, capsys):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture
-def empty_folder(tmp_path):
-    folder = tmp_path / "empty"
-    folder.mkdir()
-    (folder / "notes.txt").write_text("no images here")
-    return folder
 
 
 BAD = [
@@ -57,13 +50,46 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_a_mistake_is_one_line_with_status_2_before_any_work(argv, message, empty_folder, tmp_path, capsys):
-    out = tmp_path / "out"
-    argv = [a.format(empty=empty_folder, out=out) for a in argv]
-    if argv[0] in ("train", "sweep"):
-        argv += ["--out", str(out)]
-    code, _, err = run(argv, capsys)
+RUN_ALL = """
+import contextlib, io, json, sys
+from deimos_ray.commands import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory):
+    """(argv, message, out folder, exit status, stderr) of every case of :data:`BAD`, run in
+    one fresh interpreter: as a user meets them, with no Ray of the test session around."""
+    root = tmp_path_factory.mktemp("mistakes")
+    empty = root / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    cases = []
+    for i, (argv, message) in enumerate(BAD):
+        out = root / f"out{i}"
+        argv = [a.format(empty=empty, out=out) for a in argv]
+        if argv[0] in ("train", "sweep"):
+            argv += ["--out", str(out)]
+        cases.append((argv, message, out))
+    done = subprocess.run([sys.executable, "-c", RUN_ALL, json.dumps([argv for argv, _, _ in cases])],
+                          capture_output=True, text=True, check=True, cwd=root)
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return [(*case, code, err) for case, (code, err) in zip(cases, results, strict=True)]
+
+
+@pytest.mark.parametrize("index", range(len(BAD)), ids=[" ".join(a) for a, _ in BAD])
+def test_a_mistake_is_one_line_with_status_2_before_any_work(mistakes, index):
+    argv, message, out, code, err = mistakes[index]
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
