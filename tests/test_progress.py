@@ -22,7 +22,7 @@ def test_a_training_ends_with_one_line_and_its_log_lines_only_when_verbose(ray_s
             progress.attach(None)
     lines = capsys.readouterr().out.splitlines()
     assert ("[x] lambda 0.1 upper 0.95" in lines) == verbose
-    assert lines[-1].startswith("[train_x] training: 3 of 10 epochs, loss 0.5123 (")
+    assert lines[-1].startswith("[train_x] training: 3 epochs (at most 10), loss 0.5123 (")  # stopped early
 
 
 def test_outside_a_command_nothing_is_started_and_lines_are_printed(capsys, monkeypatch):
