@@ -109,6 +109,12 @@ def test_the_report_is_redrawn_from_the_run_folder_alone(dec_run, tmp_path):
     # The member pages keep their sheets: the same pictures, every member still shown.
     assert {p.name: p.read_bytes() for p in (run / "report" / "clusters").glob("*.png")} == sheets
     assert member_ids(run) == member_ids(dec_run / "run")
+    # A sheet lost with the source gone: its page lists the ids, the drawing goes on.
+    lost = sorted((run / "report" / "clusters").glob("*.png"))[0]
+    lost.unlink()
+    write_report(run)
+    assert not lost.exists() and "<li>" in lost.with_suffix(".html").read_text()
+    assert member_ids(run) == member_ids(dec_run / "run")
 
 
 def test_the_report_loads_in_a_real_browser(dec_run, tmp_path):

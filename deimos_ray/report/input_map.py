@@ -27,17 +27,13 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
 from deimos_ray.files import write_atomic
+from deimos_ray.report.montages import keep_ids
 
 FILE = "input_map.parquet"
 SAMPLE = 2000  # rows on the map
 MIN_ROWS = 10  # fewer rows: no map (t-SNE needs a neighbourhood)
 PCA_DIMS = 50
 SIDE = 480  # the SVG's side in pixels
-
-
-def _keep(batch: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
-    mask = np.isin(batch["id"], ids)
-    return {name: values[mask] for name, values in batch.items()}
 
 
 def write_input_map(out: Path, data: Any, seed: int) -> None:
@@ -49,7 +45,7 @@ def write_input_map(out: Path, data: Any, seed: int) -> None:
         return
     rng = np.random.default_rng(seed)
     picked = np.asarray(sorted(rng.choice(data.ids, size=min(SAMPLE, data.num_rows), replace=False)), dtype=object)
-    rows = data.good.select_columns(["id", "x"]).map_batches(_keep, fn_kwargs={"ids": picked}, batch_format="numpy")
+    rows = data.good.select_columns(["id", "x"]).map_batches(keep_ids, fn_kwargs={"ids": picked}, batch_format="numpy")
     ids, xs = [], []
     for batch in rows.iter_batches(batch_size=1024, batch_format="numpy"):
         ids.append(batch["id"])

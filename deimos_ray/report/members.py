@@ -70,7 +70,8 @@ def save_sheet(thumbs: list[np.ndarray | None], path: Path) -> None:
 
 
 def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series, clusters: pd.DataFrame,
-                      images: bool) -> dict[str, tuple[str, int, int]]:
+                      images: bool, keep: frozenset[str] = frozenset()
+                      ) -> tuple[dict[str, tuple[str, int, int]], dict[str, np.ndarray]]:
     """Write ``out/clusters/`` (module docstring) for the rows of ``table``, clusters in
     the order of ``clusters`` (largest first), members surest first by ``score``.
 
@@ -78,9 +79,13 @@ def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series
         images: Read the source for sheets that are missing or out of date (False: keep
             the sheets that are up to date, draw the others as lists of ids).
 
+        keep: Rows whose pixels to hand back when this drawing reads them (the montages'
+            members: the source is then read once).
+
     Returns:
         ``{id: (sheet file relative to out, x, y)}`` of every member with a thumbnail
-        (the map's hover uses them).
+        (the map's hover uses them), and ``{id: (C, H, W) pixels}`` of the rows of
+        ``keep`` that were read.
     """
     folder = out / FOLDER
     folder.mkdir(exist_ok=True)
@@ -94,9 +99,17 @@ def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series
              for c, ids in members.items() for n in range(-(-len(ids) // PAGE))}
     stale = [name for name, ids in pages.items() if previous.get(name) != ids or not (folder / name).is_file()]
     drawn = set(pages) - set(stale)
+    kept: dict[str, np.ndarray] = {}
     if images and stale:
         wanted = {i for name in stale for i in pages[name]}
-        thumbs = {i: thumbnail(x) for i, x in iter_images(cfg, sorted(wanted))}
+        thumbs = {}
+        try:
+            for i, x in iter_images(cfg, sorted(wanted)):
+                thumbs[i] = thumbnail(x)
+                if i in keep:
+                    kept[i] = x
+        except (FileNotFoundError, ValueError) as exc:  # moved or removed: pages list the ids
+            print(f"[report] the cluster pages' images cannot be read from the source: {exc}")
         for name in stale:
             if any(i in thumbs for i in pages[name]):
                 save_sheet([thumbs.get(i) for i in pages[name]], folder / name)
@@ -117,7 +130,7 @@ def draw_member_pages(out: Path, cfg: Any, table: pd.DataFrame, score: pd.Series
                 positions.update({i: (f"{FOLDER}/{sheet}", *sheet_position(k)) for k, i in enumerate(chunk)})
             write_text(folder / page_name(c, n, "html"),
                        _page_html(c, n, n_pages, len(ids), chunk, sheet if sheet in drawn else None, sureness))
-    return positions
+    return positions, kept
 
 
 def _page_html(cluster: Any, page: int, pages: int, size: int, ids: list[str], sheet: str | None,

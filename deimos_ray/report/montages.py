@@ -38,9 +38,11 @@ def pick_members(rows: pd.DataFrame, score: pd.Series) -> tuple[list[str], list[
     return ids[:top], ids[len(ids) - bottom:][::-1]
 
 
-def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.ndarray]:
+def montage_images(saved_file: Path, cfg: Any, ids: list[str],
+                   preread: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """(C, H, W) pixels in [0, 1] of the rows ``ids``: those an earlier drawing saved in
-    ``saved_file``, the others re-read from the source (:func:`load_images`); when any
+    ``saved_file``, those this drawing has already read (``preread``, from
+    :func:`iter_images`), the others re-read from the source (:func:`load_images`); when any
     was read, the file is written again with the saved images and the new ones (the
     montages' and an algorithm's pictures' alike). Rows neither saved nor readable are
     left out, with a note when the source cannot be read at all (moved, or removed)."""
@@ -48,11 +50,11 @@ def montage_images(saved_file: Path, cfg: Any, ids: list[str]) -> dict[str, np.n
     if saved_file.is_file():
         with np.load(saved_file, allow_pickle=False) as stored:
             saved = {str(i): x.astype(np.float32) / 255 for i, x in zip(stored["ids"], stored["x"], strict=True)}
-    missing = [i for i in ids if i not in saved]
-    read: dict[str, np.ndarray] = {}
+    read = {i: preread[i] for i in ids if i not in saved and i in (preread or {})}
+    missing = [i for i in ids if i not in saved and i not in read]
     if missing:
         try:
-            read = load_images(cfg, missing)
+            read.update(load_images(cfg, missing))
         except (FileNotFoundError, ValueError) as exc:
             print(f"[report] {len(missing)} montage image(s) not saved by an earlier drawing, and the "
                   f"source cannot be read: {exc}")
@@ -89,15 +91,16 @@ def iter_images(cfg: Any, ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
         spec = dataclasses.replace(spec, size=(max(4, round(spec.size[0] * side)), max(4, round(spec.size[1] * side))))
     wanted = np.asarray(ids, dtype=object)
     sources = np.asarray(sorted({i.split("@y")[0] for i in ids}) if cfg.data.tile else ids, dtype=object)
-    ds = source.dataset.map_batches(_keep_ids, fn_kwargs={"ids": sources}, batch_format="numpy")
-    ds = preprocess(ds, spec).map_batches(_keep_ids, fn_kwargs={"ids": wanted}, batch_format="numpy")
+    ds = source.dataset.map_batches(keep_ids, fn_kwargs={"ids": sources}, batch_format="numpy")
+    ds = preprocess(ds, spec).map_batches(keep_ids, fn_kwargs={"ids": wanted}, batch_format="numpy")
     for batch in ds.select_columns(["id", "x", "ok"]).iter_batches(batch_size=256, batch_format="numpy"):
         for i, x, ok in zip(batch["id"], batch["x"], batch["ok"], strict=True):
             if ok:
                 yield str(i), np.asarray(x, dtype=np.float32)
 
 
-def _keep_ids(batch: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+def keep_ids(batch: dict[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of a numpy batch whose ``id`` is one of ``ids`` (a Ray Data map)."""
     mask = np.isin(batch["id"], ids)
     return {name: values[mask] for name, values in batch.items()}
 

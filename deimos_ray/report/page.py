@@ -73,10 +73,12 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
 
     montages: dict[int, dict[str, tuple[str, int]]] = {}
     shown = clusters.head(MAX_CLUSTERS)
+    picks = {c: pick_members(table[table["cluster"] == c], score) for c in shown.index} if images else {}
+    wanted = sorted({i for pair in picks.values() for part in pair for i in part})
+    # The member pages read every member they draw; the montages take theirs from that pass.
+    thumbs, preread = draw_member_pages(out, cfg, table, score, clusters, images, keep=frozenset(wanted))
     if images:
-        picks = {c: pick_members(table[table["cluster"] == c], score) for c in shown.index}
-        wanted = sorted({i for pair in picks.values() for part in pair for i in part})
-        pixels = montage_images(out / IMAGES_FILE, cfg, wanted)
+        pixels = montage_images(out / IMAGES_FILE, cfg, wanted, preread)
         for c, (confident, uncertain) in picks.items():
             montages[c] = {}
             for kind, ids in (("confident", confident), ("uncertain", uncertain)):
@@ -91,7 +93,6 @@ def write_report(run_dir: str | Path, images: bool = True) -> Path:
 
     extras = algorithm.report_pictures(run, out, images_of)
     sweep = _sweep_parts(run, out, metrics)
-    thumbs = draw_member_pages(out, cfg, table, score, clusters, images)
     map_html = None
     if (found := read_input_map(run)) is not None:
         points, method = found
