@@ -120,6 +120,12 @@ class ScalingConfig:
         wait_for_nodes: On a cluster too small for the workers and Ray Data's tasks,
             wait for resources (an autoscaler that adds nodes on demand) instead of
             refusing before training (:func:`deimos_ray.runtime.check_room`).
+        in_memory_mb: A worker holds its shard of the training rows in memory when the
+            shard is at most this many MiB (random access, read once); a larger shard
+            is streamed from Ray Data every epoch (:mod:`deimos_ray.train.rows`), so a
+            worker's memory does not grow with the collection. 0 streams always.
+        stream_window_mb: When streaming, an epoch shuffles this many MiB of rows at a
+            time (rows mix within a window; the blocks' order is randomised once).
     """
 
     num_workers: int = 1
@@ -127,6 +133,8 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     torch_threads: int | None = None
     wait_for_nodes: bool = False
+    in_memory_mb: float = 2048.0
+    stream_window_mb: float = 256.0
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -135,6 +143,10 @@ class ScalingConfig:
             raise ValueError(f"scaling.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"scaling.torch_threads must be >= 1 or null, got {self.torch_threads}")
+        if self.in_memory_mb < 0:
+            raise ValueError(f"scaling.in_memory_mb must be >= 0, got {self.in_memory_mb}")
+        if self.stream_window_mb <= 0:
+            raise ValueError(f"scaling.stream_window_mb must be > 0, got {self.stream_window_mb}")
 
     @property
     def threads(self) -> int:

@@ -14,8 +14,8 @@ import torch
 
 from deimos_ray.config_io import stored_settings, to_dict
 from deimos_ray.train import collective as C
+from deimos_ray.train.rows import FEATURE_COLUMN, InMemoryRows
 
-FEATURE_COLUMN = "x"
 PROGRESS_SCORE = "progress_silhouette"  # the per-epoch score ASHA compares trials by
 
 
@@ -27,19 +27,7 @@ def load_shard(shard: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
 def load_columns(shard: Any, input_shape: tuple[int, ...], extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Read this worker's shard into memory: ``x`` as (N_local, *input_shape) floats and
     each ``extra`` column as a 1-D int64 tensor, row-aligned."""
-    columns = [FEATURE_COLUMN, *extra]
-    parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
-    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-        # Ray hands out read-only arrays; np.require copies only those, so torch gets
-        # memory it may write (from_numpy on a read-only array warns).
-        parts[FEATURE_COLUMN].append(torch.from_numpy(np.require(batch[FEATURE_COLUMN], np.float32, ["C", "W"])))
-        for c in extra:
-            parts[c].append(torch.from_numpy(np.require(batch[c], np.int64, ["C", "W"])))
-    if not parts[FEATURE_COLUMN]:
-        return {FEATURE_COLUMN: torch.zeros((0, *input_shape)), **{c: torch.zeros(0, dtype=torch.int64) for c in extra}}
-    out = {c: torch.cat(parts[c]) for c in columns}
-    out[FEATURE_COLUMN] = out[FEATURE_COLUMN].reshape(-1, *input_shape)
-    return out
+    return InMemoryRows.read(shard, input_shape, extra).columns
 
 
 def format_metrics(record: dict[str, Any], digits: int = 5) -> str:
@@ -114,13 +102,18 @@ class ProgressProbe:
     rank whose report reaches Tune.
     """
 
-    def __init__(self, x_local: torch.Tensor, rows: int, seed: int):
+    def __init__(self, rows_local: Any, rows: int, seed: int):
         self.on = rows > 0
         self.scored = self.on and C.rank() == 0
+        if self.on:
+            pick = np.zeros(0, dtype=np.int64)
+            if self.scored:
+                pick = np.sort(np.random.default_rng(seed).choice(rows_local.n, min(rows, rows_local.n), replace=False))
+            # Every rank takes (nothing, off rank 0): a streamed shard passes together.
+            x = rows_local.take(torch.from_numpy(pick))[FEATURE_COLUMN]
         if self.scored:
-            pick = np.random.default_rng(seed).choice(len(x_local), min(rows, len(x_local)), replace=False)
-            self.index = torch.from_numpy(np.sort(pick))
-            self.x = x_local[self.index]
+            self.index = torch.from_numpy(pick)
+            self.x = x
             self.flat = self.x.reshape(len(self.x), -1).numpy()
 
     def score(self, labels_of: Any) -> dict[str, float]:
@@ -151,8 +144,12 @@ class Batches:
         self.steps = max(1, math.ceil(n_global / (self.local_batch * C.world_size())))
         self.seed = seed
 
+    def generator(self, epoch: int) -> torch.Generator:
+        """The epoch's seeded generator (this rank's)."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1_009 + C.rank())
+
     def epoch(self, epoch: int):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch * 1_009 + C.rank())
+        g = self.generator(epoch)
         need = self.steps * self.local_batch
         perm = torch.cat(
             [torch.randperm(self.n_local, generator=g) for _ in range(math.ceil(need / self.n_local))]

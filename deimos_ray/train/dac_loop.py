@@ -35,7 +35,8 @@ from deimos_ray.models.dac import DACConfig, DACNet, next_lambda, schedule_done,
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
-from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_columns
+from deimos_ray.train.common import Batches, CheckpointClock, global_count
+from deimos_ray.train.rows import FEATURE_COLUMN, RowsPlan, open_rows
 
 KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
 
@@ -189,12 +190,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)  # identical initial weights on every rank
 
-    shard = load_columns(ray.train.get_dataset_shard("train"), input_shape, (KNOWN_COLUMN,))
-    x_local, known_local = shard["x"], shard[KNOWN_COLUMN]
-    if len(x_local) == 0:
+    plan = config.get("rows")
+    rows = open_rows(ray.train.get_dataset_shard("train"), input_shape, (KNOWN_COLUMN,), plan)
+    if rows.n == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
-    n_global = int(global_count(len(x_local)))
-    batches = Batches(len(x_local), n_global, selection_size(cfg, n_global), seed)
+    n_global = int(global_count(rows.n))
+    batches = Batches(rows.n, n_global, selection_size(cfg, n_global), seed)
     if cfg.selection == "chunk":
         # The same number of mini-batches per chunk on every rank (DDP steps together).
         minis = math.ceil(batches.local_batch / max(1, cfg.batch_size // C.world_size()))
@@ -203,14 +204,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         steps = f"{batches.steps} steps per epoch"
     _log(f"{n_global} images, {C.world_size()} worker(s), {steps}, schedule {cfg.schedule}, "
          f"{cfg.selection} selection, {cfg.pair_loss} loss"
-         + (", pairs from the global batch" if cfg.gather_pairs else ""))
+         + (", pairs from the global batch" if cfg.gather_pairs else "")
+         + f", {RowsPlan(**(plan or {})).describe(rows.n)}")
 
     backbone = config.get("backbone")  # set when the pretrained backbone is fine-tuned
     net = DACNet(cfg, input_shape, backbone).to(device)
     ddp = C.wrap_ddp(net, device)
     opt = torch.optim.RMSprop(net.parameter_groups(cfg), lr=cfg.lr, alpha=cfg.rmsprop_alpha)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
-    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
+    probe = common.ProgressProbe(rows, int(config.get("progress_rows", 0)), seed)
 
     epoch, lam, history, resumed_at = 0, 0.0, [], None
     state = latest_state()
@@ -228,8 +230,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         sums: dict[str, float] = {}
         ddp.train()
 
-        for idx in batches.epoch(epoch):
-            x, known = x_local[idx].to(device), known_local[idx]
+        for _, columns in rows.epoch(batches, epoch):
+            x, known = columns[FEATURE_COLUMN].to(device), columns[KNOWN_COLUMN]
             if cfg.selection == "batch":
                 _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g), sums)
                 continue

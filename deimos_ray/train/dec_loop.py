@@ -11,11 +11,12 @@ Phases, all inside :func:`train_loop_per_worker`:
    sums f are all-reduced, each worker forms p for its own rows, and the number of
    changed labels is all-reduced; training stops when the changed fraction < ``tol``.
 
-Each worker caches its shard of the preprocessed feature vectors in memory: DEC needs
-random access (p is indexed by row between updates) and the vectors are small
-(a 64x64 grayscale image is 16 KB). A checkpoint is reported after every epoch of every
-phase and the loop resumes from the latest one, including the model snapshot that defined
-the current target, so a resumed run trains on exactly the same p.
+A worker whose shard fits in memory holds it (:mod:`deimos_ray.train.rows`) and keeps p
+for its rows between updates. A streamed shard keeps no per-row state: the update pass
+all-reduces f and counts the changed labels by labelling each row with both the previous
+and the new target model, and each step computes its batch's p from the target model and
+f, the same p by the paper's definition. A checkpoint holds the model snapshot that
+defined the current target, so a resumed run trains on exactly the same p.
 """
 
 from __future__ import annotations
@@ -37,13 +38,8 @@ from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
-from deimos_ray.train.common import (
-    Batches,
-    CheckpointClock,
-    batched,
-    global_count,
-    load_shard,
-)
+from deimos_ray.train.common import Batches, CheckpointClock, batched, global_count
+from deimos_ray.train.rows import FEATURE_COLUMN, InMemoryRows, RowsPlan, StreamingRows, open_rows
 
 
 @torch.no_grad()
@@ -74,6 +70,35 @@ def compute_target(
     q = soft_assign_all(model, x_local, device)
     f = global_cluster_frequencies(q)
     return target_distribution(q, f), q.argmax(dim=1), f
+
+
+@torch.no_grad()
+def stream_target(model: DEC, previous: DEC | None, rows: StreamingRows,
+                  device: torch.device) -> tuple[torch.Tensor, int]:
+    """One pass over a streamed shard: the global frequencies f of ``model``'s q, and
+    how many of this worker's rows ``model`` labels differently from ``previous`` (0
+    without one)."""
+    model.eval()
+    f, changed = torch.zeros(model.cfg.n_clusters, dtype=torch.float64), 0
+    for columns in rows.scan():
+        x = columns[FEATURE_COLUMN].to(device)
+        q = model(x)[1].cpu()
+        f += q.sum(dim=0).to(torch.float64)
+        if previous is not None:
+            previous.eval()
+            changed += int((previous(x)[1].argmax(dim=1).cpu() != q.argmax(dim=1)).sum())
+    model.train()
+    return C.all_reduce_sum(f).to(torch.float32), changed
+
+
+@torch.no_grad()
+def batch_target(model: DEC, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """p for one batch from the target model and the global f (the rows' p does not
+    depend on the other rows of the batch)."""
+    model.eval()
+    q = model(x)[1]
+    model.train()
+    return target_distribution(q, f.to(q.device))
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -123,7 +148,7 @@ def _pretrain_lr(cfg: DECConfig, epoch_in_stage: int) -> float:
 def pretrain(
     cfg: DECConfig,
     autoencoder: nn.Module,
-    x_local: torch.Tensor,
+    rows: InMemoryRows | StreamingRows,
     batches: Batches,
     device: torch.device,
     state: dict[str, Any] | None,
@@ -157,8 +182,8 @@ def pretrain(
             for group in opt.param_groups:
                 group["lr"] = _pretrain_lr(cfg, e)
             total, count = 0.0, 0
-            for idx in batches.epoch(global_epoch):
-                x = x_local[idx].to(device)
+            for _, columns in rows.epoch(batches, global_epoch):
+                x = columns[FEATURE_COLUMN].to(device)
                 x = x.flatten(1) if flat else x
                 if depth is not None:
                     with torch.no_grad():
@@ -190,14 +215,15 @@ def pretrain(
             )
 
 
-def init_centres(cfg: DECConfig, model: DEC, x_local: torch.Tensor, device: torch.device, seed: int) -> None:
+def init_centres(cfg: DECConfig, model: DEC, rows: InMemoryRows | StreamingRows, device: torch.device,
+                 seed: int) -> None:
     """k-means (n_init=cfg.kmeans_n_init) on rank 0 over gathered embeddings; broadcast."""
     per_worker = max(1, cfg.kmeans_max_samples // C.world_size())
     g = torch.Generator().manual_seed(seed + C.rank())
-    take = torch.randperm(len(x_local), generator=g)[:per_worker]
+    take = torch.randperm(rows.n, generator=g)[:per_worker]
     with torch.no_grad():
         model.eval()
-        z = torch.cat([model.embed(b.to(device)).cpu() for b in batched(x_local[take])])
+        z = torch.cat([model.embed(b.to(device)).cpu() for b in batched(rows.take(take)[FEATURE_COLUMN])])
         model.train()
     gathered = C.all_gather_object(z.numpy())
     centres = torch.zeros(cfg.n_clusters, cfg.latent_dim)
@@ -226,12 +252,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)  # identical initial weights on every rank
 
-    x_local = load_shard(ray.train.get_dataset_shard("train"), input_shape)
-    n_global = int(global_count(len(x_local)))
-    if len(x_local) == 0:
+    plan = config.get("rows")
+    rows = open_rows(ray.train.get_dataset_shard("train"), input_shape, plan=plan)
+    n_global = int(global_count(rows.n))
+    if rows.n == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
-    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
-    _log(f"{n_global} samples, {C.world_size()} worker(s), {batches.steps} steps per epoch")
+    batches = Batches(rows.n, n_global, cfg.batch_size, seed)
+    _log(f"{n_global} samples, {C.world_size()} worker(s), {batches.steps} steps per epoch, "
+         f"{RowsPlan(**(plan or {})).describe(rows.n)}")
 
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
     state = latest_state()
@@ -246,24 +274,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if state is not None and state["phase"] == "pretrain":
         autoencoder.load_state_dict(state["autoencoder"])
     if state is None or state["phase"] == "pretrain":
-        pretrain(cfg, autoencoder, x_local, batches, device, state, base_state, clock)
+        pretrain(cfg, autoencoder, rows, batches, device, state, base_state, clock)
 
     model = DEC(cfg, autoencoder).to(device)
     if state is not None and state["phase"] == "cluster":
         model.load_state_dict(state["model"])
     else:
-        init_centres(cfg, model, x_local, device, seed)
+        init_centres(cfg, model, rows, device, seed)
         _log("centres initialised by k-means")
         state = None  # clustering starts from scratch
-    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
-    summary = cluster(cfg, model, x_local, batches, device, state, base_state, clock, probe)
+    probe = common.ProgressProbe(rows, int(config.get("progress_rows", 0)), seed)
+    summary = cluster(cfg, model, rows, batches, device, state, base_state, clock, probe)
     return {**summary, "resumed_from": resumed_from}
 
 
 def cluster(
     cfg: DECConfig,
     model: DEC,
-    x_local: torch.Tensor,
+    rows: InMemoryRows | StreamingRows,
     batches: Batches,
     device: torch.device,
     state: dict[str, Any] | None,
@@ -273,40 +301,53 @@ def cluster(
 ) -> dict[str, Any]:
     """DEC's self-training phase; reports with checkpoints follow ``clock`` and always
     close the phase. With ``probe`` on, every epoch also reports the silhouette of the
-    labels of the latest target update (the pretraining phase reports none: it has no
-    clusters yet)."""
+    target model's labels (the pretraining phase reports none: it has no clusters yet)."""
     net = C.wrap_ddp(model, device)
     opt_name, lr = cfg.cluster_optimizer
     opt = make_optimizer(opt_name, [p for p in net.parameters() if p.requires_grad], lr)
-    n_global = global_count(len(x_local))
+    n_global = global_count(rows.n)
 
     start_epoch, step, converged, delta = 0, 0, False, float("nan")
     resumed_at = None
-    labels_prev = None
     target_model = copy.deepcopy(model)  # the model that defined the current target p
+    has_target = False  # once it has, each update counts the labels that changed
+    p_local = labels_prev = f = None
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, converged = state["epoch"], state["step"], state["converged"]
         target_model.load_state_dict(state["target_model"])
-        p_local, labels_prev, _ = compute_target(target_model, x_local, device)
+        has_target = True
+        if rows.in_memory:
+            p_local, labels_prev, f = compute_target(target_model, rows.x, device)
+        else:
+            f, _ = stream_target(target_model, None, rows, device)
         delta = state["delta_label"]
         resumed_at = start_epoch
 
     epoch = start_epoch
     while epoch < cfg.epochs and not converged:
         totals: dict[str, float] = {}
-        for idx in batches.epoch(10_000 + epoch):
+        for idx, columns in rows.epoch(batches, 10_000 + epoch):
             if step % cfg.update_interval == 0:
-                target_model.load_state_dict(model.state_dict())
-                p_local, labels, f = compute_target(target_model, x_local, device)
-                if labels_prev is not None:
-                    delta = global_count((labels != labels_prev).sum().item()) / n_global
+                if rows.in_memory:
+                    target_model.load_state_dict(model.state_dict())
+                    p_local, labels, f = compute_target(target_model, rows.x, device)
+                    changed = None if labels_prev is None else int((labels != labels_prev).sum())
+                    labels_prev = labels
+                else:
+                    previous = copy.deepcopy(target_model) if has_target else None
+                    target_model.load_state_dict(model.state_dict())
+                    f, changed = stream_target(target_model, previous, rows, device)
+                    changed = None if previous is None else changed
+                has_target = True
+                if changed is not None:
+                    delta = global_count(changed) / n_global
                     if delta < cfg.tol:
                         converged = True
                         _log(f"step {step}: {delta:.4%} of labels changed < tol {cfg.tol:.4%}; stopping")
                         break
-                labels_prev = labels
-            x, p = x_local[idx].to(device), p_local[idx].to(device)
+            x = columns[FEATURE_COLUMN].to(device)
+            p = p_local[idx].to(device) if rows.in_memory else batch_target(target_model, x, f)
             _, q, x_hat = net(x)  # through DDP, so gradients are averaged across workers
             loss, parts = model.loss_from_outputs(x, p, q, x_hat)
             opt.zero_grad()
@@ -332,7 +373,8 @@ def cluster(
         if not due and not probe.on:
             continue
         report_epoch(
-            {**metrics, **probe.score(lambda p, labels=labels_prev: labels[p.index])},
+            {**metrics, **probe.score(lambda p: common.eval_labels(
+                target_model, p.x, device, lambda out: out[1].argmax(dim=1)))},
             {
                 **base_state,
                 "phase": "cluster",
@@ -347,4 +389,3 @@ def cluster(
         )
     return {"epochs": epoch, "steps": step, "converged": converged, "delta_label": delta,
             "resumed_at_epoch": resumed_at}
-

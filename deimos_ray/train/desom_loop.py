@@ -24,7 +24,8 @@ from deimos_ray.models.som import temperature
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
-from deimos_ray.train.common import Batches, CheckpointClock, global_count, load_shard
+from deimos_ray.train.common import Batches, CheckpointClock, global_count
+from deimos_ray.train.rows import FEATURE_COLUMN, InMemoryRows, RowsPlan, StreamingRows, open_rows
 
 
 def _log(message: str) -> None:
@@ -32,25 +33,30 @@ def _log(message: str) -> None:
         progress.note(f"[desom] {message}")
 
 
-def init_prototypes(model: DESOM, x_local: torch.Tensor, device: torch.device, seed: int) -> None:
+def init_prototypes(model: DESOM, rows: InMemoryRows | StreamingRows, device: torch.device, seed: int) -> None:
     """Prototypes = encodings of M random samples (rank 0's shard), broadcast to all."""
     m = model.cfg.nodes
     protos = torch.zeros(m, model.cfg.latent_dim, device=device)
+    take = torch.zeros(0, dtype=torch.int64)
     if C.rank() == 0:
         g = torch.Generator().manual_seed(seed)
-        take = torch.randint(len(x_local), (m,), generator=g) if len(x_local) < m else torch.randperm(len(x_local), generator=g)[:m]
+        take = torch.randint(rows.n, (m,), generator=g) if rows.n < m else torch.randperm(rows.n, generator=g)[:m]
+    x = rows.take(take)[FEATURE_COLUMN]  # on every rank: a streamed shard passes together
+    if C.rank() == 0:
         with torch.no_grad():
-            protos = model.encode(x_local[take].to(device))
+            protos = model.encode(x.to(device))
     C.broadcast_(protos)
     model.prototypes.data.copy_(protos)
 
 
-def final_node_clusters(model: DESOM, x_local: torch.Tensor, cfg: DESOMConfig, seed: int) -> list[int]:
+def final_node_clusters(model: DESOM, rows: InMemoryRows | StreamingRows, cfg: DESOMConfig,
+                        seed: int) -> list[int]:
     """Every node's cluster after training; the hit counts that weigh the k-means over
     prototypes are summed over all workers' shards."""
     weights = None
     if cfg.n_clusters is not None:
-        weights = C.all_reduce_sum(node_hits(model, x_local))
+        weights = C.all_reduce_sum(sum((node_hits(model, columns[FEATURE_COLUMN]) for columns in rows.scan(4096)),
+                                       torch.zeros(cfg.nodes, device=model.prototypes.device)))
     return node_clusters(model.prototypes, cfg.n_clusters, cfg.kmeans_n_init, seed, weights)
 
 
@@ -70,21 +76,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     torch.manual_seed(seed)
 
-    x_local = load_shard(ray.train.get_dataset_shard("train"), input_shape)
-    if len(x_local) == 0:
+    plan = config.get("rows")
+    rows = open_rows(ray.train.get_dataset_shard("train"), input_shape, plan=plan)
+    if rows.n == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
-    n_global = int(global_count(len(x_local)))
-    batches = Batches(len(x_local), n_global, cfg.batch_size, seed)
-    rows, cols = cfg.map_size
-    _log(f"{n_global} samples, {C.world_size()} worker(s), {rows}x{cols} map, "
-         f"{cfg.iterations} iterations ({batches.steps} per epoch)")
+    n_global = int(global_count(rows.n))
+    batches = Batches(rows.n, n_global, cfg.batch_size, seed)
+    height, width = cfg.map_size
+    _log(f"{n_global} samples, {C.world_size()} worker(s), {height}x{width} map, "
+         f"{cfg.iterations} iterations ({batches.steps} per epoch), {RowsPlan(**(plan or {})).describe(rows.n)}")
 
     model = DESOM(cfg, input_shape).to(device)
     net = C.wrap_ddp(model, device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     clock = CheckpointClock(float(config.get("checkpoint_interval_s", 0.0)))
     # The probe's clusters are the map nodes (the merge into k clusters happens at the end).
-    probe = common.ProgressProbe(x_local, int(config.get("progress_rows", 0)), seed)
+    probe = common.ProgressProbe(rows, int(config.get("progress_rows", 0)), seed)
 
     iteration, epoch, resumed_at = 0, 0, None
     state = latest_state()
@@ -96,17 +103,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         resumed_at = iteration
         _log(f"resuming at iteration {iteration}")
     else:
-        init_prototypes(model, x_local, device, seed)
+        init_prototypes(model, rows, device, seed)
 
     record: dict[str, float] = {}
     while iteration < cfg.iterations:
         sums: dict[str, float] = {}
         steps = 0
-        for idx in batches.epoch(epoch):
+        for _, columns in rows.epoch(batches, epoch):
             if iteration >= cfg.iterations:
                 break
             t = temperature(iteration, cfg.iterations, cfg.t_max, cfg.t_min, cfg.decay)
-            x = x_local[idx].to(device)
+            x = columns[FEATURE_COLUMN].to(device)
             _, x_hat, d = net(x)
             loss, parts = model.loss(x, x_hat, d, t)
             opt.zero_grad()
@@ -126,7 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         due = clock.due(final=final)
         if not due and not probe.on:
             continue
-        clusters = final_node_clusters(model, x_local, cfg, seed) if final else None
+        clusters = final_node_clusters(model, rows, cfg, seed) if final else None
         report_epoch(
             {"phase": "desom", **record, **probe.score(lambda p: common.eval_labels(model, p.x, device, lambda out: out[2].argmin(dim=1)))},
             None if not due else {

@@ -21,6 +21,7 @@ from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
 from deimos_ray.runtime import RoomWatch, waits_for_nodes, worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
+from deimos_ray.train.rows import plan_rows
 
 
 def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, board: Any,
@@ -39,6 +40,20 @@ def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int,
     finally:
         progress.attach(None)
         torch.set_num_threads(previous)
+
+
+def _plan_rows(dataset: ray.data.Dataset, loop_config: dict[str, Any],
+               scaling: ScalingConfig) -> tuple[ray.data.Dataset, dict[str, Any]]:
+    """The loop's config with how its workers read their rows (``rows``:
+    :func:`deimos_ray.train.rows.plan_rows`), and the dataset they read: when the
+    streaming windows are smaller than a shard, its blocks in a seeded random order
+    (the same every epoch), so a window holds rows from all over the collection
+    rather than one folder's."""
+    plan = plan_rows(dataset.size_bytes() or 0, dataset.count(), scaling.num_workers,
+                     scaling.in_memory_mb, scaling.stream_window_mb)
+    if plan.stream and plan.window_rows * max(1, scaling.num_workers) < dataset.count():
+        dataset = dataset.randomize_block_order(seed=int(loop_config.get("seed", 0)))
+    return dataset, {**loop_config, "rows": dataclasses.asdict(plan)}
 
 
 def fit(
@@ -67,6 +82,7 @@ def fit(
     Raises:
         ray.train.TrainingFailedError: the loop raised on some worker.
     """
+    dataset, loop_config = _plan_rows(dataset, loop_config, scaling)
     display = progress.TrainingDisplay(*label)
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:

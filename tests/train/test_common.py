@@ -22,6 +22,7 @@ from deimos_ray.train.common import (
     load_columns,
 )
 from deimos_ray.train.driver import fit
+from deimos_ray.train.rows import InMemoryRows
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -92,13 +93,14 @@ def test_the_progress_probe_scores_a_fixed_sample_separated_high_and_one_cluster
     rng = np.random.default_rng(0)
     x = torch.from_numpy(np.concatenate([rng.normal(0, 0.1, (40, 1, 2, 2)), rng.normal(5, 0.1, (40, 1, 2, 2))])
                          .astype(np.float32))
-    probe = ProgressProbe(x, rows=30, seed=3)
+    rows = InMemoryRows({"x": x})
+    probe = ProgressProbe(rows, rows=30, seed=3)
     assert len(probe.x) == 30 and torch.equal(probe.x, x[probe.index])
-    assert torch.equal(ProgressProbe(x, rows=30, seed=3).index, probe.index)  # the same rows every epoch and trial
+    assert torch.equal(ProgressProbe(rows, rows=30, seed=3).index, probe.index)  # the same rows every epoch and trial
     truth = (probe.x.flatten(1).mean(dim=1) > 2.5).long()
     assert probe.score(lambda p: truth)[PROGRESS_SCORE] > 0.9
     mixed = torch.arange(30) % 2
     assert probe.score(lambda p: mixed)[PROGRESS_SCORE] < 0.1
     assert probe.score(lambda p: torch.zeros(30))[PROGRESS_SCORE] == -1.0
-    off = ProgressProbe(x, rows=0, seed=3)
+    off = ProgressProbe(rows, rows=0, seed=3)
     assert not off.on and off.score(lambda p: truth) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -15,8 +16,9 @@ from deimos_ray.models.dec import DEC, DECConfig, build_autoencoder
 from deimos_ray.train import collective as C
 from deimos_ray.train import dec_loop
 from deimos_ray.train.checkpoint import load_state
-from deimos_ray.train.common import check_resumable
+from deimos_ray.train.common import check_resumable, load_shard
 from deimos_ray.train.driver import fit
+from deimos_ray.train.rows import StreamingRows
 
 # Ray workers cannot import this test module by name; ship its functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -50,11 +52,18 @@ def frequency_probe(config):
     torch.manual_seed(123)  # the same weights on every worker
     model = DEC(cfg, build_autoencoder(cfg, SHAPE))
     model.centres.data = torch.randn(cfg.n_clusters, cfg.latent_dim)
-    x_local = dec_loop.load_shard(ray.train.get_dataset_shard("train"), SHAPE)
+    shard = ray.train.get_dataset_shard("train")
+    x_local = load_shard(shard, SHAPE)
     _, labels, f = dec_loop.compute_target(model, x_local, torch.device("cpu"))
     changed = dec_loop.global_count((labels == 0).sum().item())
     n = dec_loop.global_count(len(x_local))
-    return {"f": C.all_gather_object(f.numpy()), "n": n, "count": changed, "world": C.world_size()}
+    # Streamed: the same f, and the labels that change when centre 0 moves far away
+    # (the rows labelled 0 now, no others).
+    previous = copy.deepcopy(model)
+    previous.centres.data[0] += 100.0
+    f_stream, moved = dec_loop.stream_target(model, previous, StreamingRows(shard, SHAPE), torch.device("cpu"))
+    return {"f": C.all_gather_object(f.numpy()), "n": n, "count": changed, "world": C.world_size(),
+            "f_stream": C.all_gather_object(f_stream.numpy()), "moved": dec_loop.global_count(moved)}
 
 
 def reference_frequencies(x):
@@ -109,9 +118,9 @@ def test_two_workers_compute_the_same_global_frequencies_as_one(ray_session, tmp
                      ScalingConfig(num_workers=workers, cpus_per_worker=1), tmp_path, name=f"probe{workers}")
         out[workers] = result.return_value
         assert out[workers]["world"] == workers and out[workers]["n"] == 90
-        for f in out[workers]["f"]:  # every rank holds the global f
+        for f in out[workers]["f"] + out[workers]["f_stream"]:  # every rank holds the global f
             np.testing.assert_allclose(f, expected_f, rtol=1e-5)
-        assert out[workers]["count"] == expected_count
+        assert out[workers]["count"] == expected_count == out[workers]["moved"]
     np.testing.assert_allclose(out[1]["f"][0], out[2]["f"][1], rtol=1e-5)
 
 
