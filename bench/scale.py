@@ -115,10 +115,12 @@ class PeakMemory:
         return self.peaks
 
 
-def run_job(job: str, data: Path, out: Path) -> dict:
-    """Run ``job`` on ``data`` into ``out``: wall time, stage times, peaks, accounting."""
+def run_job(job: str, data: Path, out: Path, settings: list[str]) -> dict:
+    """Run ``job`` on ``data`` into ``out`` with the extra ``--set`` ``settings``: wall
+    time, stage times, peaks, accounting."""
     t0 = time.perf_counter()
-    process = subprocess.Popen([sys.executable, *JOBS[job], "--data", str(data), "--out", str(out)], cwd=ROOT,
+    extra = [a for s in settings for a in ("--set", s)]
+    process = subprocess.Popen([sys.executable, *JOBS[job], *extra, "--data", str(data), "--out", str(out)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     memory = PeakMemory(process.pid)
     output, _ = process.communicate()
@@ -139,6 +141,8 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[7500, 25000, 75000])
     p.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=sorted(JOBS))
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "deimos_ray_scale")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every job, e.g. scaling.in_memory_mb=0 (stream the rows at every N)")
     args = p.parse_args()
     sizes = sorted(args.sizes)
     results: dict[tuple[str, int], dict] = {}
@@ -146,12 +150,12 @@ def main() -> None:
         data = build_collection(n, args.cache)
         for job in args.jobs:
             with tempfile.TemporaryDirectory() as tmp:
-                results[job, n] = run_job(job, data, Path(tmp) / "run")
+                results[job, n] = run_job(job, data, Path(tmp) / "run", args.settings)
                 print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
 
     head = (f"{'job':<7}{'rows':>7}{'cap':>16}{'read+feat':>10}{'train':>8}{'assign':>8}{'scores':>8}{'rest':>7}"
             f"{'total':>8}{'rows/s':>8}{'driver MB':>10}{'worker MB':>10}{'store MB':>9}  ratios to linear")
-    print("\n" + head)
+    print("\n" + head if not args.settings else f"\nsettings: {' '.join(args.settings)}\n{head}")
     worst_time, worst_memory = 0.0, 0.0
     for job in args.jobs:
         base_n, base = sizes[0], results[job, sizes[0]]

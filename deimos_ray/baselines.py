@@ -6,8 +6,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
+KMEANS_FIT_ROWS = 50_000  # k-means is fitted on a sample of at most this many rows
+WARD_FIT_ROWS = 10_000  # Ward's linkage (memory quadratic in the rows) likewise
 
-def kmeans_baseline(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_fit_samples: int = 50_000) -> np.ndarray:
+
+def kmeans_baseline(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10,
+                    max_fit_samples: int = KMEANS_FIT_ROWS) -> np.ndarray:
     """k-means labels for every row of ``features`` (N, ...), flattened to vectors.
 
     Fits on a seeded sample of at most ``max_fit_samples`` rows (all rows when fewer) and
@@ -22,7 +26,7 @@ def kmeans_baseline(features: np.ndarray, k: int, seed: int = 0, n_init: int = 1
     return km.fit_predict(x)
 
 
-def ward_baseline(features: np.ndarray, k: int, seed: int = 0, max_fit_samples: int = 10_000) -> np.ndarray:
+def ward_baseline(features: np.ndarray, k: int, seed: int = 0, max_fit_samples: int = WARD_FIT_ROWS) -> np.ndarray:
     """Ward's agglomerative clustering labels for every row of ``features`` (N, ...).
 
     Ward's linkage needs memory quadratic in the rows, so it is fitted on a seeded

@@ -43,7 +43,7 @@ from deimos_ray.report.input_map import write_input_map
 from deimos_ray.report.page import draw_report
 from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
-from deimos_ray.scoring import scores_space
+from deimos_ray.scoring import sample_sizes, scores_space
 from deimos_ray.train.driver import export_checkpoint
 from deimos_ray.train.restarts import fit_restarts
 
@@ -181,6 +181,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         "accounting": accounting,
         "scores": scores,
         "scores_space": scores_space(data.representation),
+        "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward),
         "representation": data.representation,
         **({"fine_tuned_backbone": cfg.features.backbone} if algorithm.fine_tunes_backbone(cfg) else {}),
         "training": results[kept].return_value,

@@ -46,6 +46,7 @@ from deimos_ray.run_folder import (
     score_rows,
 )
 from deimos_ray.runtime import init_ray
+from deimos_ray.scoring import sample_sizes
 from deimos_ray.train.checkpoint import load_state
 
 
@@ -107,7 +108,8 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
         "job": algorithm.job,
         "assigned_with": str(run),
         "accounting": accounting,
-        **({"scores": scores} if scores else {}),
+        **({"scores": scores, "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward)}
+           if scores else {}),
         "representation": data.representation,
         "clusters_found": int(assignments["cluster"].nunique()),
         "timings_s": {"data_s": data_s, "assign_s": assign_s},

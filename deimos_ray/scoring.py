@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from deimos_ray.baselines import kmeans_baseline, ward_baseline
+from deimos_ray.baselines import KMEANS_FIT_ROWS, WARD_FIT_ROWS, kmeans_baseline, ward_baseline
 from deimos_ray.metrics import all_scores, heldout_scores, internal_scores
 
 
@@ -20,6 +20,18 @@ def scores_space(representation: str) -> str:
     """Where a run's internal scores were computed (``metrics.json``'s ``scores_space``)."""
     space = "preprocessed pixels" if representation == "pixels" else f"{representation} features"
     return f"internal scores on {space} for every method; silhouette_embedding in the model's embedding"
+
+
+def sample_sizes(rows: int, sample_size: int, ward: bool = True) -> dict[str, int]:
+    """How many rows each part of the score table used (``metrics.json``'s
+    ``score_rows``): the quadratic parts work on seeded samples, so the scores' cost grows
+    no faster than the rows; Davies-Bouldin, Calinski-Harabasz and the label scores use
+    every row."""
+    sizes = {"rows": rows, "silhouette_and_dunn": min(rows, sample_size),
+             "kmeans_fit": min(rows, KMEANS_FIT_ROWS)}
+    if ward:
+        sizes["ward_fit"] = min(rows, WARD_FIT_ROWS)
+    return sizes
 
 
 def score_run(

@@ -108,6 +108,7 @@ def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
     assert set(rejected["stage"]) == {"decode"} and rejected["reason"].str.len().gt(0).all()
     assert metrics["representation"] == "efficientnet_lite0"
     assert "efficientnet_lite0 features" in metrics["scores_space"]
+    assert metrics["score_rows"]["rows"] == metrics["score_rows"]["silhouette_and_dunn"] == len(good)
     stats = np.load(tmp_path / "run" / "feature_stats.npz")
     assert stats["mean"].shape == stats["std"].shape == (1280,)
     rows = pq.read_table(tmp_path / "run" / "assignments").to_pandas()

@@ -16,6 +16,7 @@ from deimos_ray.metrics import (
     purity,
     size_entropy,
 )
+from deimos_ray.scoring import sample_sizes
 
 
 def test_accuracy_uses_best_one_to_one_matching():
@@ -104,3 +105,9 @@ def test_all_scores_and_table():
     assert s["accuracy"] == 1.0
     table = format_table({"dec": s, "kmeans": s})
     assert "accuracy" in table.splitlines()[1] and "kmeans" in table.splitlines()[0]
+
+
+def test_the_score_table_states_the_rows_each_part_used():
+    assert sample_sizes(75_000, 2000) == {"rows": 75_000, "silhouette_and_dunn": 2000, "kmeans_fit": 50_000,
+                                          "ward_fit": 10_000}
+    assert sample_sizes(300, 2000, ward=False) == {"rows": 300, "silhouette_and_dunn": 300, "kmeans_fit": 300}
