@@ -57,6 +57,9 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
     p.add_argument("--tile", type=int, help="cut images into TILE x TILE tiles (large exposures); "
                    "each tile is a row grouped with its source image")
     p.add_argument("--stride", type=int, help="step between tiles (default TILE: no overlap)")
+    p.add_argument("--crop", metavar="F|auto", help="before resizing keep the central fraction F of "
+                   "each side (0 < F <= 1), or 'auto': each image's object, found against its border "
+                   "(centred cutouts); the rows record the box kept")
     p.add_argument("--metadata", help="CSV of per-image metadata joined onto the rows")
     p.add_argument("--metadata-key", help="the CSV column holding the image id (default 'id')")
     p.add_argument("--metadata-features", nargs="+", metavar="COL",
@@ -113,7 +116,7 @@ def restart_overrides(args: argparse.Namespace) -> dict[str, Any]:
 COMMON_FLAGS: dict[str, str] = {
     "data.spec": "--data", "data.image_size": "--image-size", "data.channels": "--channels",
     "data.on_error": "--on-error", "data.limit": "--limit", "data.labels_from_folders": "--labels-from-folders",
-    "data.originals_only": "--originals-only", "data.tile": "--tile", "data.stride": "--stride",
+    "data.originals_only": "--originals-only", "data.tile": "--tile", "data.stride": "--stride", "data.crop": "--crop",
     "data.metadata": "--metadata", "data.metadata_key": "--metadata-key",
     "data.metadata_features": "--metadata-features", "data.metadata_weight": "--metadata-weight",
     "features.backbone": "--backbone", "features.weights": "--backbone-weights",

@@ -17,6 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ON_ERROR_CHOICES = ("skip", "fail")
+CROP_AUTO = "auto"  # data.crop: each image's object (deimos_ray.data.crop.object_box)
+
+
+def parse_crop(value: float | str | None) -> float | str | None:
+    """``None``, ``"auto"`` or a fraction in (0, 1] (also given as text).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None or value == CROP_AUTO:
+        return value
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.crop must be a fraction in (0, 1] or 'auto', got {value!r}") from None
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.crop must be a fraction in (0, 1] or 'auto', got {value!r}")
+    return fraction
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,10 @@ class DataConfig:
             browse products); each tile is a row whose ``group`` is its source image.
         stride: Step between tiles (default ``tile``: no overlap). Tiles that would
             run past the image's edge are not cut.
+        crop: Before resizing, keep the central fraction of each side (a number in
+            (0, 1]) or each image's object (``auto``, for centred cutouts:
+            :func:`deimos_ray.data.crop.object_box`); None keeps the whole image. The
+            rows record the box kept (``crop_top`` ... ``crop_note``).
         max_pixels: Images with more pixels are rejected (decompression bombs); Pillow's
             own limit follows it.
         max_tiles: Tiles one image may be cut into; an image that would give more is
@@ -69,6 +91,7 @@ class DataConfig:
     gz_spiral: float = 0.8
     tile: int | None = None
     stride: int | None = None
+    crop: float | str | None = None
     max_pixels: int = 50_000_000
     max_tiles: int = 10_000
     max_member_bytes: int = 256 * 2**20
@@ -93,6 +116,9 @@ class DataConfig:
             raise ValueError(f"data.tile must be at least 4 pixels, got {self.tile}")
         if self.stride is not None and (self.tile is None or self.stride < 1):
             raise ValueError("data.stride needs data.tile and must be >= 1")
+        object.__setattr__(self, "crop", parse_crop(self.crop))
+        if self.crop is not None and self.tile is not None:
+            raise ValueError("data.crop keeps part of a whole image; it does not apply to tiles (data.tile)")
         if self.metadata_features and not self.metadata:
             raise ValueError("data.metadata_features needs data.metadata (a CSV file)")
         if self.max_pixels < 1:

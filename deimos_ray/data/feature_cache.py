@@ -40,6 +40,7 @@ from deimos_ray.data.sources.base import Source
 
 # The one data setting that changes nothing the cache holds: how failures are handled.
 NOT_IN_KEY = ("on_error",)
+ADDED_SINCE = {"crop": None}  # data settings newer than the key's format: left out at their default
 FEATURES_FILE, REJECTED_FILE, INFO_FILE = "features.parquet", "rejected.parquet", "info.json"
 
 
@@ -80,6 +81,9 @@ def source_fingerprint(source: Source) -> str:
 def cache_key(source: Source, data_cfg: Any, features_cfg: Any, image_size: int) -> str:
     """The entry's name: a digest of what the features depend on (module docstring)."""
     data = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in NOT_IN_KEY}
+    for name, default in ADDED_SINCE.items():  # so entries written before the field stay found
+        if data.get(name) == default:
+            del data[name]
     if data_cfg.metadata:
         st = os.stat(data_cfg.metadata)
         data["metadata_file"] = f"{st.st_size}:{st.st_mtime_ns}"

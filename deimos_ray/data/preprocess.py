@@ -23,6 +23,7 @@ import ray
 from PIL import Image, ImageOps
 from ray.data.expressions import col, lit
 
+from deimos_ray.data.crop import AUTO, Box, crop_box
 from deimos_ray.data.sources.archive import open_zip
 from deimos_ray.data.sources.base import PIXEL_COLUMNS
 
@@ -32,6 +33,8 @@ REJECTED_COLUMNS = ["id", "path", "reason", "stage"]  # what rejected.parquet ke
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels are turned
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PREPROCESS_BATCH = 256  # images a decode task: a fraction of a second each, so tasks spread
+CROP_COLUMNS = ("crop_top", "crop_left", "crop_bottom", "crop_right")  # fractions of the side
+CROP_NOTE = "crop_note"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ImageSpec:
     stride: int | None = None
     max_pixels: int = 50_000_000
     max_tiles: int = 10_000
+    crop: float | str | None = None  # deimos_ray.data.crop: a central fraction, "auto" or None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,7 +67,7 @@ def resolve_image_spec(source_shape: tuple[int, ...] | None, cfg) -> ImageSpec:
     else:
         size = (DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE)
     stride = cfg.stride or cfg.tile
-    return ImageSpec(size, cfg.channels, cfg.tile, stride, cfg.max_pixels, cfg.max_tiles)
+    return ImageSpec(size, cfg.channels, cfg.tile, stride, cfg.max_pixels, cfg.max_tiles, cfg.crop)
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -79,9 +83,26 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out)
 
 
-def convert_arrays(images: np.ndarray, spec: ImageSpec) -> np.ndarray:
-    """(B, H, W, C) array batch -> (B, C', H', W') float32 in [0, 1] per ``spec``."""
-    return _fit(np.ascontiguousarray(to_unit_float(images).transpose(0, 3, 1, 2)), spec)
+def convert_arrays(images: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, list[tuple[Box, str]]]:
+    """(B, H, W, C) array batch -> (B, C', H', W') float32 in [0, 1] per ``spec``, and
+    each image's crop box and note (none without ``spec.crop``)."""
+    x = np.ascontiguousarray(to_unit_float(images).transpose(0, 3, 1, 2))
+    if spec.crop is None:
+        return _fit(x, spec), []
+    out, boxes = np.zeros((len(x), *spec.shape), dtype=np.float32), []
+    for i, image in enumerate(x):
+        out[i], box, note = _crop_array(image, spec)
+        boxes.append((box, note))
+    return out, boxes
+
+
+def _crop_array(image: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, Box, str]:
+    """One (C, H, W) image in [0, 1] cropped as ``spec.crop`` says and fitted to ``spec``."""
+    height, width = image.shape[1:]
+    gray = image.mean(axis=0) if spec.crop == AUTO else None
+    (top, left, bottom, right), note = crop_box(gray, height, width, spec.crop)
+    return _fit(np.ascontiguousarray(image[None, :, top:bottom, left:right]), spec)[0], \
+        (top, left, bottom, right), note
 
 
 def _fit(x: np.ndarray, spec: ImageSpec) -> np.ndarray:
@@ -115,12 +136,20 @@ def open_image(file: str = "", member: str = "", data: bytes | None = None) -> I
 
 
 def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -> np.ndarray:
-    """Decode a Pillow image to (C, H, W) float32 in [0, 1].
+    """:func:`decode_image`'s array alone."""
+    return decode_image(img, spec, full_size)[0]
+
+
+def decode_image(img: Image.Image, spec: ImageSpec, full_size: bool = False) -> tuple[np.ndarray, Box | None, str]:
+    """Decode a Pillow image to (C, H, W) float32 in [0, 1], with the crop box it kept
+    (fractions of the height and width: top, left, bottom, right; None without
+    ``spec.crop``) and the crop's note.
 
     8-bit images scale by 255, 16-bit by 65535, 32-bit integer and float images by their
     range. Alpha is dropped, palettes expanded, CMYK converted; an EXIF orientation
     (a camera held sideways) is applied, so the image is seen as it is meant to be; an
-    animated file gives its first frame. Resized to ``spec.size`` unless ``full_size``
+    animated file gives its first frame. Cropped as ``spec.crop`` says
+    (:mod:`deimos_ray.data.crop`), then resized to ``spec.size``, unless ``full_size``
     (tiling cuts the full image first).
 
     Raises:
@@ -130,8 +159,12 @@ def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -
     if img.width * img.height > spec.max_pixels:
         raise ValueError(f"too large: {img.width}x{img.height} pixels exceeds max_pixels={spec.max_pixels}")
     mode = "L" if spec.channels == 1 else "RGB"
-    if img.format == "JPEG" and not full_size:
-        img.draft(mode, spec.size)  # decode at a reduced scale: the cheap win for big JPEGs
+    crop = None if full_size else spec.crop
+    if img.format == "JPEG" and not full_size and crop != AUTO:
+        # Decode at a reduced scale (the cheap win for big JPEGs), still at least the
+        # input's size in the part the crop keeps; auto crops need the full detail.
+        fraction = 1.0 if crop is None else float(crop)
+        img.draft(mode, spec.size if crop is None else tuple(int(np.ceil(s / fraction)) for s in spec.size))
     img.load()
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
@@ -139,14 +172,30 @@ def image_to_array(img: Image.Image, spec: ImageSpec, full_size: bool = False) -
         raw = np.asarray(img)
         arr = raw.astype(np.float32) / 65535.0 if raw.dtype == np.uint16 or img.mode.startswith("I;16") else to_unit_float(raw)
         arr = np.repeat(arr[None], spec.channels, axis=0)
+        if crop is not None:
+            arr, box, note = _crop_array(arr, spec)
+            return arr, _fractions(box, *raw.shape[:2]), note
         if not full_size and arr.shape[1:] != spec.size:
             arr = _fit(arr[None], spec)[0]
-        return arr
+        return arr, None, ""
     img = img.convert(mode)
+    box, note = None, ""
+    if crop is not None:
+        gray = np.asarray(img.convert("L") if img.mode != "L" else img, dtype=np.float32) / 255.0 if crop == AUTO else None
+        (top, left, bottom, right), note = crop_box(gray, img.height, img.width, crop)
+        box = _fractions((top, left, bottom, right), img.height, img.width)
+        img = img.crop((left, top, right, bottom))
     if not full_size and img.size != spec.size[::-1]:
         img = img.resize(spec.size[::-1], Image.BILINEAR, reducing_gap=None)
     arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), box, note
+
+
+def _fractions(box: Box, height: int, width: int) -> tuple[float, float, float, float]:
+    """A pixel box as fractions of the image's height and width (the same whatever
+    scale the image was decoded at)."""
+    top, left, bottom, right = box
+    return top / height, left / width, bottom / height, right / width
 
 
 def decode_file(path: str, spec: ImageSpec) -> np.ndarray:
@@ -173,12 +222,13 @@ def cut_tiles(full: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, list[tuple
     return _fit(tiles, spec), positions
 
 
-def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size: bool) -> np.ndarray:
+def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size: bool
+                ) -> tuple[np.ndarray, Box | None, str]:
     if "image" in batch:
         x = np.ascontiguousarray(to_unit_float(np.asarray(batch["image"][i]))[None].transpose(0, 3, 1, 2))
         if full_size:
-            return _fit(x, ImageSpec(tuple(x.shape[-2:]), spec.channels))[0]
-        return _fit(x, spec)[0]
+            return _fit(x, ImageSpec(tuple(x.shape[-2:]), spec.channels))[0], None, ""
+        return _fit(x, spec)[0], None, ""
     data = batch["bytes"][i] if "bytes" in batch else None
     file = batch["file"][i] if "file" in batch else ""
     member = batch["member"][i] if "member" in batch else ""
@@ -187,7 +237,7 @@ def _decode_one(batch: dict[str, np.ndarray], i: int, spec: ImageSpec, full_size
     except Image.DecompressionBombError as exc:  # Pillow's check, at twice data.max_pixels
         raise ValueError(f"too large: exceeds max_pixels={spec.max_pixels} ({exc})") from exc
     with img:
-        return image_to_array(img, spec, full_size)
+        return decode_image(img, spec, full_size)
 
 
 def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.ndarray]:
@@ -202,17 +252,26 @@ def _preprocess_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str
     n = len(batch["id"])
     ok = np.ones(n, dtype=bool)
     reason = [""] * n
+    boxes = np.full((n, 4), np.nan, dtype=np.float32)
+    notes = [""] * n
     if "image" in batch:  # decoded arrays of one shape: convert the whole batch at once
-        x = convert_arrays(np.asarray(batch["image"]), spec)
+        images = np.asarray(batch["image"])
+        x, kept = convert_arrays(images, spec)
+        for i, (box, note) in enumerate(kept):
+            boxes[i], notes[i] = _fractions(box, *images.shape[1:3]), note
     else:
         x = np.zeros((n, *spec.shape), dtype=np.float32)
         for i in range(n):
             try:
-                x[i] = _decode_one(batch, i, spec, False)
+                x[i], box, notes[i] = _decode_one(batch, i, spec, False)
+                if box is not None:
+                    boxes[i] = box
             except Exception as exc:  # any unreadable input is recorded, never fatal here
                 ok[i], reason[i] = False, f"{type(exc).__name__}: {exc}"
     out = {k: v for k, v in batch.items() if k not in PIXEL_COLUMNS}
     out.update(x=x, ok=ok, reason=np.array(reason), stage=np.full(n, "decode"), _source_id=batch["id"])
+    if spec.crop is not None:
+        out.update({name: boxes[:, j] for j, name in enumerate(CROP_COLUMNS)}, **{CROP_NOTE: np.array(notes)})
     return out
 
 
@@ -224,7 +283,7 @@ def _tile_batch(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.n
     for i in range(len(batch["id"])):
         source_id = batch["id"][i]
         try:
-            tiles, positions = cut_tiles(_decode_one(batch, i, spec, True), spec)
+            tiles, positions = cut_tiles(_decode_one(batch, i, spec, True)[0], spec)
             outputs = [(f"{source_id}@y{y}x{x}", source_id, t, y, x) for t, (y, x) in zip(tiles, positions, strict=True)]
             ok, reason = True, ""
         except Exception as exc:  # any unreadable input is recorded, never fatal here

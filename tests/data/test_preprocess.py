@@ -50,7 +50,7 @@ def test_array_conversion_scales_by_dtype_and_resizes():
     assert to_unit_float(np.array([0, 65535], np.uint16)).tolist() == [0.0, 1.0]
     rgb = np.zeros((2, 8, 8, 3), np.uint8)
     rgb[..., 0] = 255
-    out = convert_arrays(rgb, ImageSpec((4, 4), 1))
+    out, _ = convert_arrays(rgb, ImageSpec((4, 4), 1))
     assert out.shape == (2, 1, 4, 4) and out.max() == pytest.approx(0.299, rel=1e-3)
 
 
