@@ -13,7 +13,14 @@ from PIL import Image
 from deimos_ray.config import DataConfig, FeatureConfig
 from deimos_ray.data.crop import WHOLE_IMAGE_NOTE, centre_box, object_box
 from deimos_ray.data.feature_cache import cache_key
-from deimos_ray.data.preprocess import CROP_COLUMNS, CROP_NOTE, ImageSpec, decode_file, decode_image, preprocess
+from deimos_ray.data.preprocess import (
+    CROP_COLUMNS,
+    CROP_NOTE,
+    ImageSpec,
+    decode_file,
+    decode_image,
+    preprocess,
+)
 from deimos_ray.data.sources import load_source
 
 
