@@ -183,6 +183,7 @@ class ScalingConfig:
 
 
 FEATURE_NORMALIZATIONS = ("standardize", "l2", "none")
+FEATURE_VIEWS = ("none", "rot4", "dihedral")
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,10 @@ class FeatureConfig:
             on a GPU; a CPU runs them 16 at a time).
         actors: Backbone replicas (default: one per GPU with ``scaling.use_gpu``, else
             one per CPU of the cluster).
+        views: ``none`` (the image as it is), ``rot4`` (the mean of the features of its
+            four right-angle rotations: invariant to rotation) or ``dihedral`` (the eight
+            rotations and reflections: invariant to both), for images with no up
+            (orbital tiles, the sky). Each view costs one forward pass.
     """
 
     backbone: str = "none"
@@ -216,8 +221,13 @@ class FeatureConfig:
     cache: str | None = None
     batch_size: int = 64
     actors: int | None = None
+    views: str = "none"
 
     def __post_init__(self) -> None:
+        if self.views not in FEATURE_VIEWS:
+            raise ValueError(f"features.views must be one of {FEATURE_VIEWS}, got {self.views!r}")
+        if self.views != "none" and self.backbone == "none":
+            raise ValueError("--views pools a backbone's features; it needs --backbone")
         if self.normalize not in FEATURE_NORMALIZATIONS:
             raise ValueError(f"features.normalize must be one of {FEATURE_NORMALIZATIONS}, got {self.normalize!r}")
         if self.backbone == "none" and (self.weights or self.image_size):

@@ -90,7 +90,7 @@ def test_a_settings_error_stops_the_job_before_the_run_folder_is_touched(tmp_pat
 @pytest.mark.slow
 @smoke_may_collapse
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
+def test_every_algorithm_runs_on_cropped_rotation_pooled_backbone_features(ray_session, tmp_path, name):
     images = tmp_path / "images"
     images.mkdir()
     good = write_image_folder(images, n_good=16)
@@ -98,7 +98,7 @@ def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
     algorithm = ALGORITHMS[name]
     settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
                 "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
-                "features.image_size": 32, **OWN_SETTINGS[name]}
+                "features.image_size": 32, "data.crop": "auto", "features.views": "rot4", **OWN_SETTINGS[name]}
     cfg = override_all(algorithm.config_class(), settings)
     metrics = run_training_job(algorithm, cfg, tmp_path / "run")
 
@@ -113,6 +113,7 @@ def test_every_algorithm_runs_on_backbone_features(ray_session, tmp_path, name):
     assert stats["mean"].shape == stats["std"].shape == (1280,)
     rows = pq.read_table(tmp_path / "run" / "assignments").to_pandas()
     assert len(rows) == len(good) and rows["cluster"].between(0, 2).all()
+    assert rows["crop_bottom"].gt(rows["crop_top"]).all() and "crop_note" in rows  # what the crop kept
     assert [p.name for p in (tmp_path / "run" / "features").iterdir()][0].startswith("efficientnet_lite0-32-")
 
 

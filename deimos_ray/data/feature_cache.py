@@ -95,6 +95,8 @@ def cache_key(source: Source, data_cfg: Any, features_cfg: Any, image_size: int)
         "image_size": image_size,
         "version": deimos_ray.__version__,
     }
+    if features_cfg.views != "none":  # entries written before views existed stay found
+        parts["views"] = features_cfg.views
     text = json.dumps(parts, sort_keys=True, default=str)
     return f"{features_cfg.backbone.replace(':', '-')}-{image_size}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 

@@ -4,7 +4,10 @@ preprocessed images ``x`` (C, H, W) to feature vectors ``x`` (D,).
 
 One actor per GPU when the stage runs on GPUs (bf16 there), else one single-threaded
 actor per CPU of the cluster, each decoding its own blocks: on CPUs, processes beat
-threads, and the decode is a hundredth of the forward pass. A batch that fails is
+threads, and the decode is a hundredth of the forward pass. With ``views`` (``rot4``,
+``dihedral``) each image's features are the mean over its rotations (and reflections):
+on a GPU all views of a batch go through the backbone as one batch; on a CPU view by
+view, so ``rot4`` costs four forward passes an image and ``dihedral`` eight. A batch that fails is
 retried image by image, and an image that still fails is flagged (``ok``, ``reason``,
 ``stage="features"``) like a decode failure, so it is recorded as rejected and no input
 is lost.
@@ -23,12 +26,24 @@ from deimos_ray.models.backbones import load_backbone
 # Images per forward pass on a CPU: EfficientNet-Lite0 at 224 px on one thread ran 36
 # images/s in batches of 16 and 24 in batches of 64 (activations that fit the cache).
 CPU_FORWARD_BATCH = 16
+# (right-angle turns, mirrored) of each view set.
+VIEWS = {"none": [(0, False)], "rot4": [(k, False) for k in range(4)],
+         "dihedral": [(k, flip) for flip in (False, True) for k in range(4)]}
+
+
+def view_of(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """(B, C, H, W) images mirrored left-right (when ``mirrored``), then turned by
+    ``turns`` right angles."""
+    images = images.flip(-1) if mirrored else images
+    return torch.rot90(images, turns, dims=(-2, -1)) if turns else images
 
 
 class FeatureExtractor:
     """Ray Data actor: loads the backbone once, then maps batches of ``x`` to features."""
 
-    def __init__(self, name: str, weights: str | None, image_size: int | None, use_gpu: bool = False):
+    def __init__(self, name: str, weights: str | None, image_size: int | None, use_gpu: bool = False,
+                 views: str = "none"):
+        self.views = VIEWS[views]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         backbone = load_backbone(name, weights, image_size)
@@ -51,10 +66,20 @@ class FeatureExtractor:
             return self.backbone(images).float().cpu().numpy()
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) images in [0, 1] -> (B, D) float32 features."""
+        """(B, C, H, W) images in [0, 1] -> (B, D) float32 features (the mean over the
+        views, when there are several)."""
         step = self.step or len(x)
-        out = [self.forward(self.to_device(x[start:start + step])) for start in range(0, len(x), step)]
+        out = [self.pooled(self.to_device(x[start:start + step])) for start in range(0, len(x), step)]
         return np.concatenate(out) if out else np.zeros((0, self.out_dim), np.float32)
+
+    def pooled(self, images: torch.Tensor) -> np.ndarray:
+        """The mean of the features of every view of ``images`` (on the device)."""
+        if len(self.views) == 1:
+            return self.forward(images)
+        if self.device.type == "cuda":  # one batch of every view
+            views = torch.cat([view_of(images, *v) for v in self.views])
+            return self.forward(views).reshape(len(self.views), len(images), -1).mean(axis=0)
+        return np.mean([self.forward(view_of(images, *v)) for v in self.views], axis=0)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["x"])
@@ -84,7 +109,7 @@ class FeatureExtractor:
 
 def extract_features(ds: ray.data.Dataset, name: str, weights: str | None = None,
                      image_size: int | None = None, use_gpu: bool = False, actors: int | None = None,
-                     batch_size: int = 64) -> ray.data.Dataset:
+                     batch_size: int = 64, views: str = "none") -> ray.data.Dataset:
     """Replace every row's ``x`` by its ``name`` backbone features, flagging failures.
 
     Args:
@@ -93,6 +118,7 @@ def extract_features(ds: ray.data.Dataset, name: str, weights: str | None = None
         use_gpu: One GPU per actor.
         actors: Backbone replicas (default: the cluster's GPUs with ``use_gpu``, else its CPUs).
         batch_size: Images per block handed to an actor (and per forward pass on a GPU).
+        views: ``none``, ``rot4`` or ``dihedral`` (module docstring).
 
     Returns:
         The rows with ``x`` = (D,) float32 features and ``ok``/``reason``/``stage`` flags.
@@ -101,7 +127,7 @@ def extract_features(ds: ray.data.Dataset, name: str, weights: str | None = None
         actors = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)))
     return ds.map_batches(
         FeatureExtractor,
-        fn_constructor_args=(name, weights, image_size, use_gpu),
+        fn_constructor_args=(name, weights, image_size, use_gpu, views),
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),

@@ -179,7 +179,7 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
         processed = preprocess(ds, spec, batch_size=batch)
         if features.enabled:
             processed = extract_features(processed, features.backbone, features.weights, spec.size[0],
-                                         use_gpu, features.actors, features.batch_size)
+                                         use_gpu, features.actors, features.batch_size, features.views)
             # The cache entry is written from the driver anyway: split the rows there
             # rather than in two more Ray Data passes.
             table = pa.concat_tables(ray.get(processed.materialize().to_arrow_refs()), promote_options="default")

@@ -69,7 +69,7 @@ def test_the_rows_record_what_the_crop_kept(ray_session, tmp_path):
     assert by_name["flat.png"][CROP_NOTE] == WHOLE_IMAGE_NOTE
 
 
-def test_the_crop_is_part_of_the_feature_cache_key(tmp_path):
+def test_the_crop_and_the_views_are_part_of_the_feature_cache_key(tmp_path):
     Image.fromarray(disc()).save(tmp_path / "disc.png")
     plain = DataConfig(spec=str(tmp_path))
     source = load_source(plain)
@@ -77,6 +77,9 @@ def test_the_crop_is_part_of_the_feature_cache_key(tmp_path):
     keys = {crop: cache_key(source, dataclasses.replace(plain, crop=crop), features, 224) for crop in (None, 0.5, "auto")}
     assert len(set(keys.values())) == 3
     assert keys[0.5] == cache_key(source, dataclasses.replace(plain, crop=0.5), features, 224)
+    views = {v: cache_key(source, plain, FeatureConfig(backbone="efficientnet_lite0", views=v), 224)
+             for v in ("none", "rot4", "dihedral")}
+    assert len(set(views.values())) == 3 and views["none"] == keys[None]
 
 
 @pytest.mark.parametrize("bad", ["0", "1.5", "middle", -0.2])

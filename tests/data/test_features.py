@@ -44,3 +44,15 @@ def test_a_cpu_extractor_runs_a_large_batch_in_forward_passes_of_16_with_the_sam
         whole = load_backbone("efficientnet_lite0", image_size=32)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(extractor.features(x), whole, rtol=1e-4, atol=1e-5)
     assert extractor.features(x[:0]).shape == (0, 1280)
+
+
+def test_pooled_views_are_the_same_for_an_image_and_its_rotation_or_mirror_image():
+    x = np.random.default_rng(2).random((3, 1, 32, 32)).astype(np.float32)
+    turned, mirrored = np.rot90(x, 1, axes=(-2, -1)).copy(), x[..., ::-1].copy()
+    rot4 = FeatureExtractor("efficientnet_lite0", None, 32, views="rot4")
+    np.testing.assert_allclose(rot4.features(turned), rot4.features(x), rtol=1e-4, atol=1e-5)
+    plain = FeatureExtractor("efficientnet_lite0", None, 32).features(x)
+    assert not np.allclose(plain, rot4.features(x), atol=1e-3)  # the views do change the features
+    dihedral = FeatureExtractor("efficientnet_lite0", None, 32, views="dihedral")
+    for other in (turned, mirrored):
+        np.testing.assert_allclose(dihedral.features(other), dihedral.features(x), rtol=1e-4, atol=1e-5)
