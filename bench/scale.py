@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -87,10 +88,13 @@ def build_collection(n: int, cache: Path) -> Path:
 
 class PeakMemory:
     """Samples, every 0.5 s while a job runs, the resident memory of its driver, of its
-    largest Ray Train worker, and the use of /dev/shm (Ray's object store)."""
+    largest Ray Train worker, and the use of /dev/shm (Ray's object store); with
+    ``gpu``, also the GPU's utilisation (``nvidia-smi``) with the time of each sample."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, gpu: bool = False):
         self.driver = psutil.Process(pid)
+        self.gpu = gpu
+        self.gpu_samples: list[tuple[float, float]] = []
         self.peaks = {"driver_mb": 0.0, "worker_mb": 0.0, "store_mb": 0.0}
         self.base_shm = shutil.disk_usage("/dev/shm").used
         self.stop = threading.Event()
@@ -108,6 +112,12 @@ class PeakMemory:
                 pass
             used = (shutil.disk_usage("/dev/shm").used - self.base_shm) / 2**20
             self.peaks["store_mb"] = max(self.peaks["store_mb"], used)
+            if self.gpu:
+                query = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                       capture_output=True, text=True)
+                if query.returncode == 0 and query.stdout.strip():
+                    busy = np.mean([float(v) for v in query.stdout.split()])
+                    self.gpu_samples.append((time.perf_counter(), float(busy)))
 
     def done(self) -> dict[str, float]:
         self.stop.set()
@@ -115,15 +125,33 @@ class PeakMemory:
         return self.peaks
 
 
-def run_job(job: str, data: Path, out: Path, settings: list[str]) -> dict:
+STAGE_LINE = re.compile(r"^\[\S+\] (.+) \((\d+(?:\.\d+)?) s\)$")  # deimos_ray.progress.stage_line
+
+
+def gpu_shares(lines: list[tuple[float, str]], samples: list[tuple[float, float]]) -> dict[str, float]:
+    """{stage: mean GPU utilisation % over its window}: each stage line printed at time
+    t after s seconds of work covers [t - s, t]."""
+    shares = {}
+    for t, line in lines:
+        match = STAGE_LINE.match(line.strip())
+        if match:
+            start = t - float(match.group(2))
+            inside = [busy for when, busy in samples if start <= when <= t]
+            shares[match.group(1)] = float(np.mean(inside)) if inside else float("nan")
+    return shares
+
+
+def run_job(job: str, data: Path, out: Path, settings: list[str], gpu: bool = False) -> dict:
     """Run ``job`` on ``data`` into ``out`` with the extra ``--set`` ``settings``: wall
-    time, stage times, peaks, accounting."""
+    time, stage times, peaks, accounting (and with ``gpu`` each stage's GPU use)."""
     t0 = time.perf_counter()
     extra = [a for s in settings for a in ("--set", s)]
     process = subprocess.Popen([sys.executable, *JOBS[job], *extra, "--data", str(data), "--out", str(out)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    memory = PeakMemory(process.pid)
-    output, _ = process.communicate()
+    memory = PeakMemory(process.pid, gpu)
+    lines = [(time.perf_counter(), line) for line in process.stdout]  # timed, for the GPU's shares
+    process.wait()
+    output = "".join(line for _, line in lines)
     wall = time.perf_counter() - t0
     peaks = memory.done()
     if process.returncode != 0:
@@ -132,7 +160,8 @@ def run_job(job: str, data: Path, out: Path, settings: list[str]) -> dict:
     timings = metrics["timings_s"]
     stages = {name: timings.get(name, 0.0) for name in STAGES[:-1]}
     stages["report_s"] = max(0.0, wall - sum(stages.values()))  # start-up, report and the rest
-    return {"wall_s": wall, **stages, **peaks, "accounted": metrics["accounting"]["inputs"]
+    return {"wall_s": wall, **stages, **peaks, "gpu": gpu_shares(lines, memory.gpu_samples) if gpu else {},
+            "accounted": metrics["accounting"]["inputs"]
             == metrics["accounting"]["assigned"] + metrics["accounting"]["rejected"]}
 
 
@@ -141,6 +170,8 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[7500, 25000, 75000])
     p.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=sorted(JOBS))
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "deimos_ray_scale")
+    p.add_argument("--gpu", action="store_true", help="also sample the GPU's utilisation and print "
+                   "each stage's mean (give --set scaling.use_gpu=true for the jobs to use it)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every job, e.g. scaling.in_memory_mb=0 (stream the rows at every N)")
     args = p.parse_args()
@@ -150,7 +181,7 @@ def main() -> None:
         data = build_collection(n, args.cache)
         for job in args.jobs:
             with tempfile.TemporaryDirectory() as tmp:
-                results[job, n] = run_job(job, data, Path(tmp) / "run", args.settings)
+                results[job, n] = run_job(job, data, Path(tmp) / "run", args.settings, args.gpu)
                 print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
 
     head = (f"{'job':<7}{'rows':>7}{'cap':>16}{'read+feat':>10}{'train':>8}{'assign':>8}{'scores':>8}{'rest':>7}"
@@ -171,6 +202,10 @@ def main() -> None:
         worst_time = max(worst_time, results[job, sizes[-1]]["wall_s"] / (base["wall_s"] * sizes[-1] / base_n))
         if base["worker_mb"] > 0:
             worst_memory = max(worst_memory, results[job, sizes[-1]]["worker_mb"] / base["worker_mb"])
+    if args.gpu:
+        print("\nGPU utilisation, mean % over each stage (nvidia-smi every 0.5 s):")
+        for (job, n), r in results.items():
+            print(f"{job:<7}{n:>7}  " + "  ".join(f"{stage}: {busy:.0f}" for stage, busy in r["gpu"].items()))
     print(f"linear {worst_time:.2f} {worst_memory:.2f}")
 
 
