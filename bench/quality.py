@@ -29,9 +29,12 @@ Methods: ``dac`` is the paper's algorithm (the job's default), ``dac-reference``
 reference code's training (``--recipe reference``), ``dac-reference-restarts4`` four
 trainings of it combined by consensus, ``dac-finetune`` the paper's algorithm training the
 backbone under its head (``--fine-tune-backbone``; with ``--backbones`` only); ``dec``
-and ``idec``; ``desom-8x8`` the paper's 8x8 map grouped into as many clusters as the data
-set has classes, and
-``desom-8x8-restarts8`` eight of them voting. ``hirise`` is the 1,096 original HiRISE
+and ``idec``, ``dec-start`` and ``idec-start`` with the target's size prior taken from
+the k-means start (``model.size_prior=start``), ``dec-kmeans-start`` DEC's own start
+(``model.epochs=0``: k-means on the pretrained embedding); ``desom-8x8`` the paper's 8x8
+map grouped into as many clusters as the data set has classes, and
+``desom-8x8-restarts8`` eight of them voting. ``imbalanced`` is a constructed uneven set
+(:func:`write_imbalanced`: groups of 600, 60, 50, 40 and 30 rows in 64 dimensions). ``hirise`` is the 1,096 original HiRISE
 landmarks (augmented copies dropped, 8 classes, of which "other" is most) at 32x32; DAC
 there adds rotations and flips to its views, since orbital images have no preferred
 orientation. ``gz2-spirals`` is the 2,000 Galaxy Zoo 2 colour cutouts, spiral or not, at
@@ -51,6 +54,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -64,6 +69,23 @@ from deimos_ray.runtime import init_ray, local_cpus_needed  # noqa: E402
 USPS = ROOT.parent / "shared" / "data" / "usps.npz"
 HIRISE = ROOT.parent / "shared" / "data" / "hirise-map-proj-v3"
 GZ2 = ROOT.parent / "shared" / "data" / "gz2-spirals"
+IMBALANCED = Path(tempfile.gettempdir()) / "deimos_ray_imbalanced.npz"
+IMBALANCED_SIZES = (600, 60, 50, 40, 30)  # one large group and four small ones
+
+
+def write_imbalanced(path: Path = IMBALANCED, seed: int = 0, dims: int = 64) -> Path:
+    """The constructed uneven set: Gaussian groups of ``IMBALANCED_SIZES`` rows in
+    ``dims`` dimensions (centres N(0, 1.2^2), unit spread), scaled to [0, 1] as a whole
+    and stored as 8x8 images with their labels (seeded: the same file every time)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (len(IMBALANCED_SIZES), dims)) * 1.2
+    x = np.concatenate([c + rng.normal(0, 1.0, (n, dims)) for c, n in zip(centres, IMBALANCED_SIZES, strict=True)])
+    labels = np.concatenate([[i] * n for i, n in enumerate(IMBALANCED_SIZES)])
+    x = (x - x.min()) / (x.max() - x.min())
+    side = int(np.sqrt(dims))
+    np.savez(path, images=x.reshape(-1, side, side).astype(np.float32), labels=labels)
+    return path
+
 
 # Per-dataset settings; DEC's update interval of 30 on USPS is its reference code's.
 DATASETS = {
@@ -72,8 +94,9 @@ DATASETS = {
     "hirise": {"data.spec": str(HIRISE), "data.originals_only": True, "data.image_size": 32},
     "gz2-spirals": {"data.spec": str(GZ2), "data.labels_from_folders": True, "data.channels": 3,
                     "data.image_size": 32},
+    "imbalanced": {"data.spec": str(IMBALANCED)},
 }
-CLASSES = {"digits": 10, "usps": 10, "hirise": 8, "gz2-spirals": 2}
+CLASSES = {"digits": 10, "usps": 10, "hirise": 8, "gz2-spirals": 2, "imbalanced": len(IMBALANCED_SIZES)}
 PER_ALGORITHM = {
     ("dec", "usps"): {"model.update_interval": 30},
     ("dac", "hirise"): {"model.augmentation.rotate90": True, "model.augmentation.hflip": True,
@@ -89,6 +112,9 @@ METHODS = {
     "dac-finetune": ("dac", {"model.fine_tune_backbone": True}),
     "dec": ("dec", {"model.variant": "dec"}),
     "idec": ("dec", {"model.variant": "idec"}),
+    "dec-start": ("dec", {"model.variant": "dec", "model.size_prior": "start"}),
+    "idec-start": ("dec", {"model.variant": "idec", "model.size_prior": "start"}),
+    "dec-kmeans-start": ("dec", {"model.variant": "dec", "model.epochs": 0}),  # DEC's own start (AE+k-means)
     "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
     "desom-8x8-restarts8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}", "restarts.count": 8}),
 }
@@ -228,6 +254,8 @@ def main() -> int:
     except ValueError as e:
         p.error(str(e))
 
+    if "imbalanced" in args.datasets:
+        write_imbalanced()
     paths = {"usps": USPS, "hirise": HIRISE, "gz2-spirals": GZ2}
     datasets = [d for d in args.datasets if d not in paths or paths[d].exists()]
     for d in sorted(set(args.datasets) - set(datasets)):

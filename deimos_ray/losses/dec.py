@@ -32,17 +32,29 @@ def soft_assignment(z: torch.Tensor, centres: torch.Tensor, alpha: float = 1.0) 
     return kernel / kernel.sum(dim=1, keepdim=True)
 
 
-def target_distribution(q: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-    """Auxiliary target p from q and the dataset-wide cluster frequencies (DEC eq. 3).
+def target_distribution(q: torch.Tensor, frequencies: torch.Tensor, prior: torch.Tensor | None = None,
+                        power: float = 1.0) -> torch.Tensor:
+    """Auxiliary target p from q and the dataset-wide cluster frequencies (DEC eq. 3),
+    optionally against a size prior:
+
+        p_ij = w_ij / sum_j' w_ij',   w_ij = q_ij^2 / (f_j / pi_j)^power
+
+    With a uniform prior and ``power`` 1 (the defaults) this is the paper's eq. 3: the
+    division by f_j keeps large clusters from taking over, and so pulls towards equal
+    sizes. A prior pi (the cluster shares at the k-means start) makes the pull towards
+    those shares instead; ``power`` 0 drops the frequency term (sharpening only).
 
     Args:
         q: Soft assignments of some samples, (B, K).
         frequencies: f_j = sum of q_ij over ALL samples of the dataset, (K,).
+        prior: pi_j, (K,) summing to 1; None: uniform (the paper).
+        power: The frequency term's exponent (the paper: 1).
 
     Returns:
         p: (B, K), rows sum to 1; no gradient flows through it.
     """
-    weight = q.pow(2) / frequencies  # (B, K)
+    scale = frequencies if prior is None else frequencies / prior
+    weight = q.pow(2) / scale.pow(power)  # (B, K)
     return (weight / weight.sum(dim=1, keepdim=True)).detach()
 
 

@@ -32,6 +32,7 @@ VARIANTS = ("dec", "idec")
 AUTOENCODERS = ("dense", "conv")
 PRETRAIN_MODES = ("layerwise", "end_to_end")
 OPTIMIZERS = ("sgd", "adam")
+SIZE_PRIORS = ("uniform", "start")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class DECConfig:
             50,000 iterations), 1e-3 with Adam (IDEC).
         dropout: Input and hidden dropout of the layer-wise denoising stages (DEC: 0.2).
         epochs: Upper bound on clustering epochs (passes over the data); training
-            usually stops earlier on ``tol``.
+            usually stops earlier on ``tol``. 0: the k-means start is the model (the
+            DEC paper's "AE+k-means" baseline).
         batch_size: Mini-batch size per step, global across workers (DEC/IDEC: 256).
         lr: Clustering learning rate. ``None``: 0.01 (SGD, momentum 0.9) for DEC as in
             its paper, 1e-3 (Adam) for IDEC as in its paper.
@@ -73,6 +75,12 @@ class DECConfig:
         kmeans_n_init: Restarts of the k-means that initialises the centres (DEC: 20).
         kmeans_max_samples: Embeddings gathered for the k-means initialisation; larger
             datasets are subsampled (seeded) so rank 0 never holds them all.
+        size_prior: What the target's frequency term pulls the cluster sizes towards
+            (:func:`deimos_ray.losses.dec.target_distribution`): ``uniform`` (the paper:
+            equal sizes) or ``start`` (the shares of the k-means start, for collections
+            whose classes are uneven). Not in the papers.
+        frequency_power: The exponent of the target's frequency term (the paper: 1; 0
+            sharpens q without any pull on the sizes). Not in the papers.
     """
 
     n_clusters: int = 10
@@ -93,6 +101,8 @@ class DECConfig:
     gamma: float = 0.1
     kmeans_n_init: int = 20
     kmeans_max_samples: int = 50_000
+    size_prior: str = "uniform"
+    frequency_power: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,6 +110,8 @@ class DECConfig:
             (self.variant in VARIANTS, f"model.variant must be one of {VARIANTS}"),
             (self.autoencoder in AUTOENCODERS, f"model.autoencoder must be one of {AUTOENCODERS}"),
             (self.pretrain in PRETRAIN_MODES, f"model.pretrain must be one of {PRETRAIN_MODES}"),
+            (self.size_prior in SIZE_PRIORS, f"model.size_prior must be one of {SIZE_PRIORS}"),
+            (self.frequency_power >= 0, f"model.frequency_power must be >= 0, got {self.frequency_power}"),
             (
                 not (self.autoencoder == "conv" and self.pretrain == "layerwise"),
                 "model.pretrain=layerwise needs the dense autoencoder; use end_to_end with conv",

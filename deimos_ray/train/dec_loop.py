@@ -58,9 +58,10 @@ def global_cluster_frequencies(q_local: torch.Tensor) -> torch.Tensor:
 
 
 def compute_target(
-    model: DEC, x_local: torch.Tensor, device: torch.device
+    model: DEC, x_local: torch.Tensor, device: torch.device, prior: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Target distribution for this worker's rows from the dataset-wide frequencies.
+    """Target distribution for this worker's rows from the dataset-wide frequencies
+    (against ``prior``, the size prior: None uniform, the paper).
 
     Returns:
         p_local: (N_local, K) targets for this shard.
@@ -69,7 +70,7 @@ def compute_target(
     """
     q = soft_assign_all(model, x_local, device)
     f = global_cluster_frequencies(q)
-    return target_distribution(q, f), q.argmax(dim=1), f
+    return target_distribution(q, f, prior, model.cfg.frequency_power), q.argmax(dim=1), f
 
 
 @torch.no_grad()
@@ -92,13 +93,20 @@ def stream_target(model: DEC, previous: DEC | None, rows: StreamingRows,
 
 
 @torch.no_grad()
-def batch_target(model: DEC, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+def batch_target(model: DEC, x: torch.Tensor, f: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
     """p for one batch from the target model and the global f (the rows' p does not
     depend on the other rows of the batch)."""
     model.eval()
     q = model(x)[1]
     model.train()
-    return target_distribution(q, f.to(q.device))
+    return target_distribution(q, f.to(q.device), None if prior is None else prior.to(q.device),
+                               model.cfg.frequency_power)
+
+
+def start_prior(cfg: DECConfig, f: torch.Tensor) -> torch.Tensor | None:
+    """The size prior of the clustering phase from the frequencies at its start (the
+    k-means centres): their shares with ``size_prior: start``, else None (uniform)."""
+    return f / f.sum() if cfg.size_prior == "start" else None
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -311,27 +319,37 @@ def cluster(
     resumed_at = None
     target_model = copy.deepcopy(model)  # the model that defined the current target p
     has_target = False  # once it has, each update counts the labels that changed
-    p_local = labels_prev = f = None
+    p_local = labels_prev = f = prior = None
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, converged = state["epoch"], state["step"], state["converged"]
         target_model.load_state_dict(state["target_model"])
         has_target = True
+        prior = None if state.get("size_prior") is None else torch.tensor(state["size_prior"])
         if rows.in_memory:
-            p_local, labels_prev, f = compute_target(target_model, rows.x, device)
+            p_local, labels_prev, f = compute_target(target_model, rows.x, device, prior)
         else:
             f, _ = stream_target(target_model, None, rows, device)
         delta = state["delta_label"]
         resumed_at = start_epoch
 
     epoch = start_epoch
+    if state is None and cfg.epochs == 0:
+        # No self-training: the k-means start is the model (the DEC paper's "AE+k-means").
+        report_epoch({"phase": "cluster", "epoch": 0, "step": 0, "delta_label": delta},
+                     {**base_state, "phase": "cluster", "epoch": 0, "step": 0, "converged": False,
+                      "delta_label": delta, "model": model.state_dict(), "target_model": model.state_dict(),
+                      "size_prior": None, "optimizer": opt.state_dict()})
     while epoch < cfg.epochs and not converged:
         totals: dict[str, float] = {}
         for idx, columns in rows.epoch(batches, 10_000 + epoch):
             if step % cfg.update_interval == 0:
                 if rows.in_memory:
                     target_model.load_state_dict(model.state_dict())
-                    p_local, labels, f = compute_target(target_model, rows.x, device)
+                    if not has_target and cfg.size_prior == "start":  # the k-means start's shares
+                        prior = start_prior(cfg, global_cluster_frequencies(soft_assign_all(target_model, rows.x,
+                                                                                            device)))
+                    p_local, labels, f = compute_target(target_model, rows.x, device, prior)
                     changed = None if labels_prev is None else int((labels != labels_prev).sum())
                     labels_prev = labels
                 else:
@@ -339,6 +357,8 @@ def cluster(
                     target_model.load_state_dict(model.state_dict())
                     f, changed = stream_target(target_model, previous, rows, device)
                     changed = None if previous is None else changed
+                    if not has_target:
+                        prior = start_prior(cfg, f)
                 has_target = True
                 if changed is not None:
                     delta = global_count(changed) / n_global
@@ -347,7 +367,7 @@ def cluster(
                         _log(f"step {step}: {delta:.4%} of labels changed < tol {cfg.tol:.4%}; stopping")
                         break
             x = columns[FEATURE_COLUMN].to(device)
-            p = p_local[idx].to(device) if rows.in_memory else batch_target(target_model, x, f)
+            p = p_local[idx].to(device) if rows.in_memory else batch_target(target_model, x, f, prior)
             _, q, x_hat = net(x)  # through DDP, so gradients are averaged across workers
             loss, parts = model.loss_from_outputs(x, p, q, x_hat)
             opt.zero_grad()
@@ -384,6 +404,7 @@ def cluster(
                 "delta_label": delta,
                 "model": model.state_dict(),
                 "target_model": target_model.state_dict(),
+                "size_prior": None if prior is None else prior.tolist(),
                 "optimizer": opt.state_dict(),
             } if due else None,
         )

@@ -44,6 +44,20 @@ def test_target_distribution_uses_given_frequencies():
     np.testing.assert_allclose(sub, np_target(q)[:2], rtol=1e-9)
 
 
+def test_a_size_prior_and_the_frequency_power_by_hand():
+    q = torch.tensor([[0.5, 0.5], [0.5, 0.5]], dtype=torch.float64)
+    f = torch.tensor([3.0, 1.0], dtype=torch.float64)  # cluster 0 three times as large
+    uniform = target_distribution(q, f)
+    np.testing.assert_allclose(uniform.numpy(), [[0.25, 0.75]] * 2)  # the paper pulls towards equal sizes
+    np.testing.assert_allclose(target_distribution(q, f, torch.tensor([0.5, 0.5], dtype=torch.float64)),
+                               uniform)  # a uniform prior is the paper's target
+    start = target_distribution(q, f, torch.tensor([0.75, 0.25], dtype=torch.float64))
+    np.testing.assert_allclose(start.numpy(), [[0.5, 0.5]] * 2)  # sizes as the prior says: no pull
+    np.testing.assert_allclose(target_distribution(q, f, power=0.0).numpy(), [[0.5, 0.5]] * 2)
+    half = target_distribution(q, f, power=0.5).numpy()[0, 1]
+    assert half == pytest.approx(1 / (1 + 3**-0.5))
+
+
 def test_target_sharpens_assignments():
     q = torch.tensor([[0.6, 0.4], [0.3, 0.7]], dtype=torch.float64)
     p = target_distribution(q, q.sum(0))
