@@ -7,15 +7,42 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 from PIL import Image
 
 from deimos_ray.data.preprocess import ImageSpec, image_to_array
 from tests.fuzz_images import exif_rotated_jpeg, write_fuzzed_images
 from tests.helpers import load_job, smoke_may_collapse
+
+WORKER_CEILING_MB = 1536  # a Ray worker with torch: 300 to 600 MB; a forged size decoded: gigabytes
+
+
+class PeakWorkerMemory:
+    """The largest resident memory of any Ray worker process (``ray::...``), sampled
+    every 0.2 s while the ``with`` block runs."""
+
+    def __init__(self):
+        self.peak_mb, self.stop = 0.0, threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.stop.wait(0.2):
+            for process in psutil.process_iter(["name", "memory_info"]):
+                if (process.info["name"] or "").startswith("ray::") and process.info["memory_info"]:
+                    self.peak_mb = max(self.peak_mb, process.info["memory_info"].rss / 2**20)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
 @smoke_may_collapse
@@ -26,7 +53,10 @@ def test_a_job_over_fuzzed_files_assigns_or_rejects_every_one(ray_session, tmp_p
     out = tmp_path / "run"
     argv = ["--data", str(images), "--image-size", "16", "--channels", "3", "--smoke-test", "--limit", "10000",
             "--k", "3", "--num-workers", "0", "--out", str(out)]
-    assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    with PeakWorkerMemory() as memory:
+        assert job.main(job.get_args_parser().parse_args(argv)) == 0
+    # The decoding tasks stay within a worker's ceiling: forged sizes are refused unread.
+    assert 0 < memory.peak_mb < WORKER_CEILING_MB, memory.peak_mb
 
     assigned = {Path(p).name for p in pq.read_table(out / "assignments", columns=["path"]).column("path").to_pylist()}
     rejected = pq.read_table(out / "rejected.parquet").to_pandas()
