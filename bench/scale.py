@@ -20,6 +20,10 @@ the largest worker's peak memory between the largest and the smallest N.
 
     .venv/bin/python bench/scale.py                                  # 7,500 / 25,000 / 75,000 (hours on 2 cores)
     .venv/bin/python bench/scale.py --sizes 2500 7500 --jobs dac desom
+    .venv/bin/python bench/scale.py --sizes 7500 75000 --results runs/scale.json   # resumable
+
+With ``--results FILE`` each finished run is saved (under its job, size and settings) and
+a later call with the same settings reuses it, so a long measurement can stop and go on.
 """
 
 from __future__ import annotations
@@ -174,15 +178,24 @@ def main() -> None:
                    "each stage's mean (give --set scaling.use_gpu=true for the jobs to use it)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every job, e.g. scaling.in_memory_mb=0 (stream the rows at every N)")
+    p.add_argument("--results", type=Path, help="save each finished run here and reuse the runs saved "
+                   "with the same job, size and settings")
     args = p.parse_args()
     sizes = sorted(args.sizes)
+    saved = json.loads(args.results.read_text()) if args.results and args.results.is_file() else {}
     results: dict[tuple[str, int], dict] = {}
     for n in sizes:
-        data = build_collection(n, args.cache)
         for job in args.jobs:
-            with tempfile.TemporaryDirectory() as tmp:
-                results[job, n] = run_job(job, data, Path(tmp) / "run", args.settings, args.gpu)
-                print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
+            key = f"{job} {n} {' '.join(args.settings)}{' gpu' if args.gpu else ''}"
+            if key not in saved:
+                data = build_collection(n, args.cache)
+                with tempfile.TemporaryDirectory() as tmp:
+                    saved[key] = run_job(job, data, Path(tmp) / "run", args.settings, args.gpu)
+                if args.results:
+                    args.results.parent.mkdir(parents=True, exist_ok=True)
+                    args.results.write_text(json.dumps(saved, indent=1))
+            results[job, n] = saved[key]
+            print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
 
     head = (f"{'job':<7}{'rows':>7}{'cap':>16}{'read+feat':>10}{'train':>8}{'assign':>8}{'scores':>8}{'rest':>7}"
             f"{'total':>8}{'rows/s':>8}{'driver MB':>10}{'worker MB':>10}{'store MB':>9}  ratios to linear")

@@ -79,7 +79,7 @@ def row(label: str, runs: int, t0: float, session: Path | None) -> None:
 
 def smoke_config(name: str, data: str, seed: int):
     algorithm = ALGORITHMS[name]
-    settings = {**algorithm.smoke, "data.spec": data, "seed": seed, "scaling.num_workers": 1}
+    settings = {**algorithm.smoke_settings(), "data.spec": data, "seed": seed, "scaling.num_workers": 1}
     if name == "desom":
         settings["model.n_clusters"] = 4
     return algorithm, override_all(algorithm.config_class(), settings)

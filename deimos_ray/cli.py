@@ -91,7 +91,7 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
                    f"setting: {documented})")
     add_verbose_arg(p)
     p.add_argument("--smoke-test", action="store_true", help="the real code path on a few hundred "
-                   "images with tiny epochs: checks an installation in about a minute")
+                   "images with tiny epochs, no UMAP baseline: checks an installation in about a minute")
 
 
 def add_verbose_arg(p: argparse.ArgumentParser) -> None:
@@ -204,7 +204,7 @@ def build_job_config(algorithm: Algorithm, args: argparse.Namespace) -> Any:
     extra = algorithm.settings(args)
     if algorithm.has_restarts:
         extra.update(restart_overrides(args))
-    return build_config(algorithm.config_class, args, algorithm.smoke, extra, preset=algorithm.preset(args),
+    return build_config(algorithm.config_class, args, algorithm.smoke_settings(), extra, preset=algorithm.preset(args),
                         job=algorithm.job)
 
 

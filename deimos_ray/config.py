@@ -274,6 +274,32 @@ class RestartConfig:
 
 
 @dataclass(frozen=True)
+class UmapConfig:
+    """UMAP's settings where a run uses it (the ``umap_ward`` baseline).
+
+    Defaults follow Lowe et al. 2024 (arXiv 2406.02465), who cluster pretrained
+    features after UMAP: 30 neighbours, ``min_dist`` 0 (clumped, not spread, as
+    clustering wants) and 10 dimensions.
+
+    Attributes:
+        components: Dimensions of the embedding.
+        neighbours: Nearest neighbours in UMAP's graph (larger: more global structure).
+        min_dist: How tightly UMAP may pack points (0 to 1).
+    """
+
+    components: int = 10
+    neighbours: int = 30
+    min_dist: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.components < 1 or self.neighbours < 2:
+            raise ValueError(f"umap.components must be >= 1 and umap.neighbours >= 2, got "
+                             f"{self.components} and {self.neighbours}")
+        if not 0.0 <= self.min_dist <= 1.0:
+            raise ValueError(f"umap.min_dist must be in [0, 1], got {self.min_dist}")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """The settings every job shares; each job's config adds its ``model``.
 
@@ -297,6 +323,10 @@ class JobConfig:
         baseline_n_init: Restarts of the k-means baseline.
         baseline_ward: Also score Ward's agglomerative clustering (fitted on at most
             10,000 rows) beside k-means.
+        baseline_umap: Also score UMAP then Ward (``umap_ward``, fitted on at most
+            10,000 rows). UMAP compiles its kernels on first use, some 30 s a job;
+            ``--smoke-test`` leaves it out.
+        umap: UMAP's settings.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -309,6 +339,8 @@ class JobConfig:
     metrics_sample: int = 2000
     baseline_n_init: int = 10
     baseline_ward: bool = True
+    baseline_umap: bool = True
+    umap: UmapConfig = field(default_factory=UmapConfig)
 
     def __post_init__(self) -> None:
         if self.max_failures is not None and self.max_failures < -1:

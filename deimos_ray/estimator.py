@@ -56,7 +56,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             data).
         use_gpu: One GPU per worker and per assignment actor.
         settings: Any other config field, as ``--set`` takes it
-            (``{"model.pretrain_epochs": 50}``).
+            (``{"model.pretrain_epochs": 50}``). The UMAP-then-Ward baseline is off
+            unless ``{"baseline_umap": True}`` asks for it.
         out_dir: The run folder. ``None``: a new temporary folder per fit, kept so that
             ``predict`` works after pickling; a named folder holds one run (a second fit
             on other data is refused, as a job refuses it).
@@ -101,7 +102,10 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 "data.spec": spec, "data.channels": channels, "model.n_clusters": int(self.n_clusters),
                 "seed": 0 if self.random_state is None else int(self.random_state),
                 "features.backbone": self.backbone, "scaling.num_workers": int(self.num_workers),
-                "scaling.use_gpu": bool(self.use_gpu), **(self.settings or {}),
+                "scaling.use_gpu": bool(self.use_gpu),
+                # A fit is often one of many (scikit-learn's checks, a grid search): UMAP's
+                # baseline would add its 30 s start to each, so it is asked for by name.
+                "baseline_umap": False, **(self.settings or {}),
             }
             cfg = override_all(algorithm.config_class(), overrides)
             if ids is not None and len(ids) < self.n_clusters:

@@ -181,7 +181,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         "accounting": accounting,
         "scores": scores,
         "scores_space": scores_space(data.representation),
-        "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward),
+        "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward, cfg.baseline_umap),
         "representation": data.representation,
         **({"fine_tuned_backbone": cfg.features.backbone} if algorithm.fine_tunes_backbone(cfg) else {}),
         "training": results[kept].return_value,

@@ -108,7 +108,7 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
         "job": algorithm.job,
         "assigned_with": str(run),
         "accounting": accounting,
-        **({"scores": scores, "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward)}
+        **({"scores": scores, "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward, cfg.baseline_umap)}
            if scores else {}),
         "representation": data.representation,
         "clusters_found": int(assignments["cluster"].nunique()),

@@ -126,12 +126,12 @@ def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str,
 
 def score_rows(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, assignments: pd.DataFrame,
                labels_seen: Any = None) -> dict[str, dict[str, float]]:
-    """The score table of the assigned rows: the model beside k-means and Ward on the
-    same input (:func:`deimos_ray.scoring.score_run`)."""
+    """The score table of the assigned rows: the model beside k-means, Ward and UMAP then
+    Ward on the same input (:func:`deimos_ray.scoring.score_run`)."""
     ids, features = collect_features(data.good)
     return score_run(assignments, ids, features, algorithm.n_clusters(cfg), cfg.seed, cfg.metrics_sample,
                      cfg.baseline_n_init, data.has_labels, algorithm.model_name(cfg), labels_seen,
-                     ward=cfg.baseline_ward)
+                     ward=cfg.baseline_ward, umap=cfg.umap if cfg.baseline_umap else None)
 
 
 def finish_run(out: Path, metrics: dict[str, Any], prefix: str, k: int, scores_title: str = "scores") -> None:

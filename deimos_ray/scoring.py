@@ -1,5 +1,6 @@
-"""The score table of a run: the model beside k-means and Ward's agglomerative
-clustering on the same input (the preprocessed pixels, or the backbone's features).
+"""The score table of a run: the model beside k-means, Ward's agglomerative clustering
+and UMAP then Ward on the same input (the preprocessed pixels, or the backbone's
+features).
 
 Every column's internal scores are computed in that one space, so they compare;
 ``silhouette_embedding`` is the model's silhouette in its own embedding.
@@ -12,7 +13,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from deimos_ray.baselines import KMEANS_FIT_ROWS, WARD_FIT_ROWS, kmeans_baseline, ward_baseline
+from deimos_ray.baselines import (
+    KMEANS_FIT_ROWS,
+    UMAP_FIT_ROWS,
+    WARD_FIT_ROWS,
+    kmeans_baseline,
+    umap_ward_baseline,
+    ward_baseline,
+)
+from deimos_ray.config import UmapConfig
 from deimos_ray.metrics import all_scores, heldout_scores, internal_scores
 
 
@@ -22,7 +31,7 @@ def scores_space(representation: str) -> str:
     return f"internal scores on {space} for every method; silhouette_embedding in the model's embedding"
 
 
-def sample_sizes(rows: int, sample_size: int, ward: bool = True) -> dict[str, int]:
+def sample_sizes(rows: int, sample_size: int, ward: bool = True, umap: bool = False) -> dict[str, int]:
     """How many rows each part of the score table used (``metrics.json``'s
     ``score_rows``): the quadratic parts work on seeded samples, so the scores' cost grows
     no faster than the rows; Davies-Bouldin, Calinski-Harabasz and the label scores use
@@ -31,6 +40,8 @@ def sample_sizes(rows: int, sample_size: int, ward: bool = True) -> dict[str, in
              "kmeans_fit": min(rows, KMEANS_FIT_ROWS)}
     if ward:
         sizes["ward_fit"] = min(rows, WARD_FIT_ROWS)
+    if umap:
+        sizes["umap_ward_fit"] = min(rows, UMAP_FIT_ROWS)
     return sizes
 
 
@@ -38,9 +49,11 @@ def score_run(
     assignments: pd.DataFrame, ids: np.ndarray, features: np.ndarray, k: int, seed: int,
     sample_size: int, n_init: int, has_labels: bool, model_name: str,
     labels_seen: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, ward: bool = True,
+    umap: UmapConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Scores of the model, of k-means and (``ward``) of Ward's agglomerative clustering
-    on the same input ``features`` (pixels or backbone features).
+    """Scores of the model, of k-means, (``ward``) of Ward's agglomerative clustering and
+    (``umap``, its settings) of UMAP then Ward, all on the same input ``features``
+    (pixels or backbone features).
 
     Internal scores of every column are computed in that space, so the columns are
     comparable; ``silhouette_embedding`` is the model's silhouette in its own embedding.
@@ -60,6 +73,9 @@ def score_run(
     baselines = {"kmeans": km}
     if ward:
         baselines["ward"] = ward_baseline(features, k, seed=seed)
+    if umap is not None:
+        baselines["umap_ward"] = umap_ward_baseline(features, k, seed=seed, components=umap.components,
+                                                    neighbours=umap.neighbours, min_dist=umap.min_dist)
     table = {model_name: model_scores}
     seen = labels_seen(ids, labels) if labels is not None and labels_seen is not None else None
     for name, predicted in baselines.items():

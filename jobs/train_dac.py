@@ -16,7 +16,7 @@ from deimos_ray.algorithms import get_algorithm
 
 ALGORITHM = get_algorithm("dac")  # its flags, defaults and --smoke-test settings: deimos_ray/algorithms/dac.py
 JOB = ALGORITHM.job
-SMOKE = ALGORITHM.smoke
+SMOKE = ALGORITHM.smoke_settings()
 
 
 def get_args_parser() -> argparse.ArgumentParser:

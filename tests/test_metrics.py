@@ -111,3 +111,4 @@ def test_the_score_table_states_the_rows_each_part_used():
     assert sample_sizes(75_000, 2000) == {"rows": 75_000, "silhouette_and_dunn": 2000, "kmeans_fit": 50_000,
                                           "ward_fit": 10_000}
     assert sample_sizes(300, 2000, ward=False) == {"rows": 300, "silhouette_and_dunn": 300, "kmeans_fit": 300}
+    assert sample_sizes(75_000, 2000, umap=True)["umap_ward_fit"] == 10_000

@@ -44,7 +44,8 @@ class Algorithm:
         config_class: The job's config dataclass.
         train_loop: The Ray Train ``train_loop_per_worker``; its checkpoints load with
             :meth:`predictor`.
-        smoke: The settings of ``--smoke-test`` (dotted config paths).
+        smoke: This method's settings of ``--smoke-test`` (dotted config paths), applied
+            after those of every job (:meth:`smoke_settings`).
         flag_help: Help texts of the common flags that mean something else for this
             method (``{"k": ..., "epochs": ...}``).
         confidence_words: How the report names the surest and the least sure members.
@@ -72,6 +73,12 @@ class Algorithm:
     def preset(self, args: argparse.Namespace) -> dict[str, Any]:
         """A named recipe the flags chose, applied before ``--smoke-test`` and the flags."""
         return {}
+
+    def smoke_settings(self) -> dict[str, Any]:
+        """Everything ``--smoke-test`` sets: what every job leaves out of a smoke test
+        (UMAP's baseline, whose kernels compile for some 30 s, more than a smoke test's
+        whole training), then this method's :attr:`smoke`."""
+        return {"baseline_umap": False, **self.smoke}
 
     # --- settings and rows ------------------------------------------------------------
 

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--grid {exc.path}: {exc} (every setting, with its meaning: "
                              f"{cli.settings_file(algorithm.job)})") from exc
         args.k = None  # the swept values are the grid's, not one config value
-        cfg = cli.build_config(algorithm.config_class, args, algorithm.smoke,
+        cfg = cli.build_config(algorithm.config_class, args, algorithm.smoke_settings(),
                                {"restarts.count": args.restarts_per_trial}, job=algorithm.job)
         check_inputs(cfg, max(grid.get("model.n_clusters", []), default=None))  # the largest k tried
         out = cli.default_out(JOB, args.out)

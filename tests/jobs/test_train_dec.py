@@ -69,11 +69,13 @@ def test_train_dec_end_to_end_on_a_folder_with_bad_files(ray_session, tmp_path):
 def test_labelled_source_gets_external_scores(ray_session, tmp_path):
     job = load_job("train_dec")
     out = tmp_path / "run"
-    args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--num-workers", "0"])
+    args = job.get_args_parser().parse_args(["--out", str(out), "--smoke-test", "--num-workers", "0",
+                                             "--set", "baseline_umap=true"])  # off in smoke tests by default
     assert job.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accounting"] == {"inputs": 300, "assigned": 300, "rejected": 0}
-    for method in ("dec", "kmeans"):
+    assert metrics["score_rows"]["umap_ward_fit"] == 300
+    for method in ("dec", "kmeans", "ward", "umap_ward"):
         assert 0.0 <= metrics["scores"][method]["accuracy"] <= 1.0
     table = pq.read_table(out / "assignments")
     assert sorted(set(table.column("label").to_pylist())) == list(range(10))
