@@ -39,7 +39,13 @@ from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, batched, global_count
-from deimos_ray.train.rows import FEATURE_COLUMN, InMemoryRows, RowsPlan, StreamingRows, open_rows
+from deimos_ray.train.rows import (
+    FEATURE_COLUMN,
+    InMemoryRows,
+    RowsPlan,
+    StreamingRows,
+    open_worker_rows,
+)
 
 
 @torch.no_grad()
@@ -261,7 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)  # identical initial weights on every rank
 
     plan = config.get("rows")
-    rows = open_rows(ray.train.get_dataset_shard("train"), input_shape, plan=plan)
+    rows = open_worker_rows(input_shape, plan=plan)
     n_global = int(global_count(rows.n))
     if rows.n == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")

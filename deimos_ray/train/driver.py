@@ -21,7 +21,7 @@ from deimos_ray.config import ScalingConfig
 from deimos_ray.files import copy_dir
 from deimos_ray.runtime import RoomWatch, waits_for_nodes, worker_retries
 from deimos_ray.train.checkpoint import driver_checkpoints, latest_driver_checkpoint
-from deimos_ray.train.rows import plan_rows
+from deimos_ray.train.rows import PASSES_DATASET, TRAIN_DATASET, plan_rows
 
 
 def _run_with_threads(train_loop: Callable[[dict[str, Any]], Any], threads: int, board: Any,
@@ -108,7 +108,8 @@ def fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": dataset},
+        # A streamed shard's passes in the middle of an epoch read a second split.
+        datasets={TRAIN_DATASET: dataset, **({PASSES_DATASET: dataset} if loop_config["rows"]["stream"] else {})},
     )
     if hasattr(trainer, "_register_sigint_handler"):
         # Ctrl-C is the job's (deimos_ray.cli.interruptible: one line, exit 130, a rerun

@@ -33,9 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray.train
 import torch
 
+from deimos_ray.data.features import BANK_COLUMN
+
 FEATURE_COLUMN = "x"
+TRAIN_DATASET, PASSES_DATASET = "train", "passes"  # the Ray Train datasets a loop reads
 SCAN_ROWS = 1024  # rows of a no-gradient pass's batch
 
 
@@ -73,19 +77,20 @@ def plan_rows(total_bytes: int, total_rows: int, workers: int, in_memory_mb: flo
 
 def _columns(batch: dict[str, np.ndarray], input_shape: tuple[int, ...],
              extra: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """A Ray batch as tensors: ``x`` as (n, *input_shape) float32, extras as int64."""
+    """A Ray batch as tensors: ``x`` as (n, *input_shape) float32, a view bank as
+    (n, N, D) float32, other extras as int64."""
     # Ray hands out read-only arrays; np.require copies only those, so torch gets
     # memory it may write (from_numpy on a read-only array warns).
     out = {FEATURE_COLUMN: torch.from_numpy(np.require(batch[FEATURE_COLUMN], np.float32, ["C", "W"]))
            .reshape(-1, *input_shape)}
     for c in extra:
-        out[c] = torch.from_numpy(np.require(batch[c], np.int64, ["C", "W"]))
+        out[c] = torch.from_numpy(np.require(batch[c], np.float32 if c == BANK_COLUMN else np.int64, ["C", "W"]))
     return out
 
 
 def _empty(input_shape: tuple[int, ...], extra: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return {FEATURE_COLUMN: torch.zeros((0, *input_shape)),
-            **{c: torch.zeros(0, dtype=torch.int64) for c in extra}}
+            **{c: torch.zeros(0, dtype=torch.float32 if c == BANK_COLUMN else torch.int64) for c in extra}}
 
 
 def _cat(parts: list[dict[str, torch.Tensor]], input_shape: tuple[int, ...],
@@ -141,8 +146,12 @@ class StreamingRows:
     """
 
     def __init__(self, shard: Any, input_shape: tuple[int, ...], extra: tuple[str, ...] = (),
-                 window_rows: int = 65536):
+                 window_rows: int = 65536, passes: Any = None):
         self.shard, self.input_shape, self.extra = shard, input_shape, extra
+        # A Ray Data shard has one pass open at a time: a new one invalidates the one in
+        # progress. Passes made in the middle of an epoch (DEC's target every
+        # update_interval steps) read a second split of the same rows, ``passes``.
+        self.passes = passes if passes is not None else shard
         self.window_rows = max(1, window_rows)
         self.in_memory = False
         self.peak_rows = 0
@@ -152,13 +161,16 @@ class StreamingRows:
     def _held(self, rows: int) -> None:
         self.peak_rows = max(self.peak_rows, rows)
 
-    def _batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+    def _batches(self, batch_size: int, shard: Any = None) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in (shard or self.shard).iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield _columns(batch, self.input_shape, self.extra)
 
     def scan(self, batch_size: int = SCAN_ROWS) -> Iterator[dict[str, torch.Tensor]]:
-        """Every row once, in order, ``batch_size`` rows at a time."""
-        for columns in self._batches(batch_size):
+        """Every row of the collection once across the workers, ``batch_size`` rows at a
+        time, for sums over all rows (:func:`deimos_ray.train.collective.all_reduce_sum`):
+        read from the ``passes`` split, so it may run in the middle of an epoch. Which
+        worker reads which rows may differ from the epoch's shard."""
+        for columns in self._batches(batch_size, self.passes):
             self._held(len(columns[FEATURE_COLUMN]))
             yield columns
 
@@ -168,7 +180,7 @@ class StreamingRows:
         index = torch.as_tensor(index, dtype=torch.int64)
         wanted = torch.sort(index).values
         parts, start = [], 0
-        for columns in self.scan():
+        for columns in self._batches(SCAN_ROWS):  # this worker's own shard, between epochs
             end = start + len(columns[FEATURE_COLUMN])
             lo, hi = torch.searchsorted(wanted, start), torch.searchsorted(wanted, end)
             if hi > lo:
@@ -217,10 +229,20 @@ class StreamingRows:
 
 
 def open_rows(shard: Any, input_shape: tuple[int, ...], extra: tuple[str, ...] = (),
-              plan: dict[str, Any] | None = None) -> InMemoryRows | StreamingRows:
+              plan: dict[str, Any] | None = None, passes: Any = None) -> InMemoryRows | StreamingRows:
     """This worker's rows as ``plan`` (a :class:`RowsPlan` as a dict, from the loop's
-    config; None: in memory) says."""
+    config; None: in memory) says; ``passes``: the second split a streamed shard scans
+    (:class:`StreamingRows`)."""
     plan_ = RowsPlan(**(plan or {}))
     if plan_.stream:
-        return StreamingRows(shard, input_shape, extra, plan_.window_rows)
+        return StreamingRows(shard, input_shape, extra, plan_.window_rows, passes)
     return InMemoryRows.read(shard, input_shape, extra)
+
+
+def open_worker_rows(input_shape: tuple[int, ...], extra: tuple[str, ...] = (),
+                     plan: dict[str, Any] | None = None) -> InMemoryRows | StreamingRows:
+    """:func:`open_rows` of this Ray Train worker's shards (``train``, and when
+    streaming ``passes``: the datasets :func:`deimos_ray.train.driver.fit` hands over)."""
+    stream = RowsPlan(**(plan or {})).stream
+    return open_rows(ray.train.get_dataset_shard(TRAIN_DATASET), input_shape, extra, plan,
+                     ray.train.get_dataset_shard(PASSES_DATASET) if stream else None)

@@ -93,9 +93,9 @@ def blobs(n=96, dims=16, seed=0):
     return (centres[labels] + 0.05 * rng.normal(size=(n, dims))).astype(np.float32), labels
 
 
-def as_dataset(x, shape):
+def as_dataset(x, shape, blocks=4):
     rows = [{"x": row.reshape(shape), "known": -1} for row in x]
-    return ray.data.from_items(rows).repartition(4).materialize()
+    return ray.data.from_items(rows).repartition(blocks).materialize()
 
 
 LOOPS = {
@@ -135,3 +135,18 @@ def test_streaming_and_in_memory_training_give_the_same_model(ray_session, tmp_p
         torch.testing.assert_close(stream["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     if name == "desom":
         assert stream["node_clusters"] == memory["node_clusters"]
+
+
+@pytest.mark.slow
+def test_dec_updates_its_target_in_the_middle_of_a_streamed_epoch(ray_session, tmp_path):
+    # Windows of about 16 rows and a target update every 2 of an epoch's 60 steps: each
+    # update is a pass over all rows while the epoch's pass is open, with blocks still
+    # to come (a second split; a worker's Ray Data shard has one pass open at a time).
+    loop, shape, cfg = LOOPS["dec"]
+    x, labels = blobs(n=960, dims=int(np.prod(shape)))
+    scaling = ScalingConfig(num_workers=1, in_memory_mb=0, stream_window_mb=0.001)
+    config = {"model": to_dict(cfg), "seed": 0, "input_shape": list(shape), "checkpoint_interval_s": 3600}
+    result = fit(loop, config, as_dataset(x, shape, blocks=96), scaling, tmp_path)
+    summary = result.return_value
+    assert summary["epochs"] == cfg.epochs and summary["steps"] == cfg.epochs * 60
+    assert summary["delta_label"] is not None  # labels compared across updates, over all rows
