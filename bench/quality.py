@@ -119,7 +119,7 @@ METHODS = {
     "desom-8x8-restarts8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}", "restarts.count": 8}),
 }
 KEYS = ("accuracy", "nmi", "ari", "purity")
-BASELINES = {"kmeans": "k-means", "ward": "Ward"}
+BASELINES = {"kmeans": "k-means", "ward": "Ward", "umap_ward": "UMAP-Ward"}
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 

@@ -75,9 +75,13 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
                    "are decoded at it; on CPUs the cost grows quadratically")
     p.add_argument("--feature-cache", metavar="DIR", help="feature cache folder (default "
                    "OUT/features): a later run over the same inputs reads the features from it")
-    p.add_argument("--views", choices=["none", "rot4", "dihedral"], help="with --backbone: each image's "
+    p.add_argument("--views", metavar="none|rot4|dihedral|augment:N", help="with --backbone: each image's "
                    "features are the mean over its 4 right-angle rotations (rot4) or those and their "
-                   "mirror images (dihedral), for images with no up; each view costs a forward pass")
+                   "mirror images (dihedral), for images with no up; augment:N keeps a bank of N random "
+                   "augmented views beside them (DAC pairs two views of an image); each view costs a "
+                   "forward pass")
+    p.add_argument("--reduce", choices=["none", "umap"], help="with --backbone: umap embeds the features "
+                   "(settings umap.*: 10 dimensions, 30 neighbours) and every method clusters the embedding")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (default 1; 0 runs in the "
                    "driver process: fastest to start on small data, resumes from its own checkpoints)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker and per assignment or "
@@ -125,6 +129,7 @@ COMMON_FLAGS: dict[str, str] = {
     "data.metadata_features": "--metadata-features", "data.metadata_weight": "--metadata-weight",
     "features.backbone": "--backbone", "features.weights": "--backbone-weights",
     "features.image_size": "--feature-size", "features.cache": "--feature-cache", "features.views": "--views",
+    "features.reduce": "--reduce",
     "model.n_clusters": "--k", "model.epochs": "--epochs", "scaling.num_workers": "--num-workers",
     "seed": "--seed", "scaling.use_gpu": "--use-gpu", "max_failures": "--max-failures",
 }

@@ -183,7 +183,25 @@ class ScalingConfig:
 
 
 FEATURE_NORMALIZATIONS = ("standardize", "l2", "none")
-FEATURE_VIEWS = ("none", "rot4", "dihedral")
+FEATURE_VIEWS = ("none", "rot4", "dihedral")  # and augment:N (a view bank; bank_size)
+MAX_BANK_VIEWS = 32
+
+
+def bank_size(views: str) -> int:
+    """N of ``features.views = augment:N`` (each image's bank of N augmented views), else 0.
+
+    Raises:
+        ValueError: ``views`` is neither a pooled view set nor ``augment:N`` with N in
+            2..``MAX_BANK_VIEWS``.
+    """
+    if views in FEATURE_VIEWS:
+        return 0
+    name, _, count = views.partition(":")
+    if name != "augment" or not count.isdigit() or not 2 <= int(count) <= MAX_BANK_VIEWS:
+        raise ValueError(f"features.views (--views) must be one of {FEATURE_VIEWS} or augment:N with N "
+                         f"from 2 to {MAX_BANK_VIEWS}, got {views!r}")
+    return int(count)
+FEATURE_REDUCTIONS = ("none", "umap")
 
 
 @dataclass(frozen=True)
@@ -212,6 +230,13 @@ class FeatureConfig:
             four right-angle rotations: invariant to rotation) or ``dihedral`` (the eight
             rotations and reflections: invariant to both), for images with no up
             (orbital tiles, the sky). Each view costs one forward pass.
+            ``augment:N`` keeps the image's own features as ``x`` and beside them a
+            bank of the features of N random augmented views (crop, flips, right-angle
+            rotation, brightness and contrast: :mod:`deimos_ray.data.augment`'s
+            defaults), from which DAC draws two views of an image as a "same" pair.
+        reduce: ``none``, or ``umap``: the standardised features embedded by UMAP
+            (settings ``umap.*``; :mod:`deimos_ray.data.reduce`) are the input of the
+            model, the baselines and the sweep's scores alike.
     """
 
     backbone: str = "none"
@@ -222,10 +247,16 @@ class FeatureConfig:
     batch_size: int = 64
     actors: int | None = None
     views: str = "none"
+    reduce: str = "none"
 
     def __post_init__(self) -> None:
-        if self.views not in FEATURE_VIEWS:
-            raise ValueError(f"features.views must be one of {FEATURE_VIEWS}, got {self.views!r}")
+        if self.reduce not in FEATURE_REDUCTIONS:
+            raise ValueError(f"features.reduce must be one of {FEATURE_REDUCTIONS}, got {self.reduce!r}")
+        if self.reduce != "none" and self.backbone == "none":
+            raise ValueError("--reduce embeds a backbone's features; it needs --backbone")
+        if bank_size(self.views) and self.reduce != "none":
+            raise ValueError("--views augment:N keeps views of the backbone's features, which --reduce would "
+                             "have to embed as well; use one of them")
         if self.views != "none" and self.backbone == "none":
             raise ValueError("--views pools a backbone's features; it needs --backbone")
         if self.normalize not in FEATURE_NORMALIZATIONS:
@@ -243,6 +274,11 @@ class FeatureConfig:
     def enabled(self) -> bool:
         """Whether a backbone turns the images into features."""
         return self.backbone != "none"
+
+    @property
+    def bank(self) -> int:
+        """Augmented views kept per image (``views = augment:N``), else 0."""
+        return bank_size(self.views)
 
 
 @dataclass(frozen=True)
@@ -275,7 +311,8 @@ class RestartConfig:
 
 @dataclass(frozen=True)
 class UmapConfig:
-    """UMAP's settings where a run uses it (the ``umap_ward`` baseline).
+    """UMAP's settings where a run uses it: the ``umap_ward`` baseline and
+    ``--reduce umap``.
 
     Defaults follow Lowe et al. 2024 (arXiv 2406.02465), who cluster pretrained
     features after UMAP: 30 neighbours, ``min_dist`` 0 (clumped, not spread, as

@@ -40,7 +40,7 @@ NOT_IN_DATA_IDENTITY = ("on_error",)
 HOW_FEATURES_RUN = ("cache", "batch_size", "actors")
 # Everything a run writes in its folder, which --overwrite removes (not DIR/features).
 RUN_OUTPUTS = ("ray", "checkpoint", "restarts", "assignments", "level2", "report", "trials", "tune",
-               "metrics.json", "config.yaml", "rejected.parquet", "feature_stats.npz", "groups.parquet",
+               "metrics.json", "config.yaml", "rejected.parquet", "feature_stats.npz", "reducer.pkl", "groups.parquet",
                "trials.parquet", "best_config.yaml", "score_vs_k.png", IDENTITY_FILE)
 
 
@@ -48,6 +48,8 @@ def settings_identity(job: str, cfg: JobConfig, input_shape: tuple[int, ...] | N
     """The identity's settings part (module docstring), known before any data is read."""
     data = {k: v for k, v in to_dict(cfg.data).items() if k not in NOT_IN_DATA_IDENTITY}
     features = {k: v for k, v in to_dict(cfg.features).items() if k not in HOW_FEATURES_RUN}
+    if cfg.features.reduce == "umap":  # UMAP's settings make the input then
+        features["umap"] = to_dict(cfg.umap)
     identity = {"job": job, "data": {"settings": data}, "features": features, "seed": cfg.seed,
                 "model": to_dict(cfg.model)}
     if input_shape is not None:

@@ -41,7 +41,14 @@ from deimos_ray.identity import check_identity, rows_fingerprint, settings_ident
 from deimos_ray.progress import stage_line
 from deimos_ray.report.input_map import write_input_map
 from deimos_ray.report.page import draw_report
-from deimos_ray.run_folder import account, finish_run, open_run, prepare_rows, score_rows
+from deimos_ray.run_folder import (
+    account,
+    finish_run,
+    open_run,
+    prepare_rows,
+    score_rows,
+    umap_baseline,
+)
 from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
 from deimos_ray.scoring import sample_sizes, scores_space
 from deimos_ray.train.driver import export_checkpoint
@@ -122,7 +129,8 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
 
     t = time.perf_counter()
     loop_config = {"model": to_dict(cfg.model), "seed": cfg.seed, "input_shape": list(data.input_shape),
-                   "checkpoint_interval_s": cfg.checkpoint_interval_s, "progress_rows": progress_rows}
+                   "checkpoint_interval_s": cfg.checkpoint_interval_s, "progress_rows": progress_rows,
+                   "view_bank": cfg.features.bank}
     if algorithm.fine_tunes_backbone(cfg):
         loop_config["backbone"] = {"name": cfg.features.backbone, "weights": cfg.features.weights,
                                    "image_size": data.spec.size[0]}
@@ -181,7 +189,8 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         "accounting": accounting,
         "scores": scores,
         "scores_space": scores_space(data.representation),
-        "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward, cfg.baseline_umap),
+        "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward,
+                                   umap_baseline(cfg) is not None),
         "representation": data.representation,
         **({"fine_tuned_backbone": cfg.features.backbone} if algorithm.fine_tunes_backbone(cfg) else {}),
         "training": results[kept].return_value,

@@ -2,8 +2,8 @@
 
 :func:`assign_new` reads the run's own settings (``DIR/config.yaml``, or a sweep's
 ``best_config.yaml``) and points them at the new source, so the new images go through the
-same decoding, tiling, backbone and feature standardisation (``DIR/feature_stats.npz``)
-as the training images; the exported model (``DIR/checkpoint/``, weights only) assigns
+same decoding, tiling, backbone, feature standardisation (``DIR/feature_stats.npz``) and
+UMAP embedding (``DIR/reducer.pkl``) as the training images; the exported model (``DIR/checkpoint/``, weights only) assigns
 them in Ray Data model actors (a GPU each with ``use_gpu``). The output folder has the
 run's layout (:mod:`deimos_ray.run_folder`): ``assignments/`` (the same Parquet schema),
 ``rejected.parquet``, ``config.yaml``, ``metrics.json`` (accounting, and scores beside
@@ -33,6 +33,7 @@ from deimos_ray.assignments import read_metadata, write_assignments
 from deimos_ray.config_io import to_dict
 from deimos_ray.consensus import match_clusters
 from deimos_ray.data.preprocess import output_columns
+from deimos_ray.data.reduce import REDUCER_FILE, load_reducer
 from deimos_ray.errors import UsageError
 from deimos_ray.preflight import check_inputs
 from deimos_ray.report.input_map import write_input_map
@@ -44,6 +45,7 @@ from deimos_ray.run_folder import (
     open_run,
     prepare_rows,
     score_rows,
+    umap_baseline,
 )
 from deimos_ray.runtime import init_ray
 from deimos_ray.scoring import sample_sizes
@@ -74,16 +76,19 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
         raise UsageError(f"--out: {out} exists and is not empty; name a new folder")
     # The run's preprocessing on the new source; all of it (the run's limit was for trials).
     cfg = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, spec=spec, limit=None))
+    if cfg.features.bank:  # a view bank is for training; the model takes each image's own features
+        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, views="none"))
     stats = None
     if (run / "feature_stats.npz").is_file():
         with np.load(run / "feature_stats.npz") as saved:
             stats = {name: saved[name] for name in saved.files}
+    reducer = load_reducer(run / REDUCER_FILE) if (run / REDUCER_FILE).is_file() else None
     expected = tuple(load_state(run / "checkpoint")["input_shape"])
     cfg = to_run_input(cfg, expected)
     check_inputs(cfg, None)  # the new source exists and holds images: before Ray starts
     t0 = time.perf_counter()
     init_ray()
-    data = prepare_rows(out, algorithm, cfg, use_gpu, feature_stats=stats)
+    data = prepare_rows(out, algorithm, cfg, use_gpu, feature_stats=stats, reducer=reducer)
     if tuple(data.input_shape) != expected:
         raise UsageError(f"the new rows have shape {tuple(data.input_shape)}, the run's model takes {expected}")
     open_run(out, None, cfg, data)
@@ -108,7 +113,8 @@ def assign_new(run_dir: str | Path, spec: str, out_dir: str | Path, use_gpu: boo
         "job": algorithm.job,
         "assigned_with": str(run),
         "accounting": accounting,
-        **({"scores": scores, "score_rows": sample_sizes(len(assignments), cfg.metrics_sample, cfg.baseline_ward, cfg.baseline_umap)}
+        **({"scores": scores, "score_rows": sample_sizes(len(assignments), cfg.metrics_sample,
+                                                         cfg.baseline_ward, umap_baseline(cfg) is not None)}
            if scores else {}),
         "representation": data.representation,
         "clusters_found": int(assignments["cluster"].nunique()),

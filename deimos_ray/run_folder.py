@@ -6,8 +6,8 @@ for training jobs, sweeps and the assignment of new images alike.
   holds no other run) and refused.
 - :func:`open_run` checks that ``DIR`` holds no other training (:mod:`deimos_ray.identity`),
   then writes ``identity.json``, ``config.yaml``, ``rejected.parquet`` (and
-  ``feature_stats.npz``) and removes an
-  earlier run's ``metrics.json`` and partial files.
+  ``feature_stats.npz``, ``reducer.pkl``) and removes an earlier run's ``metrics.json``
+  and partial files.
 - :func:`finish_run` checks the accounting (inputs = assigned + rejected), scores the
   rows beside the baselines, writes ``metrics.json`` (written last: it marks a finished
   run) and prints the accounting and the score table.
@@ -30,7 +30,7 @@ from deimos_ray import __version__
 from deimos_ray.algorithms import algorithm_for_job
 from deimos_ray.algorithms.base import Algorithm
 from deimos_ray.assignments import read_metadata
-from deimos_ray.config import JobConfig
+from deimos_ray.config import JobConfig, UmapConfig
 from deimos_ray.config_io import from_dict, load_yaml, save_yaml
 from deimos_ray.data.prepare import (
     NothingReadable,
@@ -39,6 +39,7 @@ from deimos_ray.data.prepare import (
     prepare_data,
     write_rejected,
 )
+from deimos_ray.data.reduce import REDUCER_FILE, save_reducer
 from deimos_ray.errors import UsageError
 from deimos_ray.files import remove_partials, save_npz, write_json
 from deimos_ray.identity import IDENTITY_FILE, check_identity, clear_run, write_identity
@@ -53,7 +54,7 @@ class NotAFinishedRun(UsageError):
 
 
 def prepare_rows(out: Path, algorithm: Algorithm, cfg: JobConfig, use_gpu: bool = False,
-                 feature_stats: dict[str, Any] | None = None) -> PreparedData:
+                 feature_stats: dict[str, Any] | None = None, reducer: Any = None) -> PreparedData:
     """The rows of ``cfg.data`` as ``algorithm`` takes them (decoded pixels, or cached
     backbone features; :func:`deimos_ray.data.prepare.prepare_data`).
 
@@ -63,7 +64,8 @@ def prepare_rows(out: Path, algorithm: Algorithm, cfg: JobConfig, use_gpu: bool 
     """
     try:
         return prepare_data(cfg.data, cfg.features, out / "features", use_gpu,
-                            extract=not algorithm.fine_tunes_backbone(cfg), feature_stats=feature_stats)
+                            extract=not algorithm.fine_tunes_backbone(cfg), feature_stats=feature_stats,
+                            umap=cfg.umap, seed=cfg.seed, reducer=reducer)
     except NothingReadable as exc:
         if not (out / IDENTITY_FILE).exists() and not (out / "ray").exists():  # no other run's folder
             out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,9 @@ def open_run(out: Path, identity: dict[str, Any] | None, cfg: JobConfig, data: P
         identity: What the run trains (:mod:`deimos_ray.identity`), checked against the
             one stored there; None for a folder that trains nothing (new images).
         cfg: The run's config, written as ``config.yaml``.
-        data: Its rows; the rejected ones are written as ``rejected.parquet``, and the
-            statistics the features were standardised with as ``feature_stats.npz``.
+        data: Its rows; the rejected ones are written as ``rejected.parquet``, the
+            statistics the features were standardised with as ``feature_stats.npz``
+            and the UMAP model of ``--reduce umap`` as ``reducer.pkl``.
         overwrite: Replace the run that is there (``--overwrite``).
 
     Raises:
@@ -103,6 +106,8 @@ def open_run(out: Path, identity: dict[str, Any] | None, cfg: JobConfig, data: P
     write_rejected(data.rejected, out / "rejected.parquet")
     if data.feature_stats is not None:  # new images must be standardised the same way
         save_npz(out / "feature_stats.npz", **data.feature_stats)
+    if data.reducer is not None:  # and embedded by the same UMAP model
+        save_reducer(data.reducer, out / REDUCER_FILE)
 
 
 def account(cfg: JobConfig, data: PreparedData, assigned_rows: int) -> dict[str, int]:
@@ -131,7 +136,14 @@ def score_rows(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, assignm
     ids, features = collect_features(data.good)
     return score_run(assignments, ids, features, algorithm.n_clusters(cfg), cfg.seed, cfg.metrics_sample,
                      cfg.baseline_n_init, data.has_labels, algorithm.model_name(cfg), labels_seen,
-                     ward=cfg.baseline_ward, umap=cfg.umap if cfg.baseline_umap else None)
+                     ward=cfg.baseline_ward, umap=umap_baseline(cfg))
+
+
+def umap_baseline(cfg: JobConfig) -> UmapConfig | None:
+    """UMAP's settings when the score table has the ``umap_ward`` baseline: asked for,
+    and the input not already UMAP's embedding (``--reduce umap``), where Ward's column
+    is UMAP then Ward."""
+    return cfg.umap if cfg.baseline_umap and cfg.features.reduce == "none" else None
 
 
 def finish_run(out: Path, metrics: dict[str, Any], prefix: str, k: int, scores_title: str = "scores") -> None:

@@ -53,6 +53,15 @@ def write_image_folder(root, n_good=6):
     return paths
 
 
+def backbone_smoke_settings(algorithm, images, **settings) -> dict:
+    """``algorithm``'s smoke-test settings on the image folder ``images``, three clusters,
+    trained in the driver on EfficientNet-Lite0 features at 32 px, then ``settings``
+    (dotted paths, ``.`` written as ``__``)."""
+    return {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
+            "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0", "features.image_size": 32,
+            **{key.replace("__", "."): value for key, value in settings.items()}}
+
+
 def write_bad_files(root):
     """The committed zero-byte, text-as-.jpg and truncated files."""
     for name in ("zero.png", "text.jpg", "truncated.jpg"):

@@ -14,7 +14,13 @@ from deimos_ray.algorithms import ALGORITHMS
 from deimos_ray.assignments import read_metadata
 from deimos_ray.config_io import override_all, to_dict
 from deimos_ray.job import run_training_job
-from tests.helpers import load_job, smoke_may_collapse, write_bad_files, write_image_folder
+from tests.helpers import (
+    backbone_smoke_settings,
+    load_job,
+    smoke_may_collapse,
+    write_bad_files,
+    write_image_folder,
+)
 
 COMMON_COLUMNS = {"id", "path", "group", "label", "cluster", "embedding"}
 OWN_COLUMNS = {
@@ -96,9 +102,8 @@ def test_every_algorithm_runs_on_cropped_rotation_pooled_backbone_features(ray_s
     good = write_image_folder(images, n_good=16)
     write_bad_files(images)
     algorithm = ALGORITHMS[name]
-    settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
-                "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
-                "features.image_size": 32, "data.crop": "auto", "features.views": "rot4", **OWN_SETTINGS[name]}
+    settings = {**backbone_smoke_settings(algorithm, images, data__crop="auto", features__views="rot4"),
+                **OWN_SETTINGS[name]}
     cfg = override_all(algorithm.config_class(), settings)
     metrics = run_training_job(algorithm, cfg, tmp_path / "run")
 
@@ -124,9 +129,7 @@ def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):
     images.mkdir()
     good = write_image_folder(images, n_good=16)
     algorithm = ALGORITHMS["dac"]
-    settings = {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
-                "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0",
-                "features.image_size": 32, "model.fine_tune_backbone": True}
+    settings = backbone_smoke_settings(algorithm, images, model__fine_tune_backbone=True)
     cfg = override_all(algorithm.config_class(), settings)
     metrics = run_training_job(algorithm, cfg, tmp_path / "run")
 
@@ -136,3 +139,24 @@ def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):
     assert len(rows) == len(good) and rows["cluster"].between(0, 2).all()
     with pytest.raises(ValueError, match="needs --backbone"):
         algorithm.check(override_all(algorithm.config_class(), {"model.fine_tune_backbone": True}))
+
+
+@pytest.mark.slow
+@smoke_may_collapse
+def test_dac_pairs_two_views_from_a_bank_of_augmented_views_on_features(ray_session, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=16)
+    algorithm = ALGORITHMS["dac"]
+    cfg = override_all(algorithm.config_class(), backbone_smoke_settings(algorithm, images, features__views="augment:2"))
+    run = tmp_path / "run"
+    metrics = run_training_job(algorithm, cfg, run)
+    assert metrics["accounting"]["assigned"] == len(good)
+    # The bank is in the feature cache, beside each image's own features, not in the outputs.
+    entry = next((run / "features").iterdir())
+    cached = pq.read_table(entry / "features.parquet")
+    assert np.asarray(cached.column("_views")[0].as_py()).shape == (2, 1280)
+    assert "_views" not in pq.read_table(run / "assignments").column_names
+    # Training drew its "same" pairs from the bank: every image with one of its views at least.
+    history = metrics["training"]["history"]
+    assert all(epoch["same_fraction"] > 0 for epoch in history)

@@ -28,6 +28,7 @@ from deimos_ray.consensus import (
     read_aligned,
     write_combined,
 )
+from deimos_ray.data.features import BANK_COLUMN
 from deimos_ray.data.prepare import PreparedData
 from deimos_ray.errors import UsageError
 from deimos_ray.models.dac import (
@@ -176,7 +177,8 @@ same model settings resumes, schedule included.
 
     def training_rows(self, cfg: DACJobConfig, data: PreparedData) -> ray.data.Dataset:
         fraction = cfg.model.labeled_fraction
-        return data.good.select_columns(["id", "label", "x"]).map_batches(
+        bank = [BANK_COLUMN] if BANK_COLUMN in data.good.columns() else []  # --views augment:N
+        return data.good.select_columns(["id", "label", "x", *bank]).map_batches(
             _draw_known_labels, fn_kwargs={"fraction": fraction, "seed": cfg.seed}, batch_format="numpy")
 
     def final_loss(self, summary: dict[str, Any]) -> float:
@@ -247,10 +249,11 @@ def known_label_mask(ids: np.ndarray, labels: np.ndarray, fraction: float, seed:
 
 
 def _draw_known_labels(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """``known`` = the label for the rows :func:`known_label_mask` draws, else -1."""
+    """``known`` = the label for the rows :func:`known_label_mask` draws, else -1 (beside
+    ``x`` and a view bank)."""
     labels = np.asarray(batch["label"], dtype=np.int64)
     known = np.where(known_label_mask(batch["id"], labels, fraction, seed), labels, -1)
-    return {"x": batch["x"], "known": known}
+    return {**{c: v for c, v in batch.items() if c not in ("id", "label")}, "known": known}
 
 
 def load_dac(checkpoint_dir: str | Path, device: str = "cpu") -> DACNet:

@@ -36,10 +36,12 @@ import ray
 from ray.data.extensions import ArrowTensorArray
 
 import deimos_ray
+from deimos_ray.data.features import BANK_COLUMN
 from deimos_ray.data.sources.base import Source
 
 # The one data setting that changes nothing the cache holds: how failures are handled.
 NOT_IN_KEY = ("on_error",)
+TENSOR_COLUMNS = ("x", BANK_COLUMN)  # stored as fixed-shape tensors, row-aligned
 ADDED_SINCE = {"crop": None}  # data settings newer than the key's format: left out at their default
 FEATURES_FILE, REJECTED_FILE, INFO_FILE = "features.parquet", "rejected.parquet", "info.json"
 
@@ -159,17 +161,22 @@ def write_entry(cache_dir: Path, key: str, good: pa.Table, rejected: pd.DataFram
         files = [REJECTED_FILE]
         if table is not None:
             files.append(FEATURES_FILE)
-            frame = table.drop_columns(["x"]).to_pandas()
-            x = np.stack(table.column("x").to_numpy(zero_copy_only=False)).astype(np.float32)
+            tensors = [c for c in TENSOR_COLUMNS if c in table.column_names]  # x, and a view bank
+            frame = table.drop_columns(tensors).to_pandas()
             order = np.argsort(frame["id"].to_numpy(dtype=str), kind="stable")
             frame = frame.iloc[order].reset_index(drop=True)
             out = pa.Table.from_pandas(frame, preserve_index=False)
             n = len(frame)
-            out = out.append_column("x", ArrowTensorArray.from_numpy(x[order]))
+            for column in tensors:
+                values = np.stack(table.column(column).to_numpy(zero_copy_only=False)).astype(np.float32)
+                shape = getattr(table.column(column).type, "shape", None)  # a tensor column comes out flat
+                values = values.reshape(len(values), *shape) if shape else values
+                out = out.append_column(column, ArrowTensorArray.from_numpy(values[order]))
+                dim = int(values.shape[-1])
             out = out.append_column("backbone", pa.array([backbone] * n))
             out = out.append_column("size", pa.array([image_size] * n, pa.int32()))
             pq.write_table(out, tmp / FEATURES_FILE)
-            rows, dim = n, int(x.shape[1])
+            rows = n
         else:
             rows, dim = 0, 0
         rejected.to_parquet(tmp / REJECTED_FILE, index=False)

@@ -7,7 +7,11 @@ actor per CPU of the cluster, each decoding its own blocks: on CPUs, processes b
 threads, and the decode is a hundredth of the forward pass. With ``views`` (``rot4``,
 ``dihedral``) each image's features are the mean over its rotations (and reflections):
 on a GPU all views of a batch go through the backbone as one batch; on a CPU view by
-view, so ``rot4`` costs four forward passes an image and ``dihedral`` eight. A batch that fails is
+view, so ``rot4`` costs four forward passes an image and ``dihedral`` eight. With
+``augment:N`` the image's own features stay ``x`` and the features of N random augmented
+views of it (:func:`deimos_ray.data.augment.augment`, seeded by the pixels, so the same
+image gets the same views) go into ``BANK_COLUMN`` (N, D): N more forward passes an image,
+and N times the cache. A batch that fails is
 retried image by image, and an image that still fails is flagged (``ok``, ``reason``,
 ``stage="features"``) like a decode failure, so it is recorded as rejected and no input
 is lost.
@@ -15,12 +19,15 @@ is lost.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 
+from deimos_ray.config import bank_size
+from deimos_ray.data.augment import AugmentConfig, augment
 from deimos_ray.models.backbones import load_backbone
 
 # Images per forward pass on a CPU: EfficientNet-Lite0 at 224 px on one thread ran 36
@@ -29,6 +36,7 @@ CPU_FORWARD_BATCH = 16
 # (right-angle turns, mirrored) of each view set.
 VIEWS = {"none": [(0, False)], "rot4": [(k, False) for k in range(4)],
          "dihedral": [(k, flip) for flip in (False, True) for k in range(4)]}
+BANK_COLUMN = "_views"  # augment:N: (N, D) features of each image's augmented views
 
 
 def view_of(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
@@ -43,7 +51,8 @@ class FeatureExtractor:
 
     def __init__(self, name: str, weights: str | None, image_size: int | None, use_gpu: bool = False,
                  views: str = "none"):
-        self.views = VIEWS[views]
+        self.bank = bank_size(views)
+        self.views = VIEWS["none" if self.bank else views]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         backbone = load_backbone(name, weights, image_size)
@@ -67,10 +76,24 @@ class FeatureExtractor:
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """(B, C, H, W) images in [0, 1] -> (B, D) float32 features (the mean over the
-        views, when there are several)."""
+        views, when there are several); with a bank of N views, (B, (N + 1) D): the
+        image's own features, then its views'."""
         step = self.step or len(x)
-        out = [self.pooled(self.to_device(x[start:start + step])) for start in range(0, len(x), step)]
-        return np.concatenate(out) if out else np.zeros((0, self.out_dim), np.float32)
+        out = [self.with_bank(x[start:start + step]) for start in range(0, len(x), step)]
+        return np.concatenate(out) if out else np.zeros((0, self.out_dim * (self.bank + 1)), np.float32)
+
+    def with_bank(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`pooled` features of ``x``, and with a bank the features of its N
+        augmented views beside them."""
+        images = self.to_device(x)
+        own = self.pooled(images)
+        if not self.bank:
+            return own
+        # Seeded by the pixels: the same images get the same views in every run.
+        g = torch.Generator().manual_seed(zlib.crc32(np.ascontiguousarray(x, dtype=np.float32).tobytes()))
+        plain = torch.from_numpy(np.array(x, dtype=np.float32))
+        views = [self.forward(self.to_device(augment(plain, AugmentConfig(), g).numpy())) for _ in range(self.bank)]
+        return np.concatenate([own, *views], axis=1)
 
     def pooled(self, images: torch.Tensor) -> np.ndarray:
         """The mean of the features of every view of ``images`` (on the device)."""
@@ -100,9 +123,13 @@ class FeatureExtractor:
                     rows[i] = self.features(np.asarray(batch["x"][i])[None])[0]
                 except Exception as exc:  # recorded as a rejected row, never fatal
                     ok[i], reason[i], stage[i] = False, f"{type(exc).__name__}: {exc}", "features"
-        width = next((len(r) for r in rows if r is not None), self.out_dim)
+        width = next((len(r) for r in rows if r is not None), self.out_dim * (self.bank + 1))
         features = np.stack([r if r is not None else np.zeros(width, np.float32) for r in rows])
         out = {k: v for k, v in batch.items() if k not in ("x", "ok", "reason", "stage")}
+        if self.bank:
+            dim = width // (self.bank + 1)
+            out[BANK_COLUMN] = features[:, dim:].reshape(n, self.bank, dim)
+            features = features[:, :dim]
         out.update(x=features, ok=ok, reason=reason.astype(str), stage=stage.astype(str))
         return out
 
@@ -118,7 +145,7 @@ def extract_features(ds: ray.data.Dataset, name: str, weights: str | None = None
         use_gpu: One GPU per actor.
         actors: Backbone replicas (default: the cluster's GPUs with ``use_gpu``, else its CPUs).
         batch_size: Images per block handed to an actor (and per forward pass on a GPU).
-        views: ``none``, ``rot4`` or ``dihedral`` (module docstring).
+        views: ``none``, ``rot4``, ``dihedral`` or ``augment:N`` (module docstring).
 
     Returns:
         The rows with ``x`` = (D,) float32 features and ``ok``/``reason``/``stage`` flags.

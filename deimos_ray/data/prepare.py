@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from deimos_ray.config import DataConfig, FeatureConfig
+from deimos_ray.config import DataConfig, FeatureConfig, UmapConfig
 from deimos_ray.data.feature_cache import cache_key, read_entry, write_entry
-from deimos_ray.data.features import extract_features
+from deimos_ray.data.features import BANK_COLUMN, extract_features
 from deimos_ray.data.metadata import join_metadata
 from deimos_ray.data.preprocess import (
     PREPROCESS_BATCH,
@@ -31,6 +32,7 @@ from deimos_ray.data.preprocess import (
     split_rejected,
     split_table,
 )
+from deimos_ray.data.reduce import embed, fit_umap
 from deimos_ray.data.sources import load_source
 from deimos_ray.data.sources.base import rechunk
 from deimos_ray.errors import UsageError
@@ -71,6 +73,8 @@ class PreparedData:
             standardised the same way).
         cache_hit: Whether the features were read from the cache.
         ids: The ``id`` of every row of ``good``, in its order.
+        reducer: With ``features.reduce=umap``: the fitted UMAP model ``x`` was embedded
+            with (new images must be embedded by the same one).
     """
 
     good: ray.data.Dataset
@@ -86,6 +90,7 @@ class PreparedData:
     feature_stats: dict[str, np.ndarray] | None = None
     cache_hit: bool = False
     ids: np.ndarray = dataclasses.field(default_factory=lambda: np.array([], dtype=object))
+    reducer: Any = None
 
     @property
     def num_rows(self) -> int:
@@ -115,10 +120,13 @@ def _normalize(good: ray.data.Dataset, how: str, stats: dict[str, np.ndarray] | 
                ) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
     if how == "none":
         return good, None
+    # A view bank (--views augment:N) is normalised as its images' own features are.
+    columns = [c for c in ("x", BANK_COLUMN) if c in good.columns()]
     if how == "l2":
         def unit(batch):
-            x = np.asarray(batch["x"], dtype=np.float32)
-            batch["x"] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            for c in columns:
+                x = np.asarray(batch[c], dtype=np.float32)
+                batch[c] = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
             return batch
         return good.map_batches(unit, batch_format="numpy").materialize(), None
     if stats is None:
@@ -126,14 +134,16 @@ def _normalize(good: ray.data.Dataset, how: str, stats: dict[str, np.ndarray] | 
         stats = {"mean": x.mean(axis=0), "std": x.std(axis=0) + 1e-6}
 
     def standardize(batch):
-        batch["x"] = ((np.asarray(batch["x"], dtype=np.float32) - stats["mean"]) / stats["std"]).astype(np.float32)
+        for c in columns:
+            batch[c] = ((np.asarray(batch[c], dtype=np.float32) - stats["mean"]) / stats["std"]).astype(np.float32)
         return batch
     return good.map_batches(standardize, batch_format="numpy").materialize(), stats
 
 
 def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_dir: Path | None = None,
                  use_gpu: bool = False, extract: bool = True,
-                 feature_stats: dict[str, np.ndarray] | None = None) -> PreparedData:
+                 feature_stats: dict[str, np.ndarray] | None = None, umap: UmapConfig | None = None,
+                 seed: int = 0, reducer: Any = None) -> PreparedData:
     """Load, join metadata, decode, tile and normalise; split off unreadable inputs.
 
     Args:
@@ -147,6 +157,10 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
         feature_stats: With ``features.normalize=standardize``: standardise with this
             mean and standard deviation (a trained run's, for new images) instead of
             the rows' own.
+        umap, seed: With ``features.reduce=umap``: UMAP's settings and the seed of its
+            fit and sample (:mod:`deimos_ray.data.reduce`).
+        reducer: With ``features.reduce=umap``: embed with this fitted model (a trained
+            run's, for new images) instead of fitting one on the rows.
 
     Raises:
         ValueError: ``on_error: fail`` and an input could not be read (names the file),
@@ -208,6 +222,10 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     input_shape = spec.shape
     if features.enabled:
         good, stats = _normalize(good, features.normalize, feature_stats)
+        if features.reduce == "umap":
+            if reducer is None:
+                reducer = fit_umap(collect_features(good)[1], umap or UmapConfig(), seed)
+            good = embed(good, reducer, features.actors).materialize()
         input_shape = (int(np.asarray(good.take(1)[0]["x"]).shape[0]),)
     if cfg.metadata_features:
         good = good.map_batches(_append_meta_features, batch_format="numpy").materialize()
@@ -217,7 +235,8 @@ def prepare_data(cfg: DataConfig, features: FeatureConfig | None = None, cache_d
     good_inputs = len(good.unique("_source_id")) if cfg.tile else len(ids)
     return PreparedData(good, rejected, spec, input_shape, source.num_inputs, good_inputs,
                         source.has_labels, source.missing, source.notes,
-                        features.backbone if features.enabled else "pixels", stats, hit, ids)
+                        features.backbone if features.enabled else "pixels", stats, hit, ids,
+                        reducer if features.reduce != "none" else None)
 
 
 def write_rejected(rejected: pd.DataFrame, path: Path) -> None:

@@ -30,13 +30,14 @@ import torch
 from deimos_ray import progress
 from deimos_ray.config_io import from_dict, to_dict
 from deimos_ray.data.augment import augment, two_views
+from deimos_ray.data.features import BANK_COLUMN
 from deimos_ray.losses.dac import label_features, labeled_masks, pair_loss_sum, select_pairs
 from deimos_ray.models.dac import DACConfig, DACNet, next_lambda, schedule_done, thresholds
 from deimos_ray.train import collective as C
 from deimos_ray.train import common
 from deimos_ray.train.checkpoint import latest_state, report_epoch
 from deimos_ray.train.common import Batches, CheckpointClock, global_count
-from deimos_ray.train.rows import FEATURE_COLUMN, RowsPlan, open_rows
+from deimos_ray.train.rows import FEATURE_COLUMN, RowsPlan, open_worker_rows
 
 KNOWN_COLUMN = "known"  # label used as supervision, -1 where unknown or not drawn
 
@@ -75,12 +76,24 @@ def _loss_and_stats(
     return loss, stats
 
 
+def bank_views(bank: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different views of every image from its bank (n, N, D) of augmented views'
+    features (``--views augment:N``): DAC's two augmented views, lifted to features."""
+    n, count = bank.shape[:2]
+    first = torch.randint(0, count, (n,), generator=g, device=bank.device)
+    second = (first + torch.randint(1, count, (n,), generator=g, device=bank.device)) % count
+    rows = torch.arange(n, device=bank.device)
+    return bank[rows, first], bank[rows, second]
+
+
 def step_loss(
     net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, cfg: DACConfig,
-    upper: float, lower: float, g: torch.Generator,
+    upper: float, lower: float, g: torch.Generator, bank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The loss of one step on this worker's share ``x`` of the global batch, selecting
-    the pairs with the network as it is now (``selection="batch"``, the paper).
+    the pairs with the network as it is now (``selection="batch"``, the paper). With
+    ``augment``, the two views of an image are augmentations of its pixels, or, on
+    features, two entries of its view ``bank``.
 
     Returns:
         The loss to back-propagate, and sums for the epoch's log (tensors, except the
@@ -90,7 +103,7 @@ def step_loss(
     rows_known = known
     if cfg.augment:
         # Two views of every image; an image and its view are always a "same" pair.
-        view_a, view_b = two_views(x, cfg.augmentation, g)
+        view_a, view_b = two_views(x, cfg.augmentation, g) if bank is None else bank_views(bank, g)
         x, rows_known = torch.cat([view_a, view_b]), torch.cat([known, known])
     features = label_features(net(x))
     n_rows = len(features)
@@ -143,15 +156,16 @@ def chunk_targets(
 
 def chunk_step_loss(
     net: torch.nn.Module, x: torch.Tensor, known: torch.Tensor, same: torch.Tensor,
-    different: torch.Tensor, cfg: DACConfig, g: torch.Generator,
+    different: torch.Tensor, cfg: DACConfig, g: torch.Generator, bank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The loss of one mini-batch of a chunk against the chunk's fixed targets.
 
-    With ``augment``, the network sees one random view of each image and learns the
-    targets that :func:`chunk_targets` gave the clean images.
+    With ``augment``, the network sees one random view of each image (on features, one
+    entry of its view ``bank``) and learns the targets that :func:`chunk_targets` gave
+    the clean images.
     """
     if cfg.augment:
-        x = augment(x, cfg.augmentation, g)
+        x = augment(x, cfg.augmentation, g) if bank is None else bank_views(bank, g)[0]
     features = label_features(net(x))
     valid = _off_diagonal(len(x), features.device)
     return _loss_and_stats(features @ features.T, same, different, valid, known, known, cfg, False)
@@ -171,7 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         config: ``{"model": DACConfig as dict, "seed": int, "input_shape": [C, H, W],
-            "checkpoint_interval_s": float}``; the dataset has columns ``x`` and ``known``.
+            "checkpoint_interval_s": float, "view_bank": N}``; the dataset has columns
+            ``x`` and ``known`` (and with ``view_bank`` N > 0 the bank, ``_views``).
 
     Returns:
         ``epochs``, the final ``lambda``/``upper``/``lower``, ``resumed_at_epoch`` and the
@@ -180,7 +195,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg = from_dict(DACConfig, config["model"])
     seed = int(config["seed"])
     input_shape = tuple(config["input_shape"])
-    if len(input_shape) == 1 and cfg.augment:
+    view_bank = int(config.get("view_bank", 0))  # --views augment:N: augmented views' features
+    if len(input_shape) == 1 and cfg.augment and not view_bank:
         # Feature vectors (a backbone's) have no pixels to crop or rotate: the pairs are
         # selected as in the paper, without views. check_resumable compares the config
         # as given, so the replacement is local to the training.
@@ -191,7 +207,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)  # identical initial weights on every rank
 
     plan = config.get("rows")
-    rows = open_rows(ray.train.get_dataset_shard("train"), input_shape, (KNOWN_COLUMN,), plan)
+    extra = (KNOWN_COLUMN, BANK_COLUMN) if view_bank else (KNOWN_COLUMN,)
+    rows = open_worker_rows(input_shape, extra, plan)
     if rows.n == 0:
         raise RuntimeError("a training worker received no rows: use fewer workers or more data")
     n_global = int(global_count(rows.n))
@@ -232,8 +249,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         for _, columns in rows.epoch(batches, epoch):
             x, known = columns[FEATURE_COLUMN].to(device), columns[KNOWN_COLUMN]
+            bank = columns[BANK_COLUMN].to(device) if view_bank else None
             if cfg.selection == "batch":
-                _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g), sums)
+                _learn(opt, *step_loss(ddp, x, known, train_cfg, upper, lower, g, bank), sums)
                 continue
             same, different = chunk_targets(net, x, upper, lower)
             known = known.to(device)  # indexed by the device-side mini-batches below
@@ -241,8 +259,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 order = torch.randperm(len(x), generator=g, device=device)
                 for mini in torch.tensor_split(order, minis):
                     pick = mini[:, None], mini[None, :]
-                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini], same[pick], different[pick], train_cfg, g),
-                           sums)
+                    _learn(opt, *chunk_step_loss(ddp, x[mini], known[mini], same[pick], different[pick], train_cfg, g,
+                                                 None if bank is None else bank[mini]), sums)
         totals = {name: global_count(float(value)) for name, value in sorted(sums.items())}
         record = {
             "epoch": epoch + 1, "lambda": lam, "upper": upper, "lower": lower,

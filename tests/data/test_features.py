@@ -7,7 +7,12 @@ import numpy as np
 import ray
 import torch
 
-from deimos_ray.data.features import CPU_FORWARD_BATCH, FeatureExtractor, extract_features
+from deimos_ray.data.features import (
+    BANK_COLUMN,
+    CPU_FORWARD_BATCH,
+    FeatureExtractor,
+    extract_features,
+)
 from deimos_ray.data.preprocess import split_rejected
 from deimos_ray.models.backbones import load_backbone
 
@@ -56,3 +61,19 @@ def test_pooled_views_are_the_same_for_an_image_and_its_rotation_or_mirror_image
     dihedral = FeatureExtractor("efficientnet_lite0", None, 32, views="dihedral")
     for other in (turned, mirrored):
         np.testing.assert_allclose(dihedral.features(other), dihedral.features(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_view_bank_keeps_the_images_own_features_and_n_seeded_augmented_views():
+    x = np.random.default_rng(3).random((4, 1, 32, 32)).astype(np.float32)
+    batch = {"id": np.array(list("abcd")), "x": x}
+    bank = FeatureExtractor("efficientnet_lite0", None, 32, views="augment:3")
+    out = bank(dict(batch))
+    plain = FeatureExtractor("efficientnet_lite0", None, 32).features(x)
+    np.testing.assert_allclose(out["x"], plain, rtol=1e-4, atol=1e-5)  # x: the image as it is
+    views = out[BANK_COLUMN]
+    assert views.shape == (4, 3, 1280) and out["ok"].all()
+    for i in range(4):  # three different views, none of them the image itself
+        assert not np.allclose(views[i, 0], views[i, 1], atol=1e-3)
+        assert not np.allclose(views[i, 0], plain[i], atol=1e-3)
+    # Seeded by the pixels: the same images get the same views in another run.
+    np.testing.assert_array_equal(bank(dict(batch))[BANK_COLUMN], views)

@@ -178,3 +178,17 @@ def test_with_the_progress_probe_on_the_reports_carry_the_silhouette_of_the_curr
     plain = fit(dac_loop.train_loop_per_worker, {**config, "progress_rows": 0}, dataset(x, labels),
                 ScalingConfig(num_workers=0), tmp_path, name="plain")
     assert PROGRESS_SCORE not in plain.metrics
+
+
+def test_two_views_from_a_bank_are_two_different_entries_and_a_same_pair():
+    n, count, dim = 6, 3, 64
+    bank = torch.arange(n * count, dtype=torch.float32)[:, None].expand(-1, dim).reshape(n, count, dim).clone()
+    first, second = dac_loop.bank_views(bank, torch.Generator().manual_seed(0))
+    row_of = lambda views: (views[:, 0] // count).long()  # noqa: E731  every entry holds its own index
+    assert (row_of(first) == torch.arange(n)).all() and (row_of(second) == torch.arange(n)).all()
+    assert (first[:, 0] != second[:, 0]).all()  # two different views of each image
+    cfg = DACConfig(**{**to_dict(TINY), "conv_widths": (8, 16), "augment": True})
+    # Thresholds no pair can pass: the only "same" pairs are the image's two views.
+    _, stats = dac_loop.step_loss(Linear(), bank[:, 0], torch.full((n,), -1), cfg, 1.1, -1.1,
+                                  torch.Generator().manual_seed(0), bank)
+    assert float(stats["same"]) == 2 * n
