@@ -12,7 +12,9 @@
 
 Each (dataset, method, seed) is one full run of the job spine (Ray Data in, Ray Train
 training, Parquet out) in its own run directory; the k-means baseline is fitted on the
-same preprocessed pixels in the same run, and so is Ward's agglomerative clustering. With
+same preprocessed pixels in the same run, and so are Ward's agglomerative clustering and
+UMAP then Ward (``UMAP-Ward``; not on an input already UMAP's, ``--set
+features.reduce=umap``, where Ward's row is UMAP then Ward). With
 ``--backbones``, every method also runs on the features of each backbone named
 (``none`` is the pixels), the baselines beside it on the same features; the features
 are computed once per data set and read from the cache in the workdir by every other
