@@ -9,9 +9,9 @@ threads, and the decode is a hundredth of the forward pass. With ``views`` (``ro
 on a GPU all views of a batch go through the backbone as one batch; on a CPU view by
 view, so ``rot4`` costs four forward passes an image and ``dihedral`` eight. With
 ``augment:N`` the image's own features stay ``x`` and the features of N random augmented
-views of it (:func:`deimos_ray.data.augment.augment`, seeded by the pixels, so the same
-image gets the same views) go into ``BANK_COLUMN`` (N, D): N more forward passes an image,
-and N times the cache. A batch that fails is
+views of it (:func:`deimos_ray.data.augment.augment`, seeded by the pixels of its forward
+chunk, so a rerun over the same blocks draws the same views) go into ``BANK_COLUMN``
+(N, D): N more forward passes an image, and N times the cache. A batch that fails is
 retried image by image, and an image that still fails is flagged (``ok``, ``reason``,
 ``stage="features"``) like a decode failure, so it is recorded as rejected and no input
 is lost.
@@ -89,7 +89,7 @@ class FeatureExtractor:
         own = self.pooled(images)
         if not self.bank:
             return own
-        # Seeded by the pixels: the same images get the same views in every run.
+        # Seeded by the chunk's pixels: the same blocks get the same views in every run.
         g = torch.Generator().manual_seed(zlib.crc32(np.ascontiguousarray(x, dtype=np.float32).tobytes()))
         plain = torch.from_numpy(np.array(x, dtype=np.float32))
         views = [self.forward(self.to_device(augment(plain, AugmentConfig(), g).numpy())) for _ in range(self.bank)]
