@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deimos_ray.algorithms import ALGORITHMS
+from deimos_ray.config_io import override_all
+from deimos_ray.job import run_training_job
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -60,6 +64,18 @@ def backbone_smoke_settings(algorithm, images, **settings) -> dict:
     return {**load_job(algorithm.job).SMOKE, "data.spec": str(images), "model.n_clusters": 3,
             "scaling.num_workers": 0, "features.backbone": "efficientnet_lite0", "features.image_size": 32,
             **{key.replace("__", "."): value for key, value in settings.items()}}
+
+
+def backbone_job(tmp_path, name: str, n_good: int = 16, **settings):
+    """Train algorithm ``name`` on a new folder ``tmp_path/images`` of ``n_good`` images
+    with :func:`backbone_smoke_settings` and ``settings``: (the good files, the job's
+    metrics, the run folder ``tmp_path/run``)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    good = write_image_folder(images, n_good=n_good)
+    algorithm = ALGORITHMS[name]
+    cfg = override_all(algorithm.config_class(), backbone_smoke_settings(algorithm, images, **settings))
+    return good, run_training_job(algorithm, cfg, tmp_path / "run"), tmp_path / "run"
 
 
 def write_bad_files(root):

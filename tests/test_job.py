@@ -15,6 +15,7 @@ from deimos_ray.assignments import read_metadata
 from deimos_ray.config_io import override_all, to_dict
 from deimos_ray.job import run_training_job
 from tests.helpers import (
+    backbone_job,
     backbone_smoke_settings,
     load_job,
     smoke_may_collapse,
@@ -125,13 +126,8 @@ def test_every_algorithm_runs_on_cropped_rotation_pooled_backbone_features(ray_s
 @pytest.mark.slow
 @smoke_may_collapse
 def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    good = write_image_folder(images, n_good=16)
+    good, metrics, _ = backbone_job(tmp_path, "dac", model__fine_tune_backbone=True)
     algorithm = ALGORITHMS["dac"]
-    settings = backbone_smoke_settings(algorithm, images, model__fine_tune_backbone=True)
-    cfg = override_all(algorithm.config_class(), settings)
-    metrics = run_training_job(algorithm, cfg, tmp_path / "run")
 
     assert metrics["fine_tuned_backbone"] == "efficientnet_lite0" and metrics["representation"] == "pixels"
     assert not (tmp_path / "run" / "features").exists()  # images, not cached features
@@ -144,13 +140,7 @@ def test_dac_fine_tunes_the_backbone_on_the_images(ray_session, tmp_path):
 @pytest.mark.slow
 @smoke_may_collapse
 def test_dac_pairs_two_views_from_a_bank_of_augmented_views_on_features(ray_session, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    good = write_image_folder(images, n_good=16)
-    algorithm = ALGORITHMS["dac"]
-    cfg = override_all(algorithm.config_class(), backbone_smoke_settings(algorithm, images, features__views="augment:2"))
-    run = tmp_path / "run"
-    metrics = run_training_job(algorithm, cfg, run)
+    good, metrics, run = backbone_job(tmp_path, "dac", features__views="augment:2")
     assert metrics["accounting"]["assigned"] == len(good)
     # The bank is in the feature cache, beside each image's own features, not in the outputs.
     entry = next((run / "features").iterdir())

@@ -13,13 +13,10 @@ import ray
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from deimos_ray.algorithms import ALGORITHMS
 from deimos_ray.config import FeatureConfig, UmapConfig
-from deimos_ray.config_io import override_all
 from deimos_ray.data.reduce import REDUCER_FILE, embed, fit_umap, load_reducer
-from deimos_ray.job import run_training_job
 from deimos_ray.new_images import assign_new
-from tests.helpers import backbone_smoke_settings, smoke_may_collapse, write_image_folder
+from tests.helpers import backbone_job, smoke_may_collapse
 
 
 def test_every_row_is_embedded_in_ray_data_the_same_whatever_its_block(ray_session):
@@ -50,15 +47,9 @@ def test_reduce_needs_a_backbone():
 @pytest.mark.slow
 @smoke_may_collapse
 def test_a_run_on_umap_embedded_features_assigns_new_images_with_its_own_model(ray_session, tmp_path):
+    good, metrics, run = backbone_job(tmp_path, "dec", n_good=24, features__reduce="umap", umap__components=4,
+                                      umap__neighbours=5, baseline_umap=True)
     images = tmp_path / "images"
-    images.mkdir()
-    good = write_image_folder(images, n_good=24)
-    algorithm = ALGORITHMS["dec"]
-    settings = backbone_smoke_settings(algorithm, images, features__reduce="umap", umap__components=4,
-                                       umap__neighbours=5, baseline_umap=True)
-    cfg = override_all(algorithm.config_class(), settings)
-    run = tmp_path / "run"
-    metrics = run_training_job(algorithm, cfg, run)
 
     assert metrics["accounting"]["assigned"] == len(good)
     # Every method clustered the 4-d embedding; Ward's column is UMAP then Ward already.
