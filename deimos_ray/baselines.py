@@ -4,6 +4,8 @@ manifold embedding of pretrained features, then a classical clusterer)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.neighbors import KNeighborsClassifier
@@ -38,9 +40,7 @@ def ward_baseline(features: np.ndarray, k: int, seed: int = 0, max_fit_samples: 
     mean is nearest (the criterion Ward's merges minimise).
     """
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-    idx = np.arange(len(x))
-    if len(x) > max_fit_samples:
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), max_fit_samples, replace=False))
+    idx = fit_sample(len(x), max_fit_samples, seed)
     fitted = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x[idx])
     if len(idx) == len(x):
         return fitted
@@ -61,19 +61,9 @@ def umap_ward_baseline(features: np.ndarray, k: int, seed: int = 0, components: 
     the input space: the embedding's clusters need not be convex there, so the nearest
     mean would not do, and UMAP's own ``transform`` costs as much as a second fit.
     """
-    # umap-learn compiles its numba kernels on first use (tens of seconds): imported only
-    # where this baseline runs, so the jobs that skip it start as fast as before.
-    import umap
-
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-    idx = np.arange(len(x))
-    if len(x) > max_fit_samples:
-        idx = np.sort(np.random.default_rng(seed).choice(len(x), max_fit_samples, replace=False))
-    neighbours = max(2, min(neighbours, len(idx) - 1))
-    components = max(1, min(components, len(idx) - 2))  # UMAP's spectral start needs N > components + 1
-    reducer = umap.UMAP(n_neighbors=neighbours, min_dist=min_dist, n_components=components,
-                        random_state=seed, n_jobs=1)  # a seed fixes the result and rules out threads anyway
-    embedded = reducer.fit_transform(x[idx])
+    idx = fit_sample(len(x), max_fit_samples, seed)
+    embedded = umap_model(len(idx), components, neighbours, min_dist, seed).fit_transform(x[idx])
     fitted = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(embedded)
     if len(idx) == len(x):
         return fitted
@@ -83,3 +73,22 @@ def umap_ward_baseline(features: np.ndarray, k: int, seed: int = 0, components: 
     vote = KNeighborsClassifier(n_neighbors=min(UMAP_VOTERS, len(idx))).fit(x[idx], fitted)
     labels[rest] = vote.predict(x[rest])
     return labels
+
+
+def fit_sample(rows: int, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most ``max_rows`` of ``rows`` (all when fewer)."""
+    if rows <= max_rows:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+
+
+def umap_model(rows: int, components: int, neighbours: int, min_dist: float, seed: int) -> Any:
+    """An unfitted UMAP for ``rows`` rows: neighbours and components clamped to what so
+    few rows allow (UMAP's spectral start needs more rows than components + 1); seeded,
+    which also rules out threads."""
+    # umap-learn compiles its numba kernels on first use (tens of seconds): imported only
+    # where UMAP runs, so the jobs that skip it start as fast as before.
+    import umap
+
+    return umap.UMAP(n_neighbors=max(2, min(neighbours, rows - 1)), min_dist=min_dist,
+                     n_components=max(1, min(components, rows - 2)), random_state=seed, n_jobs=1)

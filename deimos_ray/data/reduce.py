@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from deimos_ray.baselines import UMAP_FIT_ROWS
+from deimos_ray.baselines import UMAP_FIT_ROWS, fit_sample, umap_model
 from deimos_ray.config import UmapConfig
 from deimos_ray.files import write_atomic
 
@@ -36,17 +36,11 @@ EMBED_BATCH = 2048  # rows per transform call: UMAP's per-call set-up is amortis
 def fit_umap(x: np.ndarray, settings: UmapConfig, seed: int, max_fit_samples: int = UMAP_FIT_ROWS) -> Any:
     """A UMAP model of ``settings`` fitted on a seeded sample of at most
     ``max_fit_samples`` rows of ``x`` (N, D)."""
-    # umap-learn compiles its numba kernels on first use (tens of seconds): imported only
-    # where a run asks for it.
-    import umap
-
-    if len(x) > max_fit_samples:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_fit_samples, replace=False))]
+    x = x[fit_sample(len(x), max_fit_samples, seed)]
     if len(x) < settings.components + 2:
         raise ValueError(f"--reduce umap needs more than {settings.components + 1} rows (umap.components + 1), "
                          f"got {len(x)}")
-    return umap.UMAP(n_neighbors=min(settings.neighbours, len(x) - 1), min_dist=settings.min_dist,
-                     n_components=settings.components, random_state=seed, n_jobs=1).fit(x)
+    return umap_model(len(x), settings.components, settings.neighbours, settings.min_dist, seed).fit(x)
 
 
 class Embedder:
