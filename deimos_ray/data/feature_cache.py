@@ -7,8 +7,8 @@ An entry is the folder ``CACHE/<key>/`` holding ``features.parquet`` (the readab
 the backbone could not use, with the reason) and ``info.json``. The key is a digest of
 everything the features depend on (:func:`cache_key`): the source's fingerprint (ids,
 file names, sizes and modification times, or the array contents), the preprocessing
-settings, the backbone, its weights file's digest and the input size, and this package's
-version. A changed input, setting or weights file gives another key, so stale features
+settings, the backbone, its weights file's digest (a timm model's library file too),
+the input size, and this package's version. A changed input, setting or weights file gives another key, so stale features
 are never read. An entry appears complete or not at all: it is written under a temporary
 name and renamed into place; of two runs that write the same entry at once, the first
 rename wins and the other discards its copy. ``info.json`` holds a SHA-256 of each file,
@@ -38,6 +38,7 @@ from ray.data.extensions import ArrowTensorArray
 import deimos_ray
 from deimos_ray.data.features import BANK_COLUMN
 from deimos_ray.data.sources.base import Source
+from deimos_ray.models.backbones import fetch_library_weights
 
 # The one data setting that changes nothing the cache holds: how failures are handled.
 NOT_IN_KEY = ("on_error",)
@@ -97,6 +98,9 @@ def cache_key(source: Source, data_cfg: Any, features_cfg: Any, image_size: int)
         "image_size": image_size,
         "version": deimos_ray.__version__,
     }
+    if features_cfg.backbone.startswith("timm:") and not features_cfg.weights:
+        # The Hub's file can change under the same name (torchvision's names carry their hash).
+        parts["weights"] = _file_digest(fetch_library_weights(features_cfg.backbone))
     if features_cfg.views != "none":  # entries written before views existed stay found
         parts["views"] = features_cfg.views
     text = json.dumps(parts, sort_keys=True, default=str)

@@ -14,7 +14,11 @@ algorithm can work in one. Names (:func:`load_backbone`):
   pretrained weights from torch's cache (``$TORCH_HOME/hub/checkpoints``), downloaded
   into it once by the driver before Ray starts when the machine is online
   (:func:`fetch_library_weights`; offline, the error says how to bring the file).
-- ``timm:NAME`` (timm installed): any such model, its weights from a state-dict file.
+- ``timm:NAME`` (e.g. ``timm:convnext_tiny``, ``timm:vit_small_patch16_224.dino``): any
+  timm model, its weights from a state-dict file the user names, else timm's own
+  pretrained weights from the Hugging Face cache (``$HF_HUB_CACHE``), downloaded into it
+  once by the driver when the machine is online; normalised with the mean and deviation
+  the weights were trained with (the model's ``pretrained_cfg``).
   For both the classifier is dropped, the pooled features kept.
 
 Every backbone takes images in [0, 1] with 1 or 3 channels: grayscale is replicated to
@@ -104,16 +108,19 @@ def efficientnet_lite0(with_classifier: bool = False) -> nn.Module:
     return net.eval() if with_classifier else _LiteFeatures(net.eval())
 
 
-def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
-    """Load a state-dict file into ``model`` (its classifier's keys may be missing or extra)."""
-    if weights is None:
-        raise ValueError(f"backbone {name!r} needs --backbone-weights FILE (a state dict; "
-                         "nothing is downloaded)")
+def _load_weights(model: nn.Module, weights: str, name: str) -> None:
+    """Load a state-dict file (torch's or safetensors) into ``model`` (its classifier's
+    keys may be missing or extra)."""
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # the Hugging Face cache's format (timm's weights)
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, or holding objects other than tensors
         raise ValueError(f"{path} is not a weights-only state dict: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -130,14 +137,18 @@ def _load_weights(model: nn.Module, weights: str | None, name: str) -> None:
 
 
 def fetch_library_weights(name: str) -> Path:
-    """The file of ``torchvision:NAME``'s default pretrained weights in torch's cache,
-    downloaded there first when it is not (torch checks the download's hash).
+    """The file of a ``torchvision:NAME`` or ``timm:NAME`` model's default pretrained
+    weights in its library's cache, downloaded there first when it is not: torch's cache
+    (``$TORCH_HOME/hub/checkpoints``; torch checks the download's hash) for torchvision,
+    the Hugging Face cache (``$HF_HUB_CACHE``) for timm, whose weights live on the Hub.
 
     Raises:
-        ValueError: the model has no pretrained weights in torchvision, or they are not
+        ValueError: the model has no pretrained weights in its library, or they are not
             in the cache and cannot be downloaded (offline): the message names the file
             and how to fetch it once on a machine that is online.
     """
+    if name.startswith("timm:"):
+        return _fetch_timm_weights(name)
     import torchvision
 
     arch = name.split(":", 1)[1]
@@ -159,6 +170,43 @@ def fetch_library_weights(name: str) -> Path:
             f"weights='DEFAULT')\" and copy {file.name} from its ~/.cache/torch/hub/checkpoints/ to "
             f"{folder}/ here, or pass the file as --backbone-weights") from exc
     return file
+
+
+def _fetch_timm_weights(name: str) -> Path:
+    """:func:`fetch_library_weights` for ``timm:NAME``: the cache first (no network), then
+    the Hub, trying the files timm itself loads (``model.safetensors``, then
+    ``pytorch_model.bin``) unless the model names its own."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    arch = name.split(":", 1)[1]
+    config = get_pretrained_cfg(arch)
+    if config is None or not config.hf_hub_id:
+        raise ValueError(f"timm has no pretrained weights on the Hugging Face Hub for {arch!r}; "
+                         "pass --backbone-weights FILE")
+    repo, _, revision = config.hf_hub_id.partition("@")
+    files = [config.hf_hub_filename] if config.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for file in files:
+        try:
+            return Path(huggingface_hub.hf_hub_download(repo, file, revision=revision or None, local_files_only=True))
+        except EntryNotFoundError:
+            continue
+    error: Exception | None = None
+    for file in files:
+        try:
+            return Path(huggingface_hub.hf_hub_download(repo, file, revision=revision or None))
+        except RemoteEntryNotFoundError:  # the repository has the other file
+            continue
+        except Exception as exc:  # offline, a proxy, a full disk: the same advice
+            error = exc
+            break
+    folder = "models--" + repo.replace("/", "--")
+    raise ValueError(
+        f"cannot download {name}'s weights (Hugging Face Hub {repo}: {type(error).__name__}: {error}); on a "
+        f"machine that is online run: python -c \"import timm; timm.create_model('{arch}', pretrained=True)\" "
+        f"and copy the folder {folder} from its ~/.cache/huggingface/hub/ to {huggingface_hub.constants.HF_HUB_CACHE}/ "
+        f"here, or pass its {files[0]} as --backbone-weights")
 
 
 def _hash_prefix(file_name: str) -> str | None:
@@ -190,7 +238,8 @@ def check_backbone(name: str, weights: str | None = None) -> None:
 
     Raises:
         ValueError: An unknown name (with the nearest known ones), a missing package, a
-            ``torchvision:``/``timm:`` model without its weights file.
+            ``torchvision:``/``timm:`` model without a weights file whose library weights
+            are neither cached nor downloadable.
         FileNotFoundError: The weights file does not exist.
     """
     if name == "none":
@@ -217,11 +266,9 @@ def check_backbone(name: str, weights: str | None = None) -> None:
     if arch not in known:
         near = difflib.get_close_matches(arch, known, n=3)
         raise ValueError(f"{family} has no model {arch!r}" + (f"; nearest: {', '.join(near)}" if near else ""))
-    if weights is None and family == "torchvision":
-        fetch_library_weights(name)  # once, in the driver: every actor then reads torch's cache
-        return
     if weights is None:
-        raise ValueError(f"backbone {name!r} needs --backbone-weights FILE (a state dict; nothing is downloaded)")
+        fetch_library_weights(name)  # once, in the driver: every actor then reads the library's cache
+        return
     if not Path(weights).is_file():
         raise FileNotFoundError(f"backbone weights file {weights} does not exist")
 
@@ -231,8 +278,8 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
 
     Args:
         name: ``none``, ``efficientnet_lite0``, ``torchvision:NAME`` or ``timm:NAME``.
-        weights: A state-dict file (torchvision and timm models); None: a torchvision
-            model's default weights from torch's cache (:func:`fetch_library_weights`).
+        weights: A state-dict file (torchvision and timm models); None: the library's
+            own pretrained weights from its cache (:func:`fetch_library_weights`).
         image_size: Input side (default 224, the weights' training size).
 
     Raises:
@@ -266,10 +313,18 @@ def load_backbone(name: str, weights: str | None = None, image_size: int | None 
             import timm
         except ImportError as exc:
             raise ValueError(f"backbone {name!r} needs the timm package (pip install timm)") from exc
-        model = timm.create_model(name.split(":", 1)[1], pretrained=False)
-        _load_weights(model, weights, name)
+        arch = name.split(":", 1)[1]
+        if weights is None:  # timm's own loader: its checkpoint filters, strict keys
+            file = fetch_library_weights(name)
+            model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
+        else:
+            model = timm.create_model(arch, pretrained=False)
+            _load_weights(model, weights, name)
         model.reset_classifier(0)
-        features = model
+        features = model.eval()
+        config = model.pretrained_cfg
+        mean, std = tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+        return Backbone(name, features, _out_dim(features, size), size, mean, std)
     else:
         raise ValueError(f"unknown backbone {name!r}: use none, efficientnet_lite0, "
                          "torchvision:NAME or timm:NAME")

@@ -11,6 +11,9 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from torchvision.models import ResNet18_Weights
 
+from deimos_ray.config import DataConfig, FeatureConfig
+from deimos_ray.data.feature_cache import cache_key
+from deimos_ray.data.sources import load_source
 from deimos_ray.models.backbones import (
     check_backbone,
     efficientnet_lite0,
@@ -96,3 +99,54 @@ def test_a_torchvision_model_without_a_file_uses_torchs_cache_and_says_how_to_fi
     assert fetch_library_weights("torchvision:resnet18") == cached
     backbone = load_backbone("torchvision:resnet18", image_size=64)
     torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
+
+
+def test_a_timm_model_without_a_file_uses_the_hugging_face_cache_and_says_how_to_fill_it(tmp_path, monkeypatch):
+    import huggingface_hub
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # nothing may reach the Hub here
+    with pytest.raises(ValueError, match=r"cannot download timm:resnet18's weights .*models--timm--resnet18\.a1_in1k"):
+        check_backbone("timm:resnet18")
+    with pytest.raises(ValueError, match="timm has no model 'resnet181'; nearest: resnet18"):
+        check_backbone("timm:resnet181")
+    # What the advice says: the Hub's folder in the cache, as timm's own download leaves it.
+    torch.manual_seed(2)
+    reference = timm.create_model("resnet18", pretrained=False)
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    save_file(reference.state_dict(), snapshot / "model.safetensors")
+    check_backbone("timm:resnet18")
+    assert fetch_library_weights("timm:resnet18") == snapshot / "model.safetensors"
+    backbone = load_backbone("timm:resnet18", image_size=64)
+    torch.testing.assert_close(backbone.features.conv1.weight, reference.conv1.weight)
+    assert backbone.out_dim == 512  # the classifier dropped, the pooled features kept
+    # The same file named as --backbone-weights (a safetensors file) gives the same network.
+    named = load_backbone("timm:resnet18", str(snapshot / "model.safetensors"), image_size=64)
+    torch.testing.assert_close(named.features.conv1.weight, reference.conv1.weight)
+    # The Hub's file can change under the same name: the feature cache's key follows its contents.
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / "a.png")
+    data = DataConfig(spec=str(tmp_path / "images"))
+    key = lambda: cache_key(load_source(data), data, FeatureConfig(backbone="timm:resnet18"), 64)  # noqa: E731
+    before = key()
+    assert key() == before
+    torch.manual_seed(3)
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), snapshot / "model.safetensors")
+    assert key() != before
+
+
+def test_a_timm_model_is_normalised_as_its_weights_were_trained(tmp_path):
+    import timm
+
+    weights = tmp_path / "vit.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False).state_dict(), weights)
+    vit = load_backbone("timm:vit_tiny_patch16_224.augreg_in21k", str(weights))
+    torch.testing.assert_close(vit.mean.flatten(), torch.full((3,), 0.5))  # not ImageNet's (0.485, ...)
+    torch.testing.assert_close(vit.std.flatten(), torch.full((3,), 0.5))
+    assert vit(torch.rand(2, 1, 40, 40)).shape == (2, vit.out_dim) == (2, 192)
