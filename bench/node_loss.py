@@ -117,7 +117,7 @@ def lose_a_node(name: str, worker_cpus: list[int], env: dict[str, str], started:
     resumed = json.loads(metrics.read_text())["training"]["resumed_from"] if metrics.is_file() else None
     return {"case": name, "lost": f"node {node} ({worker_cpus[node - 1]} CPUs)", "status": status,
             "seconds": round(time.monotonic() - lost_at), "resumed_from": resumed,
-            "whole_files": whole_files(out), "last_line": logs[-1][:120] if logs else ""}
+            "whole_files": whole_files(out), "last_line": logs[-1] if logs else ""}
 
 
 def main() -> None:

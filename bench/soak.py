@@ -1,11 +1,14 @@
 """A long day on one Ray: many smoke-sized jobs of the three algorithms, sweeps and
 assignments in a row in one driver, watching what could leak.
 
-Every ``--every`` runs it prints the Ray worker processes alive, the driver's resident
-memory, the object store's use, and the files and bytes left under the temporary folder
-(Ray's session folder and deimos_ray's own temporary folders), then, after Ray has shut
-down, what is left. Target: flat after the first rows (warm-up), nothing left after the
-last run.
+Every ``--every`` runs it prints the worker processes of its own Ray, the driver's
+resident memory, the object store's use, and the files and bytes left under the
+temporary folder (Ray's session folder, and the deimos_ray temporary paths that appeared
+since the start), then, after Ray has shut down, what is left. Its last lines give the
+growth from the first row after the start (the end of the warm-up) to the last run, and
+``left: P Ray processes, T temporary paths``: this Ray's processes still alive after its
+shutdown, and the soak's temporary paths still there. Target: flat after the warm-up,
+nothing left after the last run.
 
     .venv/bin/python bench/soak.py                          # 30 jobs, 2 sweeps, 10 assignments (~40 min on 2 cores)
     .venv/bin/python bench/soak.py --jobs 9 --sweeps 1 --assignments 3 --every 3   # a short day
@@ -36,11 +39,13 @@ ALGORITHM_ORDER = ("dac", "dec", "desom")
 
 
 def ray_workers() -> int:
-    """Processes of this machine's Ray that run tasks or actors (``ray::`` in their title)."""
+    """Processes of this driver's own Ray that run tasks or actors (``ray::`` in their
+    title): the local Ray it started is a child of the driver, so another Ray on the
+    machine (a test suite's, a second job's) is not counted."""
     count = 0
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            if any(part.startswith("ray::") for part in proc.info["cmdline"] or []):
+            if any(part.startswith("ray::") for part in proc.cmdline()):
                 count += 1
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -64,17 +69,19 @@ def own_temporary() -> list[Path]:
     return [p for p in Path(tempfile.gettempdir()).glob("deimos_ray*")]
 
 
-def row(label: str, runs: int, t0: float, session: Path | None) -> None:
-    used = ""
+def row(label: str, runs: int, t0: float, session: Path | None, before: set[Path]) -> dict[str, float]:
+    """Print one row of the table and return its numbers."""
+    used = float("nan")
     if ray.is_initialized():
         total = ray.cluster_resources().get("object_store_memory", 0.0)
         free = ray.available_resources().get("object_store_memory", total)
-        used = f"{(total - free) / 2**20:.0f}"
+        used = (total - free) / 2**20
     files, size = folder_size(session) if session else (0, 0)
-    own = sum(folder_size(p)[0] if p.is_dir() else 1 for p in own_temporary())
-    rss = psutil.Process().memory_info().rss / 2**20
-    print(f"{label:<26}{runs:>5}{time.perf_counter() - t0:>8.0f}{ray_workers():>9}{rss:>10.0f}{used:>10}"
-          f"{files:>9}{size / 2**20:>9.1f}{own:>6}", flush=True)
+    own = sum(folder_size(p)[0] if p.is_dir() else 1 for p in set(own_temporary()) - before)
+    numbers = {"workers": ray_workers(), "rss": psutil.Process().memory_info().rss / 2**20, "store": used}
+    print(f"{label:<26}{runs:>5}{time.perf_counter() - t0:>8.0f}{numbers['workers']:>9}{numbers['rss']:>10.0f}"
+          f"{'-' if used != used else f'{used:.0f}':>10}{files:>9}{size / 2**20:>9.1f}{own:>6}", flush=True)
+    return numbers
 
 
 def smoke_config(name: str, data: str, seed: int):
@@ -94,6 +101,7 @@ def main() -> None:
     p.add_argument("--data", default="digits")
     args = p.parse_args()
 
+    before = set(own_temporary())  # a test suite's or an earlier run's are not the soak's
     work = Path(tempfile.mkdtemp(prefix="soak_"))
     t0 = time.perf_counter()
     init_ray(num_cpus=4, quiet=True)  # room for a sweep's trial beside its worker and Ray Data
@@ -101,7 +109,7 @@ def main() -> None:
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     print(f"{'after':<26}{'runs':>5}{'s':>8}{'workers':>9}{'rss MiB':>10}{'store MiB':>10}"
           f"{'files':>9}{'MiB':>9}{'own':>6}")
-    row("start", 0, t0, session)
+    rows = [row("start", 0, t0, session, before)]
     runs, last = 0, {}
     for i in range(args.jobs):
         name = ALGORITHM_ORDER[i % len(ALGORITHM_ORDER)]
@@ -115,7 +123,7 @@ def main() -> None:
         runs += 1
         gc.collect()
         if runs % args.every == 0:
-            row(f"{runs} jobs", runs, t0, session)
+            rows.append(row(f"{runs} jobs", runs, t0, session, before))
     for i in range(args.sweeps):
         algorithm, cfg = smoke_config("dec", args.data, seed=100 + i)
         out = work / f"sweep{i}"
@@ -124,7 +132,7 @@ def main() -> None:
         shutil.rmtree(out)
         runs += 1
     if args.sweeps:
-        row(f"{args.sweeps} sweeps", runs, t0, session)
+        rows.append(row(f"{args.sweeps} sweeps", runs, t0, session, before))
     for i in range(args.assignments):
         out = work / f"assign{i}"
         with contextlib.redirect_stdout(io.StringIO()):
@@ -132,15 +140,21 @@ def main() -> None:
         shutil.rmtree(out)
         runs += 1
         if (i + 1) % args.every == 0:
-            row(f"{i + 1} assignments", runs, t0, session)
-    row("last run", runs, t0, session)
+            rows.append(row(f"{i + 1} assignments", runs, t0, session, before))
+    rows.append(row("last run", runs, t0, session, before))
+    ours = psutil.Process().children(recursive=True)  # this Ray: raylet, store, workers
     ray.shutdown()
     time.sleep(5)  # workers exit after the driver's shutdown
     shutil.rmtree(work)
-    row("after ray.shutdown()", runs, t0, session)
-    left = [str(p) for p in own_temporary()]
-    print(f"\nRay worker processes left: {ray_workers()}; deimos_ray temporary paths left: {left or 'none'}; "
-          f"Ray session folder {session}: {folder_size(session)[0]} files (Ray's logs, kept by design)")
+    row("after ray.shutdown()", runs, t0, session, before)
+    if len(rows) > 2:  # the first row after the start is the end of the warm-up
+        warm, end = rows[1], rows[-1]
+        print(f"\nafter warm-up: driver {end['rss'] - warm['rss']:+.0f} MiB, Ray workers "
+              f"{end['workers'] - warm['workers']:+d}, object store {end['store'] - warm['store']:+.0f} MiB")
+    alive = [p.pid for p in ours if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = [str(p) for p in set(own_temporary()) - before]
+    print(f"Ray session folder {session}: {folder_size(session)[0]} files (Ray's logs, kept by design)")
+    print(f"left: {len(alive)} Ray processes, {len(left)} temporary paths {left or ''}".rstrip())
 
 
 if __name__ == "__main__":

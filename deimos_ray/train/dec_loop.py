@@ -237,7 +237,8 @@ def init_centres(cfg: DECConfig, model: DEC, rows: InMemoryRows | StreamingRows,
     take = torch.randperm(rows.n, generator=g)[:per_worker]
     with torch.no_grad():
         model.eval()
-        z = torch.cat([model.embed(b.to(device)).cpu() for b in batched(rows.take(take)[FEATURE_COLUMN])])
+        # Embedded as read: the sample's codes are kept, not its inputs.
+        z = rows.map_rows(take, lambda x: model.embed(x.to(device)).cpu()).reshape(-1, cfg.latent_dim)
         model.train()
     gathered = C.all_gather_object(z.numpy())
     centres = torch.zeros(cfg.n_clusters, cfg.latent_dim)

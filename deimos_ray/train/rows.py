@@ -8,7 +8,10 @@ of the two it has:
 - ``scan()``: every row once, in the shard's order, in batches (no-gradient passes:
   DEC's target distribution, DESOM's node hits);
 - ``take(index)``: the rows at the given positions (samples: k-means starts, the
-  progress probe).
+  progress probe);
+- ``map_rows(index, fn)``: ``fn`` of the inputs at the given positions, for a sample
+  too large to hold as inputs (DEC's k-means start embeds up to 50,000 rows: 256 MB of
+  1,280 features, 2 MB of codes); a streamed shard applies ``fn`` as it reads.
 
 :class:`InMemoryRows` reads the shard once and indexes it (the fast path, random access).
 :class:`StreamingRows` reads the shard again for every epoch and pass, so a worker holds
@@ -100,6 +103,11 @@ def _cat(parts: list[dict[str, torch.Tensor]], input_shape: tuple[int, ...],
     return {c: torch.cat([p[c] for p in parts]) for c in parts[0]}
 
 
+def _cat_outputs(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """The outputs of ``map_rows``' parts, one tensor (empty: no rows, no columns known)."""
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
 def _pick(columns: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     return {c: v[index] for c, v in columns.items()}
 
@@ -136,6 +144,11 @@ class InMemoryRows:
     def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows at ``index`` (positions in the shard), in that order."""
         return _pick(self.columns, index)
+
+    def map_rows(self, index: torch.Tensor, fn: Any) -> torch.Tensor:
+        """``fn`` of the inputs at ``index``, ``SCAN_ROWS`` at a time, in that order."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return _cat_outputs([fn(self.x[index[i:i + SCAN_ROWS]]) for i in range(0, len(index), SCAN_ROWS)])
 
 
 class StreamingRows:
@@ -193,6 +206,25 @@ class StreamingRows:
                              f"found in a shard of {start} rows")
         # Back from sorted order to the order asked for.
         return _pick(found, torch.searchsorted(wanted, index))
+
+    def map_rows(self, index: torch.Tensor, fn: Any) -> torch.Tensor:
+        """``fn`` of the inputs at ``index``, in that order, applied to each part of
+        the shard as it is read (one pass, made even when ``index`` is empty): only
+        ``fn``'s outputs are kept."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        wanted = torch.sort(index).values
+        outputs, start = [], 0
+        for columns in self._batches(SCAN_ROWS):  # this worker's own shard, between epochs
+            x = columns[FEATURE_COLUMN]
+            lo, hi = torch.searchsorted(wanted, start), torch.searchsorted(wanted, start + len(x))
+            if hi > lo:
+                outputs.append(fn(x[wanted[lo:hi] - start]))
+            start += len(x)
+        self._held(SCAN_ROWS)
+        found = _cat_outputs(outputs)
+        if len(found) != len(index):
+            raise IndexError(f"map_rows: {len(index)} positions asked, {len(found)} found in a shard of {start} rows")
+        return found[torch.searchsorted(wanted, index)]
 
     def epoch(self, batches: Any, epoch: int) -> Iterator[tuple[None, dict[str, torch.Tensor]]]:
         """(None, columns) of each of the epoch's ``batches.steps`` mini-batches: one pass

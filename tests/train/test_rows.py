@@ -54,6 +54,10 @@ def test_a_window_that_holds_the_shard_draws_the_in_memory_batches(ray_session):
     assert positions(stream.take(index)) == positions(memory.take(index)) == [7, 2, 9, 2]
     assert torch.equal(stream.take(index)["known"], torch.tensor([1, 2, 0, 2]))
     assert positions(stream.take(torch.zeros(0, dtype=torch.int64))) == []
+    first = lambda x: x[:, 0, 0, :2]  # noqa: E731  (an embedding of each row)
+    assert torch.equal(stream.map_rows(index, first), memory.map_rows(index, first))
+    assert stream.map_rows(index, first)[:, 0].tolist() == [7, 2, 9, 2]
+    assert len(stream.map_rows(torch.zeros(0, dtype=torch.int64), first)) == 0
 
 
 def test_small_windows_visit_every_row_once_an_epoch(ray_session):
@@ -75,6 +79,9 @@ def test_a_streamed_shard_holds_a_window_whatever_its_length(ray_session):
             pass
         sum(len(c["x"]) for c in stream.scan())
         stream.take(torch.arange(0, n, n // 10))
+        # A sample of half the rows, as DEC's k-means start takes up to 50,000: only its
+        # embeddings are kept, never the sample's inputs.
+        assert len(stream.map_rows(torch.arange(0, n, 2), lambda x: x[:, 0, 0, :1])) == n // 2
         peaks[n] = stream.peak_rows
     assert peaks[300] == peaks[3000] <= 1024 + 10  # the scan's batch, the largest piece held
 
