@@ -23,7 +23,8 @@ NMI / ARI / purity (and for DESOM the quantisation and topographic errors, QE an
 over the seeds, with the range, and the median run time (the whole job: data, training,
 assignment, scores). With ``--workdir``, runs finished earlier with the same config are
 read back instead of rerun. ``--set KEY=VALUE`` changes any config field of every run,
-after the dataset's and the method's settings (the job scripts' ``--set``). With DAC's
+after the dataset's and the method's settings (the job scripts' ``--set``), except
+those a method is named for (``dec-kmeans-start``'s ``model.epochs=0``). With DAC's
 labelled pairs (``--set model.labeled_fraction=0.1``) the external scores of the model
 and of k-means are over the labelled rows whose label training did not see.
 
@@ -120,6 +121,19 @@ METHODS = {
     "desom-8x8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}"}),
     "desom-8x8-restarts8": ("desom", {"model.map_size": (8, 8), "model.n_clusters": "{k}", "restarts.count": 8}),
 }
+# The settings a method is named for, which --set leaves alone (a --set model.epochs=100
+# for the DEC rows must not turn dec-kmeans-start into DEC); --set may change the rest
+# of a method's settings (a recipe's thresholds).
+NAMED_BY = {
+    "dac-reference-restarts4": ("restarts.count",),
+    "dac-finetune": ("model.fine_tune_backbone",),
+    "dec": ("model.variant",),
+    "idec": ("model.variant",),
+    "dec-start": ("model.variant", "model.size_prior"),
+    "idec-start": ("model.variant", "model.size_prior"),
+    "dec-kmeans-start": ("model.variant", "model.epochs"),
+    "desom-8x8-restarts8": ("restarts.count",),
+}
 KEYS = ("accuracy", "nmi", "ari", "purity")
 BASELINES = {"kmeans": "k-means", "ward": "Ward", "umap_ward": "UMAP-Ward"}
 SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
@@ -127,7 +141,8 @@ SOM_KEYS = ("quantization_error", "topographic_error")  # DESOM only
 
 def build_config(dataset: str, method: str, seed: int, args, backbone: str = "none"):
     """The job config of one run: the dataset's, the method's and the command line's
-    settings, ``--set`` last; a bad key or value raises ``ValueError``. With a
+    settings, ``--set`` after them except for the settings the method is named for
+    (``NAMED_BY``; said in one line); a bad key or value raises ``ValueError``. With a
     ``backbone`` the images are decoded at its size and its features, cached in
     ``--workdir``, are the input."""
     algorithm, method_settings = METHODS[method]
@@ -148,6 +163,12 @@ def build_config(dataset: str, method: str, seed: int, args, backbone: str = "no
         settings.pop("data.image_size", None)
         settings.update({"features.backbone": backbone, "features.cache": str(args.feature_cache)})
     settings.update(args.overrides)
+    for key in NAMED_BY.get(method, ()):
+        value = method_settings[key]
+        if key in args.overrides and args.overrides[key] != _fill(value, k):
+            print(f"[quality] {method} keeps its own {key}={_fill(value, k)} (--set {key}={args.overrides[key]} "
+                  "applies to the other methods)")
+        settings[key] = _fill(value, k)
     return override_all(cfg, settings)
 
 

@@ -33,6 +33,14 @@ def test_set_is_applied_over_the_method_and_dataset_settings():
     assert cfg.model.n_clusters == 8 and cfg.seed == 3
 
 
+def test_set_leaves_alone_what_a_method_is_named_for(capsys):
+    args = bench_args("model.epochs=100", "model.variant=idec")
+    assert quality.build_config("imbalanced", "dec", 0, args).model.epochs == 100
+    start = quality.build_config("imbalanced", "dec-kmeans-start", 0, args)
+    assert start.model.epochs == 0 and start.model.variant == "dec"  # k-means on DEC's embedding
+    assert "dec-kmeans-start keeps its own model.epochs=0" in capsys.readouterr().out
+
+
 def test_with_a_backbone_the_images_are_decoded_at_its_size_and_its_features_cached(tmp_path):
     args = bench_args()
     args.feature_cache = tmp_path / "feature-cache"
