@@ -102,6 +102,9 @@ def lose_a_node(name: str, worker_cpus: list[int], env: dict[str, str], started:
     while registered_checkpoint(out / "ray" / "train") is None and time.monotonic() - t0 < 300:
         time.sleep(0.5)
     pid = train_worker_pid(env)
+    while pid is None and time.monotonic() - t0 < 330:  # the state API can lag a new actor
+        time.sleep(1)
+        pid = train_worker_pid(env)
     node = node_of(pid, started)
     if node in (None, 0):
         return {"case": name, "lost": f"the training worker (pid {pid}) is on no worker node",
