@@ -4,6 +4,7 @@ each score ranks the trials by their NMI.
     python bench/tune_k.py                                   # DEC on the digits, k 4..16
     python bench/tune_k.py --datasets digits usps hirise --algorithms dec dac --k 4 6 8 10 12 14 16
     python bench/tune_k.py --datasets hirise --algorithms dec --backbone efficientnet_lite0
+    python bench/tune_k.py --datasets hirise --backbone efficientnet_lite0 --set features.views=rot4
 
 Each (dataset, algorithm) is one sweep (:func:`deimos_ray.sweep.driver.run_sweep`, the code
 ``jobs/tune_sweep.py`` runs) over ``--k``, one trial per k. For three ways of choosing,
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
-from deimos_ray.config_io import override_all  # noqa: E402
+from deimos_ray.config_io import override_all, parse_override  # noqa: E402
 from deimos_ray.sweep.driver import run_sweep  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -63,6 +64,7 @@ def sweep_config(dataset: str, algorithm: str, args):
     if args.backbone != "none":
         settings.pop("data.image_size", None)
         settings.update({"features.backbone": args.backbone, "features.cache": str(args.workdir / "features")})
+    settings.update(dict(parse_override(text) for text in args.set))
     return override_all(get_algorithm(algorithm).config_class(), settings)
 
 
@@ -84,6 +86,8 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[4, 6, 8, 10, 12, 14, 16])
     p.add_argument("--backbone", default="none", help="none (the pixels) or a backbone name")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of every trial, after the benchmark's own (e.g. features.views=rot4)")
     p.add_argument("--workdir", type=Path, help="keep the sweeps here (default: a temporary folder); "
                    "a finished sweep found there is restored, not rerun")
     args = p.parse_args()
@@ -94,6 +98,7 @@ def main() -> None:
         for algorithm in args.algorithms:
             cfg = sweep_config(dataset, algorithm, args)
             tag = f"{dataset}-{algorithm}" + ("" if args.backbone == "none" else f"-{args.backbone}")
+            tag += "".join(f"-{text.replace('=', '_').replace('/', '_')}" for text in args.set)
             trials = run_sweep(get_algorithm(algorithm), cfg, {"model.n_clusters": args.k}, args.workdir / tag)
             best_nmi = float(trials["label_nmi"].max())
             for name, k, rho, nmi in summarise(trials):
