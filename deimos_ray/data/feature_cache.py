@@ -8,8 +8,8 @@ the backbone could not use, with the reason) and ``info.json``. The key is a dig
 everything the features depend on (:func:`cache_key`): the source's fingerprint (ids,
 file names, sizes and modification times, or the array contents), the preprocessing
 settings, the backbone, its weights file's digest (a timm model's library file too),
-the input size, and this package's version. A changed input, setting or weights file gives another key, so stale features
-are never read. An entry appears complete or not at all: it is written under a temporary
+the input size, and this package's version. A changed input, setting or weights file
+gives another key, so stale features are never read. An entry appears complete or not at all: it is written under a temporary
 name and renamed into place; of two runs that write the same entry at once, the first
 rename wins and the other discards its copy. ``info.json`` holds a SHA-256 of each file,
 checked on every read: an entry that is truncated, corrupt or incomplete on disk is

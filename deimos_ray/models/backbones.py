@@ -259,7 +259,9 @@ def check_backbone(name: str, weights: str | None = None) -> None:
             import timm
         except ImportError as exc:
             raise ValueError(f"backbone {name!r} needs the timm package (pip install timm)") from exc
-        known = timm.list_models()
+        # A name may carry a pretrained tag (``vit_small_patch16_224.dino``): timm lists
+        # architectures without tags and tagged names among its pretrained ones.
+        known = timm.list_models() + (timm.list_pretrained() if "." in arch else [])
     else:
         raise ValueError(f"unknown backbone {name!r}: use none, efficientnet_lite0, torchvision:NAME "
                          "or timm:NAME")

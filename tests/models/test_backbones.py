@@ -112,6 +112,11 @@ def test_a_timm_model_without_a_file_uses_the_hugging_face_cache_and_says_how_to
         check_backbone("timm:resnet18")
     with pytest.raises(ValueError, match="timm has no model 'resnet181'; nearest: resnet18"):
         check_backbone("timm:resnet181")
+    # A pretrained tag names one of the model's weights: known, so only the download is missing.
+    with pytest.raises(ValueError, match=r"cannot download timm:vit_small_patch16_224\.dino's weights"):
+        check_backbone("timm:vit_small_patch16_224.dino")
+    with pytest.raises(ValueError, match="timm has no model 'resnet18.nope'"):
+        check_backbone("timm:resnet18.nope")
     # What the advice says: the Hub's folder in the cache, as timm's own download leaves it.
     torch.manual_seed(2)
     reference = timm.create_model("resnet18", pretrained=False)
