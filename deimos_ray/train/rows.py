@@ -187,44 +187,40 @@ class StreamingRows:
             self._held(len(columns[FEATURE_COLUMN]))
             yield columns
 
-    def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The rows at ``index`` (positions in the shard), in that order: one pass,
-        made even when ``index`` is empty (every rank passes together)."""
-        index = torch.as_tensor(index, dtype=torch.int64)
-        wanted = torch.sort(index).values
-        parts, start = [], 0
-        for columns in self._batches(SCAN_ROWS):  # this worker's own shard, between epochs
+    def _wanted_parts(self, wanted: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        """The rows at the sorted positions ``wanted``, part by part as the shard is read
+        (one pass over this worker's own shard, between epochs, made even when nothing
+        is wanted: every rank passes together)."""
+        start = 0
+        for columns in self._batches(SCAN_ROWS):
             end = start + len(columns[FEATURE_COLUMN])
             lo, hi = torch.searchsorted(wanted, start), torch.searchsorted(wanted, end)
             if hi > lo:
-                parts.append(_pick(columns, wanted[lo:hi] - start))
+                yield _pick(columns, wanted[lo:hi] - start)
             start = end
-        found = _cat(parts, self.input_shape, self.extra)
+
+    def _asked_order(self, index: torch.Tensor, wanted: torch.Tensor, n_found: int, what: str) -> torch.Tensor:
+        """Where each position of ``index`` is among the ``n_found`` rows found in sorted order."""
+        if n_found != len(index):
+            raise IndexError(f"{what}: {len(index)} positions asked, {n_found} found in a shard of {self.n} rows")
+        return torch.searchsorted(wanted, index)
+
+    def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows at ``index`` (positions in the shard), in that order (one pass)."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        wanted = torch.sort(index).values
+        found = _cat(list(self._wanted_parts(wanted)), self.input_shape, self.extra)
         self._held(len(found[FEATURE_COLUMN]) + SCAN_ROWS)
-        if len(found[FEATURE_COLUMN]) != len(index):
-            raise IndexError(f"take: {len(index)} positions asked, {len(found[FEATURE_COLUMN])} "
-                             f"found in a shard of {start} rows")
-        # Back from sorted order to the order asked for.
-        return _pick(found, torch.searchsorted(wanted, index))
+        return _pick(found, self._asked_order(index, wanted, len(found[FEATURE_COLUMN]), "take"))
 
     def map_rows(self, index: torch.Tensor, fn: Any) -> torch.Tensor:
         """``fn`` of the inputs at ``index``, in that order, applied to each part of
-        the shard as it is read (one pass, made even when ``index`` is empty): only
-        ``fn``'s outputs are kept."""
+        the shard as it is read (one pass): only ``fn``'s outputs are kept."""
         index = torch.as_tensor(index, dtype=torch.int64)
         wanted = torch.sort(index).values
-        outputs, start = [], 0
-        for columns in self._batches(SCAN_ROWS):  # this worker's own shard, between epochs
-            x = columns[FEATURE_COLUMN]
-            lo, hi = torch.searchsorted(wanted, start), torch.searchsorted(wanted, start + len(x))
-            if hi > lo:
-                outputs.append(fn(x[wanted[lo:hi] - start]))
-            start += len(x)
+        found = _cat_outputs([fn(part[FEATURE_COLUMN]) for part in self._wanted_parts(wanted)])
         self._held(SCAN_ROWS)
-        found = _cat_outputs(outputs)
-        if len(found) != len(index):
-            raise IndexError(f"map_rows: {len(index)} positions asked, {len(found)} found in a shard of {start} rows")
-        return found[torch.searchsorted(wanted, index)]
+        return found[self._asked_order(index, wanted, len(found), "map_rows")]
 
     def epoch(self, batches: Any, epoch: int) -> Iterator[tuple[None, dict[str, torch.Tensor]]]:
         """(None, columns) of each of the epoch's ``batches.steps`` mini-batches: one pass
