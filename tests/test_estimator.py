@@ -11,6 +11,7 @@ the checks that cost no fit and the ones below; ``make estimator-checks`` runs t
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,6 +63,16 @@ ALL_CHECKS = os.environ.get("DEIMOS_RAY_ALL_ESTIMATOR_CHECKS") == "1"
 @pytest.fixture(scope="module", autouse=True)
 def _ray(ray_session):
     return ray_session
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_new_run_folders():
+    """A fit without ``out_dir`` keeps its temporary run folder (``predict`` needs it);
+    the ones this module's fits made are removed after them."""
+    before = set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*"))
+    yield
+    for folder in set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @parametrize_with_checks([DeepClusterer(n_clusters=3, settings=FAST)],
