@@ -36,20 +36,17 @@ from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality import DATASETS as QUALITY_DATASETS  # noqa: E402
 
 from deimos_ray.algorithms import get_algorithm  # noqa: E402
 from deimos_ray.config_io import override_all, parse_override  # noqa: E402
 from deimos_ray.sweep.driver import run_sweep  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-DATASETS = {
-    "digits": {"data.spec": "digits"},
-    "usps": {"data.spec": str(SHARED / "usps.npz")},
-    "hirise": {"data.spec": str(SHARED / "hirise-map-proj-v3"), "data.originals_only": True,
-               "data.image_size": 32},
-    "gz2-spirals": {"data.spec": str(SHARED / "gz2-spirals"), "data.labels_from_folders": True,
-                    "data.channels": 3, "data.image_size": 32},
-}
+# The quality benchmark's labelled sets with its settings (its constructed uneven set is
+# written only by that benchmark).
+DATASETS = {name: settings for name, settings in QUALITY_DATASETS.items() if name != "imbalanced"}
 # Shorter trainings than the jobs' defaults, so a sweep of seven trials fits a CPU session.
 PER_ALGORITHM = {
     "dec": {"model.pretrain_epochs": 50},

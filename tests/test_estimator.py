@@ -65,13 +65,18 @@ def _ray(ray_session):
     return ray_session
 
 
+def _run_folders() -> set[Path]:
+    """The temporary run folders of fits without ``out_dir``."""
+    return set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*"))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _remove_new_run_folders():
     """A fit without ``out_dir`` keeps its temporary run folder (``predict`` needs it);
     the ones this module's fits made are removed after them."""
-    before = set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*"))
+    before = _run_folders()
     yield
-    for folder in set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*")) - before:
+    for folder in _run_folders() - before:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -107,7 +112,7 @@ def test_fit_predict_on_the_digits_beats_kmeans_on_the_pixels(tmp_path):
 
 
 def test_bad_input_is_refused_before_ray_starts():
-    folders = set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*"))
+    folders = _run_folders()
     est = DeepClusterer(n_clusters=5)
     with pytest.raises(ValueError, match="n_samples=3 should be >= n_clusters=5"):
         est.fit(np.zeros((3, 4)))
@@ -115,7 +120,7 @@ def test_bad_input_is_refused_before_ray_starts():
         est.fit(np.zeros((10, 4, 4, 2)))
     with pytest.raises(ValueError, match="NaN"):
         est.fit(np.full((10, 4), np.nan))
-    assert set(Path(tempfile.gettempdir()).glob("deimos_ray_fit_*")) == folders  # no run folder made
+    assert _run_folders() == folders  # no run folder made
 
 
 def test_fewer_clusters_than_asked_is_a_warning():
