@@ -23,7 +23,7 @@ from deimos_ray.errors import UsageError
 from deimos_ray.files import check_writable
 from deimos_ray.job import run_training_job
 from deimos_ray.preflight import check_inputs
-from deimos_ray.runtime import LostRoom, handle_sigterm, stopping_signal
+from deimos_ray.runtime import LostRoom, stop_signals, stopping_signal
 
 
 def add_common_args(p: argparse.ArgumentParser, job: str, flag_help: dict[str, str] | None = None) -> None:
@@ -231,16 +231,13 @@ def interruptible(main_function: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main_function)
     def run(*args: Any, **kwargs: Any) -> int:
-        handle_sigterm()
-        try:
-            return main_function(*args, **kwargs)
-        except KeyboardInterrupt:
-            code = 128 + stopping_signal()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        try:
+        with stop_signals():
+            try:
+                return main_function(*args, **kwargs)
+            except KeyboardInterrupt:
+                code = 128 + stopping_signal()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
             ray.shutdown()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         print(INTERRUPTED, file=sys.stderr, flush=True)
         return code
 

@@ -49,7 +49,7 @@ from deimos_ray.run_folder import (
     score_rows,
     umap_baseline,
 )
-from deimos_ray.runtime import check_room, init_ray, local_cpus_needed
+from deimos_ray.runtime import check_room, init_ray, local_cpus_needed, stop_if_signalled
 from deimos_ray.scoring import sample_sizes, scores_space
 from deimos_ray.train.driver import export_checkpoint
 from deimos_ray.train.restarts import fit_restarts
@@ -85,8 +85,10 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
     stage_line(algorithm.job, f"read and decode: {data.num_inputs} inputs, {data.good_inputs} readable{tiles}, "
                f"{len(data.rejected)} rejected; model input shape {data.input_shape}", time.perf_counter() - t0)
+    stop_if_signalled()
     metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0, overwrite=overwrite)
     if report:
+        stop_if_signalled()
         write_input_map(out, data, cfg.seed)
         draw_report(out, algorithm.job)
     return metrics
@@ -139,6 +141,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
                                            algorithm.final_loss, job, callbacks)
     checkpoint = export_checkpoint(results[kept], out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
+    stop_if_signalled()  # between stages, a Ctrl-C that a library swallowed (runtime.stop_if_signalled)
 
     t = time.perf_counter()
     metadata = {"job": job, "config": to_dict(cfg)}
@@ -164,6 +167,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
     timings["assign_s"] = time.perf_counter() - t
     stage_line(job, f"assignment: {len(assignments)} rows", timings["assign_s"])
 
+    stop_if_signalled()
     accounting = account(cfg, data, len(assignments))
 
     t = time.perf_counter()
@@ -198,5 +202,6 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
         **extra,
         "timings_s": timings,
     }
+    stop_if_signalled()
     finish_run(out, metrics, job, k)
     return metrics

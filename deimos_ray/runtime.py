@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -61,10 +63,10 @@ def init_ray(num_cpus: float | None = None, quiet: bool | None = None) -> None:
     configure_data_context(quiet)
 
 
-_signals: list[int] = []  # the SIGTERM received since handle_sigterm() was last called
+_signals: list[int] = []  # the stopping signals received since handle_sigterm() was last called
 
 
-def _terminate(signum: int, frame: Any) -> None:
+def _stop(signum: int, frame: Any) -> None:
     _signals.append(signum)
     raise KeyboardInterrupt  # Ray's get turns any other exception from a handler into exit 1
 
@@ -75,13 +77,41 @@ def handle_sigterm() -> None:
     (:func:`stopping_signal`)."""
     if threading.current_thread() is threading.main_thread():
         _signals.clear()
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _stop)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Inside: :func:`handle_sigterm`, and Ctrl-C (SIGINT) remembered the same way, so
+    that :func:`stop_if_signalled` still stops a job whose ``KeyboardInterrupt`` some
+    library caught and dropped; the Ctrl-C handler that was there before comes back
+    after. For a job's driver (:func:`deimos_ray.cli.interruptible`)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT)
+    handle_sigterm()
+    if main:
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
 
 
 def stopping_signal() -> int:
     """The signal behind the last ``KeyboardInterrupt``: SIGTERM when
     :func:`handle_sigterm`'s handler raised it, else SIGINT (Ctrl-C)."""
     return _signals[-1] if _signals else signal.SIGINT
+
+
+def stop_if_signalled() -> None:
+    """Raise ``KeyboardInterrupt`` if a stopping signal has come since the handlers were
+    installed. Called between a job's stages: the ``KeyboardInterrupt`` a signal raises
+    lands wherever the driver's main thread happens to be, and code there that catches
+    ``BaseException`` without raising it again (in a library, a ``__del__``) would let
+    the run go on to write its results as if nothing had been asked."""
+    if _signals:
+        raise KeyboardInterrupt
 
 
 def _free_port() -> int:

@@ -12,8 +12,10 @@ import sys
 import time
 
 import pyarrow.parquet as pq
+import pytest
 
 from deimos_ray.cli import INTERRUPTED
+from deimos_ray.runtime import handle_sigterm, stop_if_signalled, stop_signals, stopping_signal
 from tests.helpers import ROOT, load_job, registered_checkpoint
 
 ARGV = ["--smoke-test", "--limit", "100", "--k", "3", "--set", "model.pretrain_epochs=10",
@@ -49,3 +51,27 @@ def test_ctrl_c_stops_a_job_with_one_line_and_the_rerun_resumes(ray_session, tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["resumed_from"] is not None  # the phase and epoch it went on from
     assert pq.read_table(out / "assignments").num_rows == 100
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_job_at_the_next_stage():
+    swallowed = []
+
+    def library_call() -> None:  # catches everything, as some cleanup code in libraries does
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs here, in the main thread, and raises
+        except BaseException as exc:
+            swallowed.append(type(exc))
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with stop_signals():
+            stop_if_signalled()  # nothing has come: nothing happens
+            library_call()
+            assert swallowed == [KeyboardInterrupt]
+            with pytest.raises(KeyboardInterrupt):
+                stop_if_signalled()
+            assert stopping_signal() == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        handle_sigterm()  # forgets the signal, for the tests after this one
