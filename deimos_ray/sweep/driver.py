@@ -58,7 +58,7 @@ from deimos_ray.job import run_prepared  # noqa: E402
 from deimos_ray.report.input_map import write_input_map  # noqa: E402
 from deimos_ray.report.page import draw_report  # noqa: E402
 from deimos_ray.run_folder import open_run, prepare_rows  # noqa: E402
-from deimos_ray.runtime import check_room, init_ray, local_cpus_needed  # noqa: E402
+from deimos_ray.runtime import check_room, init_ray, local_cpus_needed, stop_if_signalled  # noqa: E402
 from deimos_ray.sweep.objective import (  # noqa: E402
     INTERNAL_SCORES,
     LABEL_SCORES,
@@ -180,6 +180,7 @@ def run_sweep(algorithm: Algorithm, cfg: JobConfig, grid: dict[str, list[Any]], 
     # early and hands back the trials as if it had finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     results = tuner.fit()
+    stop_if_signalled()  # a Ctrl-C that Tune caught and dropped still stops the sweep here
     sweep_s = time.perf_counter() - t
 
     trials = trials_table(results, list(grid))
