@@ -85,7 +85,7 @@ def run_training_job(algorithm: Algorithm, cfg: JobConfig, out_dir: str | Path,
     tiles = f" as {data.num_rows} tiles" if cfg.data.tile else ""
     stage_line(algorithm.job, f"read and decode: {data.num_inputs} inputs, {data.good_inputs} readable{tiles}, "
                f"{len(data.rejected)} rejected; model input shape {data.input_shape}", time.perf_counter() - t0)
-    stop_if_signalled()
+    stop_if_signalled()  # between stages, a Ctrl-C that a library swallowed (runtime.stop_if_signalled)
     metrics = run_prepared(algorithm, cfg, data, out, data_s=time.perf_counter() - t0, overwrite=overwrite)
     if report:
         stop_if_signalled()
@@ -141,7 +141,7 @@ def run_prepared(algorithm: Algorithm, cfg: JobConfig, data: PreparedData, out_d
                                            algorithm.final_loss, job, callbacks)
     checkpoint = export_checkpoint(results[kept], out / "checkpoint")
     timings["train_s"] = time.perf_counter() - t
-    stop_if_signalled()  # between stages, a Ctrl-C that a library swallowed (runtime.stop_if_signalled)
+    stop_if_signalled()
 
     t = time.perf_counter()
     metadata = {"job": job, "config": to_dict(cfg)}
