@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed
 
 # Arguments passed to the main job, e.g. `make run ARGS="--data usps.npz --k 10"`.
 ARGS ?=
+# Test processes (pytest-xdist): many tests wait on Ray starting, on subprocess jobs and on
+# timeouts, so two share a 2-core machine (23 minutes there, 38 in one process);
+# TEST_WORKERS=0 runs the tests in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test estimator-checks lint bench clean venv
 
@@ -24,7 +28,7 @@ run: $(STAMP)
 	$(PY) jobs/train_dac.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15 tests
 
 # Every scikit-learn estimator check on deimos_ray.DeepClusterer (about 10 minutes).
 estimator-checks: $(STAMP)

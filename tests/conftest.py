@@ -1,10 +1,22 @@
-"""Shared fixtures: one Ray instance for the whole test session (each start costs 5-12 s)."""
+"""Shared fixtures: one Ray instance for each test worker's session (each start costs 5-12 s)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
+
+# `make test` runs two pytest-xdist workers. Each gets a temporary folder of its own, which
+# its subprocesses and Ray's session folders (Ray follows TMPDIR on Linux) inherit: the
+# tests that compare the deimos_ray_* paths in the temporary folder before and after a run
+# then see only their own worker's.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    own = Path(tempfile.gettempdir()) / f"drt-{worker}"  # short: Ray's socket paths have a length limit
+    own.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(own)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
