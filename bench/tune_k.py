@@ -5,7 +5,7 @@ each score ranks the trials by their NMI.
     python bench/tune_k.py --datasets digits usps hirise --algorithms dec dac --k 4 6 8 10 12 14 16
     python bench/tune_k.py --datasets hirise --algorithms dec --backbone efficientnet_lite0
     python bench/tune_k.py --datasets hirise --backbone efficientnet_lite0 --set features.views=rot4
-    python bench/tune_k.py --datasets gz2-spirals --algorithms dac --backbone efficientnet_lite0 --k 2 3 4 6 8 --set data.crop=auto
+    python bench/tune_k.py --datasets gz2-spirals --algorithms dac --backbone efficientnet_lite0 --k 2 3 4 6 8 --set features.views=dihedral
 
 Each (dataset, algorithm) is one sweep (:func:`deimos_ray.sweep.driver.run_sweep`, the code
 ``jobs/tune_sweep.py`` runs) over ``--k``, one trial per k. For three ways of choosing,
