@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 
-# `make test` runs two pytest-xdist workers. Each gets a temporary folder of its own, which
-# its subprocesses and Ray's session folders (Ray follows TMPDIR on Linux) inherit: the
-# tests that compare the deimos_ray_* paths in the temporary folder before and after a run
-# then see only their own worker's.
+# `make test` runs two pytest-xdist workers. Each gets a new temporary folder of its own,
+# which its subprocesses and Ray's session folders (Ray follows TMPDIR on Linux) inherit:
+# the tests that compare the deimos_ray_* paths in the temporary folder before and after a
+# run then see only their own worker's. It goes when the worker's tests pass and stays,
+# with Ray's logs, when one fails.
+_OWN_TEMP = None
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
-    own = Path(tempfile.gettempdir()) / f"drt-{worker}"  # short: Ray's socket paths have a length limit
-    own.mkdir(exist_ok=True)
-    os.environ["TMPDIR"] = str(own)
+    _OWN_TEMP = tempfile.mkdtemp(prefix=f"drt-{worker}-")  # short: Ray's socket paths have a length limit
+    os.environ["TMPDIR"] = _OWN_TEMP
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_TEMP and exitstatus == 0:
+        shutil.rmtree(_OWN_TEMP, ignore_errors=True)
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
